@@ -1,0 +1,77 @@
+"""LiftWeights: turn tensor constants into parameters that live on the device using them.
+
+IRModule -> IRModule. The Relax VM loads every constant onto its first device, so a CPU
+kernel reading a weight that lives on the GPU (or the other way round) would fault, and
+copying weights per inference would cost more than the split saves. This pass replaces
+each tensor constant argument of a call in `main` by a new trailing parameter whose type
+carries the vdevice of that call's result; the values go, in parameter order, into the
+function attribute "params" (TVM's convention, see `relax.frontend.detach_params`), and
+"num_input" keeps counting only the real inputs. A constant used on two devices becomes
+two parameters.
+"""
+
+from __future__ import annotations
+
+import tvm
+from tvm import relax
+from tvm.ir import Constant
+
+
+def _vdevice_of(ty):
+    if isinstance(ty, relax.TensorType):
+        return ty.vdevice
+    if isinstance(ty, relax.TupleType):
+        for field in ty.fields:
+            found = _vdevice_of(field)
+            if found is not None:
+                return found
+    return None
+
+
+@tvm.transform.module_pass(opt_level=0, name="LiftWeights")
+class LiftWeights:
+    def __init__(self, func_name: str = "main", min_elements: int = 2):
+        # Scalars (and 1-element tensors) stay constants: legalization inlines them.
+        self.func_name = func_name
+        self.min_elements = min_elements
+
+    def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        func = mod[self.func_name]
+        lifted: dict = {}  # (constant, vdevice) -> Var
+        values = []
+
+        def lift(expr, vdevice):
+            if isinstance(expr, relax.Tuple):
+                return relax.Tuple([lift(field, vdevice) for field in expr.fields])
+            if not isinstance(expr, Constant) or expr.value.numpy().size < self.min_elements:
+                return expr
+            key = (expr, str(vdevice))
+            if key not in lifted:
+                ty = expr.ty
+                var = relax.Var(f"w{len(values)}", relax.TensorType(ty.shape, ty.dtype, vdevice))
+                lifted[key] = var
+                values.append(expr.value)
+            return lifted[key]
+
+        new_blocks = []
+        for block in func.body.blocks:
+            bindings = []
+            for binding in block.bindings:
+                value = binding.value
+                if isinstance(value, relax.Call):
+                    vdevice = _vdevice_of(binding.var.ty)
+                    value = relax.Call(value.op, [lift(arg, vdevice) for arg in value.args],
+                                       value.attrs, value.ty_args)
+                bindings.append(relax.VarBinding(binding.var, value))
+            new_blocks.append(type(block)(bindings))
+        attrs = dict(func.attrs) if func.attrs else {}
+        attrs.setdefault("num_input", len(func.params))
+        if values:
+            attrs["params"] = list(attrs.get("params", [])) + values
+        new_func = relax.Function(list(func.params) + list(lifted.values()),
+                                  relax.SeqExpr(new_blocks, func.body.body), func.ret_ty,
+                                  func.is_pure).with_attrs(attrs)
+        new_mod = mod.clone()
+        new_mod.update_func(mod.get_global_var(self.func_name), new_func)
+        # Fill in the new function's inferred types, as BlockBuilder-made functions have.
+        return relax.transform.Normalize()(new_mod)

@@ -1,0 +1,338 @@
+"""SplitChannels: divide each layer's output channels between a CPU and a GPU vdevice.
+
+IRModule -> IRModule. The `main` function must be pure dataflow with its weights bound as
+constants (what `relax.frontend.onnx.from_onnx(..., keep_params_in_input=False)` followed
+by `FoldConstant` gives). The pass declares two vdevices — index 0 the CPU, index 1 the
+GPU — and rewrites `main` so that:
+
+* each layer (see `tvm_mulayer.layers`) computes output channels [0, k) on the GPU and
+  [k, C) on the CPU with sliced constant weights (a grouped convolution splits on group
+  boundaries and reads only its groups' input channels; a whole placement is one part);
+* per-channel ops after a layer (unary elementwise, pooling, binary ops with a constant or
+  a same-shaped operand) run part by part where the parts already live, so the tensor
+  stays split until an op needs all of it;
+* a channel concat of split tensors just re-labels the parts (no data moves);
+* any other op runs whole, on the processor that already holds most of its input bytes;
+* data crosses processors only through `R.to_vdevice` (sliced first, so only the missing
+  channels move), each transfer emitted once and reused;
+* inputs arrive on, and outputs are returned from, the CPU.
+
+Weights stay constants here; `LiftWeights` turns them into device-resident parameters.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import tvm
+from tvm import relax
+from tvm.ir import Constant
+from tvm.relax import op as ops
+
+from tvm_mulayer.layers import layer_bindings
+from tvm_mulayer.plan import Plan
+
+CPU, GPU = 0, 1
+DEVICE_INDEX = {"cpu": CPU, "gpu": GPU}
+
+PER_CHANNEL_UNARY = {
+    "relax.nn.relu", "relax.clip", "relax.sigmoid", "relax.tanh", "relax.astype",
+    "relax.nn.silu", "relax.nn.gelu", "relax.nn.leakyrelu", "relax.exp", "relax.sqrt",
+    "relax.negative", "relax.abs", "relax.nn.dropout",
+}
+POOLS = {"relax.nn.max_pool2d", "relax.nn.avg_pool2d", "relax.nn.adaptive_avg_pool2d"}
+BINARY = {
+    "relax.add", "relax.subtract", "relax.multiply", "relax.divide", "relax.power",
+    "relax.maximum", "relax.minimum",
+}
+
+
+@dataclass(frozen=True)
+class Part:
+    """Channels [lo, hi) of a value, held by `expr` on device `dev`."""
+
+    lo: int
+    hi: int
+    dev: int
+    expr: relax.Expr
+
+
+@dataclass(frozen=True)
+class Value:
+    """A rewritten value: a channel-partitioned tensor (parts), or anything else (whole)."""
+
+    parts: tuple
+
+    @property
+    def channels(self) -> int:
+        return self.parts[-1].hi
+
+
+def _shape(expr) -> tuple | None:
+    ty = expr.ty
+    if isinstance(ty, relax.TensorType) and ty.shape is not None and ty.ndim >= 0:
+        try:
+            return tuple(int(d) for d in ty.shape.values)
+        except (TypeError, AttributeError):
+            return None
+    return None
+
+
+def _nbytes(expr) -> int:
+    shape = _shape(expr)
+    if shape is None:
+        return 0
+    return int(np.prod(shape, dtype=np.int64)) * tvm.runtime.DataType(expr.ty.dtype).bits // 8
+
+
+def _channel_split_ok(expr) -> bool:
+    shape = _shape(expr)
+    return shape is not None and len(shape) >= 2
+
+
+class _Rewriter:
+    def __init__(self, bb: relax.BlockBuilder, plan: Plan, vdevices: list):
+        self.bb = bb
+        self.plan = plan
+        self.vdevices = vdevices
+        self.env: dict = {}
+        self.cache: dict = {}
+
+    # ---- moving data -------------------------------------------------------------
+    def _emit_cached(self, key, make):
+        if key not in self.cache:
+            self.cache[key] = self.bb.emit(make())
+        return self.cache[key]
+
+    def whole(self, value: Value, dev: int):
+        return self.gather(value, 0, value.channels, dev)
+
+    def gather(self, value: Value, lo: int, hi: int, dev: int):
+        """Channels [lo, hi) of `value` as one tensor on `dev` (slices, copies, concat)."""
+        pieces = []
+        for part in value.parts:
+            a, b = max(lo, part.lo), min(hi, part.hi)
+            if a >= b:
+                continue
+            expr = part.expr
+            if (a, b) != (part.lo, part.hi):
+                expr = self._emit_cached(
+                    ("slice", part.expr, a, b),
+                    lambda e=expr, s=a - part.lo, t=b - part.lo: ops.strided_slice(e, axes=[1], begin=[s], end=[t]),
+                )
+            if part.dev != dev:
+                expr = self._emit_cached(
+                    ("move", expr, dev), lambda e=expr: ops.to_vdevice(e, self.vdevices[dev])
+                )
+            pieces.append(expr)
+        if len(pieces) == 1:
+            return pieces[0]
+        return self._emit_cached(("concat", tuple(pieces)), lambda: ops.concat(pieces, axis=1))
+
+    def _home(self, args) -> int:
+        """The device holding most bytes of the tensor values among `args`."""
+        held = [0, 0]
+        for arg in args:
+            for value in self._values_in(arg):
+                for part in value.parts:
+                    held[part.dev] += _nbytes(part.expr)
+        return GPU if held[GPU] > held[CPU] else CPU
+
+    def _values_in(self, arg):
+        if isinstance(arg, relax.Var) and arg in self.env:
+            yield self.env[arg]
+        elif isinstance(arg, relax.Tuple):
+            for field in arg.fields:
+                yield from self._values_in(field)
+
+    def _arg_on(self, arg, dev: int):
+        if isinstance(arg, relax.Var) and arg in self.env:
+            value = self.env[arg]
+            if len(value.parts) == 1 and not _channel_split_ok(value.parts[0].expr):
+                return value.parts[0].expr  # not a tensor (tuple, shape): used as it is
+            return self.whole(value, dev)
+        if isinstance(arg, relax.Tuple):
+            return relax.Tuple([self._arg_on(f, dev) for f in arg.fields])
+        return arg
+
+    # ---- rewriting bindings ------------------------------------------------------
+    def bind_input(self, var: relax.Var, new_var: relax.Var):
+        channels = _shape(new_var)[1] if _channel_split_ok(new_var) else 0
+        self.env[var] = Value((Part(0, channels, CPU, new_var),))
+
+    def visit(self, var: relax.Var, value: relax.Expr, layer):
+        if isinstance(value, relax.Var) and value in self.env:
+            self.env[var] = self.env[value]
+            return
+        if layer is not None:
+            self.env[var] = self._layer(value, self.plan[layer.name], layer)
+            return
+        if isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op):
+            rewritten = self._per_channel(value)
+            if rewritten is not None:
+                self.env[var] = rewritten
+                return
+        self.env[var] = self._whole_op(value)
+
+    def _layer(self, call: relax.Call, layer_plan, layer) -> Value:
+        data = self.env[call.args[0]]
+        weight = call.args[1].value.numpy()
+        parts = []
+        for lo, hi, processor in layer_plan.parts():
+            dev = DEVICE_INDEX[processor]
+            if layer.op == "dense":
+                x = self.whole(data, dev)
+                w = relax.const(np.ascontiguousarray(weight[:, lo:hi]))
+                out = ops.matmul(x, w, out_dtype=call.attrs.out_dtype)
+            elif not layer.splittable:
+                x = self.whole(data, dev)
+                out = relax.Call(call.op, [x, call.args[1]], call.attrs, call.ty_args)
+            else:
+                attrs = call.attrs
+                per_group_in = layer.input_shape[1] // layer.groups
+                g0, g1 = lo // layer.channels_per_unit, hi // layer.channels_per_unit
+                if layer.groups > 1:
+                    x = self.gather(data, g0 * per_group_in, g1 * per_group_in, dev)
+                else:
+                    x = self.whole(data, dev)
+                w = relax.const(np.ascontiguousarray(weight[lo:hi]))
+                out = ops.nn.conv2d(
+                    x, w, strides=attrs.strides, padding=attrs.padding, dilation=attrs.dilation,
+                    groups=(g1 - g0) if layer.groups > 1 else 1, data_layout=attrs.data_layout,
+                    kernel_layout=attrs.kernel_layout, out_layout=attrs.out_layout,
+                    out_dtype=attrs.out_dtype,
+                )
+            parts.append(Part(lo, hi, dev, self.bb.emit(out)))
+        return Value(tuple(parts))
+
+    def _per_channel(self, call: relax.Call) -> Value | None:
+        name = call.op.name
+        if not call.args or not _channel_split_ok(call):
+            return None
+        first = call.args[0]
+        if name == "relax.concat":
+            return self._concat(call)
+        if not (isinstance(first, relax.Var) and first in self.env and _channel_split_ok(first)):
+            return None
+        value = self.env[first]
+        if name in PER_CHANNEL_UNARY or (name in POOLS and str(call.attrs.layout) == "NCHW"):
+            if name in POOLS and str(call.attrs.out_layout) != "NCHW":
+                return None
+            return self._partwise(value, lambda part: [part.expr, *call.args[1:]], call)
+        if name in BINARY and len(call.args) == 2:
+            return self._binary(value, call)
+        return None
+
+    def _partwise(self, value: Value, make_args, call) -> Value:
+        parts = []
+        for part in value.parts:
+            args = make_args(part)
+            if args is None:
+                return None
+            new = relax.Call(call.op, args, call.attrs, call.ty_args)
+            parts.append(Part(part.lo, part.hi, part.dev, self.bb.emit(new)))
+        return Value(tuple(parts))
+
+    def _binary(self, value: Value, call: relax.Call) -> Value | None:
+        lhs, rhs = call.args
+        out_shape = _shape(call)
+        if _shape(lhs) != out_shape:
+            return None  # lhs is broadcast: channel positions differ from the output's
+        if isinstance(rhs, Constant):
+            data = rhs.value.numpy()
+            axis = 1 - (len(out_shape) - data.ndim)  # channel axis of the constant, right-aligned
+            if axis >= 0 and data.shape[axis] == out_shape[1] and out_shape[1] > 1:
+                take = lambda p: relax.const(np.ascontiguousarray(np.take(data, range(p.lo, p.hi), axis=axis)))
+            elif axis < 0 or data.shape[axis] == 1:
+                take = lambda p: rhs
+            else:
+                return None
+            return self._partwise(value, lambda p: [p.expr, take(p)], call)
+        if isinstance(rhs, relax.Var) and rhs in self.env and _shape(rhs) == out_shape:
+            other = self.env[rhs]
+            return self._partwise(value, lambda p: [p.expr, self.gather(other, p.lo, p.hi, p.dev)], call)
+        return None
+
+    def _concat(self, call: relax.Call) -> Value | None:
+        fields = call.args[0]
+        if int(call.attrs.axis) not in (1, 1 - len(_shape(call))) or not isinstance(fields, relax.Tuple):
+            return None
+        parts, offset = [], 0
+        for field in fields.fields:
+            if not (isinstance(field, relax.Var) and field in self.env and _channel_split_ok(field)):
+                return None
+            for part in self.env[field].parts:
+                parts.append(Part(part.lo + offset, part.hi + offset, part.dev, part.expr))
+            offset += _shape(field)[1]
+        return Value(tuple(parts))
+
+    def _whole_op(self, value: relax.Expr) -> Value:
+        if isinstance(value, relax.Call):
+            dev = self._home(value.args)
+            new = relax.Call(value.op, [self._arg_on(a, dev) for a in value.args], value.attrs, value.ty_args)
+        elif isinstance(value, relax.Tuple):
+            dev = self._home(value.fields)
+            new = relax.Tuple([self._arg_on(f, dev) for f in value.fields])
+        elif isinstance(value, relax.TupleGetItem):
+            dev = self._home([value.tuple_value])
+            new = relax.TupleGetItem(self._arg_on(value.tuple_value, dev), value.index)
+        else:
+            dev, new = CPU, value
+        expr = self.bb.emit(new)
+        channels = _shape(expr)[1] if _channel_split_ok(expr) else 0
+        return Value((Part(0, channels, dev, expr),))
+
+    def output(self, expr):
+        """The function result, whole, on the CPU."""
+        if isinstance(expr, relax.Tuple):
+            return relax.Tuple([self.output(f) for f in expr.fields])
+        return self._arg_on(expr, CPU)
+
+
+@tvm.transform.module_pass(opt_level=0, name="SplitChannels")
+class SplitChannels:
+    """Rewrite `main` to run each layer per `plan` on vdevices [cpu_target, gpu_target]."""
+
+    def __init__(self, plan: Plan, cpu_target, gpu_target, func_name: str = "main"):
+        self.plan = plan
+        self.cpu_target = tvm.target.Target(cpu_target) if not isinstance(cpu_target, tvm.target.Target) else cpu_target
+        self.gpu_target = tvm.target.Target(gpu_target) if not isinstance(gpu_target, tvm.target.Target) else gpu_target
+        self.func_name = func_name
+
+    def vdevices(self) -> list:
+        same_kind = self.cpu_target.kind.name == self.gpu_target.kind.name
+        # Two devices of one kind (the emulated GPU) need distinct device ids.
+        return [relax.VDevice(self.cpu_target, 0, "global"),
+                relax.VDevice(self.gpu_target, 1 if same_kind else 0, "global")]
+
+    def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        func = mod[self.func_name]
+        layers = layer_bindings(func)
+        known = {layer.name for layer in layers.values()}
+        planned = {lp.name for lp in self.plan.layers}
+        if known != planned:
+            raise ValueError(f"SplitChannels: the plan's layers {sorted(planned ^ known)} do not match "
+                             "the module's layers; make the plan from this module")
+        vdevices = self.vdevices()
+        bb = relax.BlockBuilder()
+        rewriter = _Rewriter(bb, self.plan, vdevices)
+        params = []
+        for param in func.params:
+            ty = param.ty
+            if isinstance(ty, relax.TensorType):
+                ty = relax.TensorType(ty.shape, ty.dtype, vdevices[CPU])
+            params.append(relax.Var(param.name, ty))
+        with bb.function(self.func_name, params, attrs=dict(func.attrs) if func.attrs else None, pure=True):
+            for old, new in zip(func.params, params):
+                rewriter.bind_input(old, new)
+            with bb.dataflow():
+                for block in func.body.blocks:
+                    for binding in block.bindings:
+                        rewriter.visit(binding.var, binding.value, layers.get(binding.var))
+                result = bb.emit_output(rewriter.output(func.body.body))
+            bb.emit_func_output(result)
+        new_mod = mod.clone()
+        new_mod.update_func(mod.get_global_var(self.func_name), bb.get()[self.func_name])
+        new_mod.update_global_info("vdevice", vdevices)
+        return relax.transform.DeadCodeElimination([self.func_name])(new_mod)

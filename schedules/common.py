@@ -1,0 +1,185 @@
+"""Helpers shared by the CPU and GPU schedule rules (target facts, block analysis, tiling)."""
+
+from __future__ import annotations
+
+from tvm import s_tir, tirx
+from tvm.s_tir.dlight import ScheduleRule
+from tvm.target import Target
+
+
+def is_gpu_target(target: Target) -> bool:
+    """True for cuda/opencl/vulkan/metal/rocm targets (dlight's notion of a GPU)."""
+    return "gpu" in target.keys
+
+
+def is_cpu_target(target: Target) -> bool:
+    """True for llvm (and c) targets: also the stand-in 'GPU' llvm target of GPU-less hosts."""
+    return not is_gpu_target(target) and target.kind.name in ("llvm", "c")
+
+
+def cpu_features(target: Target) -> frozenset:
+    """LLVM CPU features implied by the target's mcpu/mattr (empty for a plain 'llvm')."""
+    if target.kind.name != "llvm":
+        return frozenset()
+    try:
+        from tvm.target.codegen import llvm_get_cpu_features  # pylint: disable=import-outside-toplevel
+
+        return frozenset(str(k) for k in llvm_get_cpu_features(target))
+    except Exception:  # pylint: disable=broad-except
+        return frozenset()
+
+
+def vector_bits(target: Target) -> int:
+    """Width of the widest SIMD register the target's codegen may use, in bits.
+
+    A plain ``Target("llvm")`` compiles for generic x86-64 (SSE2, 128 bit) whatever the host
+    is, so the tile sizes must follow the target's mcpu, not the machine.
+    """
+    feats = cpu_features(target)
+    if "avx512f" in feats:
+        return 512
+    if "avx2" in feats or "avx" in feats:
+        return 256
+    if "neon" in feats or "sve" in feats:
+        return 128
+    return 128
+
+
+def has_fma(target: Target) -> bool:
+    return "fma" in cpu_features(target)
+
+
+def num_vector_registers(target: Target) -> int:
+    feats = cpu_features(target)
+    if "avx512f" in feats:
+        return 32
+    if "neon" in feats:
+        return 32
+    return 16
+
+
+def lanes(target: Target, dtype: str) -> int:
+    """SIMD lanes of ``dtype`` on the target."""
+    return max(vector_bits(target) // max(dtype_bits(dtype), 8), 1)
+
+
+def dtype_bits(dtype) -> int:
+    s = str(dtype)
+    digits = "".join(c for c in s if c.isdigit())
+    return int(digits) if digits else 32
+
+
+def divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def best_divisor(n: int, upper: int, lower: int = 1) -> int | None:
+    """Largest divisor of n in [lower, upper], or None."""
+    for d in range(min(n, upper), lower - 1, -1):
+        if n % d == 0:
+            return d
+    return None
+
+
+def const_int(x) -> int | None:
+    if isinstance(x, int):
+        return x
+    if isinstance(x, tirx.IntImm):
+        return int(x.value)
+    return None
+
+
+def loop_extent(sch: s_tir.Schedule, loop) -> int | None:
+    return const_int(sch.get(loop).extent)
+
+
+def block_name(sch: s_tir.Schedule, block) -> str:
+    return sch.get(block).name_hint
+
+
+def child_blocks(sch: s_tir.Schedule):
+    root = sch.get_sblock("root") if _has_root(sch) else None
+    return sch.get_child_blocks(root) if root is not None else []
+
+
+def _has_root(sch: s_tir.Schedule) -> bool:
+    try:
+        sch.get_sblock("root")
+        return True
+    except Exception:  # pylint: disable=broad-except
+        return False
+
+
+def iter_kinds(sch: s_tir.Schedule, block) -> str:
+    kinds = {tirx.IterVar.DataPar: "S", tirx.IterVar.CommReduce: "R"}
+    return "".join(kinds.get(iv.iter_type, "O") for iv in sch.get(block).iter_vars)
+
+
+def is_spatial(sch: s_tir.Schedule, block) -> bool:
+    return all(k == "S" for k in iter_kinds(sch, block))
+
+
+def try_compute_inline(sch: s_tir.Schedule, block) -> bool:
+    try:
+        sch.compute_inline(block)
+        return True
+    except Exception:  # pylint: disable=broad-except
+        return False
+
+
+def try_reverse_compute_inline(sch: s_tir.Schedule, block) -> bool:
+    try:
+        sch.reverse_compute_inline(block)
+        return True
+    except Exception:  # pylint: disable=broad-except
+        return False
+
+
+def inline_epilogue_chain(sch: s_tir.Schedule, main_block) -> list:
+    """Inline the injective consumers of ``main_block`` into one another.
+
+    Returns the remaining consumer blocks (usually one: the last epilogue block writing the
+    function's output), in program order.
+    """
+    blocks = child_blocks(sch)
+    names = [block_name(sch, b) for b in blocks]
+    main_name = block_name(sch, main_block)
+    idx = names.index(main_name)
+    consumers = [b for b in blocks[idx + 1 :]]
+    remaining = []
+    for blk in consumers:
+        if not is_spatial(sch, blk):
+            return None
+        # A consumer that is not the last block is an intermediate: inline it into its users.
+        if blk is not consumers[-1] and try_compute_inline(sch, blk):
+            continue
+        remaining.append(blk)
+    return remaining
+
+
+def inline_producers(sch: s_tir.Schedule, main_block, keep: tuple = ()) -> list:
+    """Inline injective producer blocks (except names in ``keep``); return the rest."""
+    blocks = child_blocks(sch)
+    names = [block_name(sch, b) for b in blocks]
+    idx = names.index(block_name(sch, main_block))
+    rest = []
+    for blk in blocks[:idx]:
+        if block_name(sch, blk) in keep or not is_spatial(sch, blk) or not try_compute_inline(sch, blk):
+            rest.append(blk)
+    return rest
+
+
+class NamedRule(ScheduleRule):
+    """A dlight ScheduleRule with a readable name and a target-family check."""
+
+    family = "any"
+
+    def is_target_available(self, target: Target) -> bool:
+        if self.family == "cpu":
+            return is_cpu_target(target)
+        if self.family == "gpu":
+            return is_gpu_target(target)
+        return True
+
+    def __repr__(self) -> str:
+        return f"{self.family}.{type(self).__name__}"

@@ -1,0 +1,24 @@
+"""tvm-mulayer: run one CNN on a CPU and a GPU at the same time, with Apache TVM.
+
+`compile(model, cpu=..., gpu=..., split=...)` builds a two-device executable from an ONNX
+model; `load(artifact_dir)` loads an exported one (with only the TVM runtime, too).
+"""
+
+from .errors import MulayerError
+
+__version__ = "0.1.0"
+__all__ = ["MulayerError", "compile", "load", "__version__"]
+
+
+def compile(model, cpu="host", gpu=None, split=0.5, shapes=None):  # noqa: A001 - the API's name
+    """Compile an ONNX model (path or ModelProto) into a two-device `Executable`."""
+    from .build import compile_model
+
+    return compile_model(model, cpu=cpu, gpu=gpu, split=split, shapes=shapes)
+
+
+def load(artifact_dir):
+    """Load an exported artifact directory into an `Executable` ready to `.run()`."""
+    from .runtime import load_artifact
+
+    return load_artifact(artifact_dir)
