@@ -1,5 +1,14 @@
-"""Relax passes of tvm-mulayer: each a tvm.transform.Pass (IRModule -> IRModule), one per file."""
+"""Relax passes of tvm-mulayer: each a tvm.transform.Pass (IRModule -> IRModule), one per file.
 
+In pipeline order: SplitChannels (placement and channel split from a Plan), LiftWeights
+(weights become device-resident parameters), then TVM's LegalizeOps/FuseOps/FuseTIR,
+PropagateDevices (repairs devices and targets that legalization loses), the schedules, and
+OrderForOverlap (GPU work first, copies last).
+"""
+
+from .lift_weights import LiftWeights
+from .order_for_overlap import OrderForOverlap
+from .propagate_devices import PropagateDevices
 from .split_channels import SplitChannels
 
-__all__ = ["SplitChannels"]
+__all__ = ["SplitChannels", "LiftWeights", "PropagateDevices", "OrderForOverlap"]

@@ -16,16 +16,7 @@ import tvm
 from tvm import relax
 from tvm.ir import Constant
 
-
-def _vdevice_of(ty):
-    if isinstance(ty, relax.TensorType):
-        return ty.vdevice
-    if isinstance(ty, relax.TupleType):
-        for field in ty.fields:
-            found = _vdevice_of(field)
-            if found is not None:
-                return found
-    return None
+from ._vdevice import first_vdevice
 
 
 @tvm.transform.module_pass(opt_level=0, name="LiftWeights")
@@ -59,7 +50,7 @@ class LiftWeights:
             for binding in block.bindings:
                 value = binding.value
                 if isinstance(value, relax.Call):
-                    vdevice = _vdevice_of(binding.var.ty)
+                    vdevice = first_vdevice(binding.var.ty)
                     value = relax.Call(value.op, [lift(arg, vdevice) for arg in value.args],
                                        value.attrs, value.ty_args)
                 bindings.append(relax.VarBinding(binding.var, value))

@@ -18,6 +18,8 @@ import tvm
 from tvm import relax, tirx
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
+from ._vdevice import vdevice_key
+
 CALL_TIR = tvm.ir.Op.get("relax.call_tir")
 
 
@@ -31,10 +33,6 @@ def _vdevices(expr) -> list:
             found += [field.vdevice] if isinstance(field, relax.TensorType) and field.vdevice is not None else []
         return found
     return []
-
-
-def _device_key(vdevice) -> tuple:
-    return (str(vdevice.target), int(vdevice.vdevice_id), str(vdevice.memory_scope))
 
 
 def _with_vdevice(ty, vdevice):
@@ -76,7 +74,7 @@ class _DevicePropagator(PyExprMutator):
         if not devices:
             return call
         vdevice = devices[0]
-        if len({_device_key(d) for d in devices}) > 1:
+        if len({vdevice_key(d) for d in devices}) > 1:
             raise ValueError(f"call_tir {call.args[0].name_hint} reads tensors on different devices "
                              f"{sorted({str(d) for d in devices})}; insert to_vdevice before it")
         gvar = call.args[0]

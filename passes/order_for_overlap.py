@@ -1,0 +1,86 @@
+"""OrderForOverlap: issue GPU work before CPU work, and cross-device copies last.
+
+IRModule -> IRModule, reordering the bindings of each dataflow block of `main` (only
+within what their data dependences allow). The VM runs bindings in order on one host
+thread: CPU kernels run on that thread, GPU kernels are queued and run asynchronously, and
+a copy between the devices waits for the GPU queue. So the two processors overlap only if,
+at each step, the GPU's kernels are queued first, the CPU's kernels run while the GPU
+works, and the copies that exchange the step's results come after both.
+
+A step ("level") ends at each cross-device copy: a binding's level is the highest level of
+what it reads, plus one when that is a copy. Bindings are issued by (level, kind, original
+position) among those whose inputs are ready, where kind orders GPU compute, then CPU
+compute, then copies. The first vdevice of the module is the host CPU; every other one
+counts as the GPU.
+"""
+
+from __future__ import annotations
+
+import heapq
+
+import tvm
+from tvm import relax
+
+from ._vdevice import first_vdevice, vdevice_key
+
+TO_VDEVICE = tvm.ir.Op.get("relax.to_vdevice")
+GPU_COMPUTE, CPU_COMPUTE, COPY = 0, 1, 2
+
+
+def _is_copy(value) -> bool:
+    return isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op) and value.op.same_as(TO_VDEVICE)
+
+
+def binding_kind(binding, host_vdevice) -> int:
+    if _is_copy(binding.value):
+        return COPY
+    vdevice = first_vdevice(binding.var.ty)
+    if vdevice is None or host_vdevice is None:
+        return CPU_COMPUTE
+    return CPU_COMPUTE if vdevice_key(vdevice) == vdevice_key(host_vdevice) else GPU_COMPUTE
+
+
+def order_bindings(bindings: list, host_vdevice) -> list:
+    """The bindings in overlap order (a topological order of their dependences)."""
+    index_of = {b.var: i for i, b in enumerate(bindings)}
+    deps = [[index_of[v] for v in relax.analysis.free_vars(b.value) if v in index_of] for b in bindings]
+    kinds = [binding_kind(b, host_vdevice) for b in bindings]
+    level = [0] * len(bindings)
+    users = [[] for _ in bindings]
+    for i, ds in enumerate(deps):
+        for d in ds:
+            level[i] = max(level[i], level[d] + (1 if kinds[d] == COPY else 0))
+            users[d].append(i)
+    waiting = [len(set(ds)) for ds in deps]
+    ready = [(level[i], kinds[i], i) for i in range(len(bindings)) if waiting[i] == 0]
+    heapq.heapify(ready)
+    order = []
+    while ready:
+        _, _, i = heapq.heappop(ready)
+        order.append(bindings[i])
+        for user in set(users[i]):
+            waiting[user] -= 1
+            if waiting[user] == 0:
+                heapq.heappush(ready, (level[user], kinds[user], user))
+    return order
+
+
+@tvm.transform.module_pass(opt_level=0, name="OrderForOverlap")
+class OrderForOverlap:
+    def __init__(self, func_name: str = "main"):
+        self.func_name = func_name
+
+    def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        func = mod[self.func_name]
+        vdevices = mod.global_infos.get("vdevice", []) if mod.global_infos else []
+        host = vdevices[0] if len(vdevices) else None
+        blocks = []
+        for block in func.body.blocks:
+            if isinstance(block, relax.DataflowBlock):
+                block = relax.DataflowBlock(order_bindings(list(block.bindings), host))
+            blocks.append(block)
+        new_func = relax.Function(func.params, relax.SeqExpr(blocks, func.body.body), func.ret_ty,
+                                  func.is_pure).with_attrs(dict(func.attrs) if func.attrs else {})
+        new_mod = mod.clone()
+        new_mod.update_func(mod.get_global_var(self.func_name), new_func)
+        return relax.transform.Normalize()(new_mod)

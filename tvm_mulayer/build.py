@@ -1,0 +1,91 @@
+"""Compile: ONNX -> Plan -> split Relax -> one executable holding kernels for both targets."""
+
+from __future__ import annotations
+
+import tvm
+from tvm import relax
+
+from .errors import MulayerError
+from .frontend import import_onnx
+from .layers import find_layers
+from .passes._vdevice import vdevice_index
+from .passes import LiftWeights, OrderForOverlap, PropagateDevices, SplitChannels
+from .plan import Plan, make_plan
+from .processors import Processor, cpu_processor, default_gpu, gpu_processor
+from .schedules import ScheduleForTargets
+
+
+def vm_pipeline() -> tvm.transform.Pass:
+    """TVM's default Relax build pipeline without static memory planning.
+
+    TVM 0.27's StaticPlanBlockMemory reuses a storage block across vdevices (a GPU
+    tensor placed in CPU memory; seen as "Mismatched ... device_id"), so with two devices
+    each tensor gets its own allocation from the VM's pooled allocator instead.
+    """
+    from tvm.relax import backend, transform
+
+    return tvm.transform.Sequential([
+        backend.DispatchSampling(),
+        backend.DispatchSortScan(),
+        transform.LegalizeOps(),
+        transform.RewriteDataflowReshape(),
+        transform.ToNonDataflow(),
+        transform.RemovePurityChecking(),
+        transform.CallTIRRewrite(),
+        transform.LowerAllocTensor(),
+        transform.KillAfterLastUse(),
+        transform.LowerRuntimeBuiltin(),
+        transform.ComputePrimValue(),
+        transform.VMShapeLower(),
+        transform.AttachGlobalSymbol(),
+    ], name="mulayer_vm_pipeline")
+
+
+def lower(mod: tvm.IRModule, plan: Plan, cpu: Processor, gpu: Processor) -> tuple:
+    """(IRModule ready for tvm.compile, weights in parameter order, device index per weight)."""
+    split = SplitChannels(plan, cpu.tvm_target(), gpu.tvm_target(host=cpu))
+    mod = tvm.transform.Sequential([
+        split,
+        LiftWeights(),
+        relax.transform.LegalizeOps(),
+        relax.transform.AnnotateTIROpPattern(),
+        relax.transform.FuseOps(),
+        relax.transform.FuseTIR(),
+        PropagateDevices(),
+        ScheduleForTargets(),
+        OrderForOverlap(),
+        relax.transform.DeadCodeElimination(["main"]),
+    ])(mod)
+    func = mod["main"]
+    weights = [w.numpy() for w in func.attrs["params"]] if "params" in func.attrs else []
+    num_inputs = int(func.attrs["num_input"])
+    declared = mod.global_infos["vdevice"]
+    devices = [vdevice_index(declared, p.ty.vdevice) for p in func.params[num_inputs:]]
+    mod.update_func(mod.get_global_var("main"), func.without_attr("params"))
+    return mod, weights, devices
+
+
+def resolve_processors(cpu="host", gpu=None) -> tuple:
+    cpu_proc = cpu if isinstance(cpu, Processor) else cpu_processor(cpu)
+    if gpu is None:
+        gpu_proc = default_gpu(cpu_proc)
+    else:
+        gpu_proc = gpu if isinstance(gpu, Processor) else gpu_processor(gpu, cpu_proc)
+    return cpu_proc, gpu_proc
+
+
+def compile_model(model, cpu="host", gpu=None, split=0.5, shapes=None):
+    """Build an `Executable` for `model` (ONNX path or ModelProto) split per `split`."""
+    from .runtime import Executable
+
+    cpu_proc, gpu_proc = resolve_processors(cpu, gpu)
+    mod, info = import_onnx(model, shapes)
+    layers = find_layers(mod["main"])
+    if not layers:
+        raise MulayerError("the model has no conv or dense layer with constant weights, so "
+                           "there is nothing to split between the processors")
+    plan = make_plan(layers, split, max(cpu_proc.channel_multiple, gpu_proc.channel_multiple), info.sources)
+    lowered, weights, devices = lower(mod, plan, cpu_proc, gpu_proc)
+    executable = tvm.compile(lowered, target=None, relax_pipeline=vm_pipeline())
+    return Executable(executable, plan, cpu_proc, gpu_proc, info.inputs, info.outputs, info.sources,
+                      weights, devices)

@@ -1,0 +1,250 @@
+"""Run and ship executables: the in-memory result of compile, exported artifacts, loading.
+
+This module needs only the TVM *runtime* (no `tvm.relax`), so an artifact runs on a host
+that has just `libtvm_runtime` — the GPU host, a phone's RPC server. An artifact directory
+holds:
+
+* `model.so`      the VM executable with CPU and GPU kernels (TVM `export_library`)
+* `weights.npz`   weights in parameter order (`w0`, `w1`, ...; plain arrays, no pickle)
+* `plan.json`     the Plan it was built with
+* `manifest.json` format, versions, processors, inputs/outputs, the device of each weight,
+                  and the SHA-256 of every file (checked on load)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .errors import MulayerError
+from .plan import Plan
+from .processors import Processor
+
+ARTIFACT_FORMAT = "tvm-mulayer-artifact/1"
+FILES = ("model.so", "weights.npz", "plan.json")
+
+
+def tvm_device(processor: Processor, index: int):
+    """The runtime device of a processor; index is its position in the VM's device list."""
+    import tvm
+
+    if processor.device_type == "cpu":
+        return tvm.cpu(index)
+    if processor.device_type == "cuda":
+        enable_cuda_runtime()
+    device = tvm.device(processor.device_type, 0)
+    if not device.exist:
+        raise MulayerError(
+            f"this executable runs its GPU part on {processor.device_type} ({processor.name}), "
+            f"but this machine has no {processor.device_type} device; run it where there is one, "
+            "or compile with --gpu emulated to run both parts on this CPU")
+    return device
+
+
+def enable_cuda_runtime() -> None:
+    """Make CUDA kernels loadable on a host with only the TVM runtime.
+
+    The CUDA part of an artifact built on a machine without a GPU driver is CUDA source; it
+    is compiled with nvcc for this GPU when the module loads (TVM calls the registered
+    `tvm_callback_cuda_compile`). With TVM_USE_RUNTIME_LIB=1 the CUDA device API lives in
+    libtvm_runtime_cuda.so, which must be loaded into the global symbol table first.
+    """
+    import ctypes
+
+    import tvm
+
+    if tvm.get_global_func("device_api.cuda", allow_missing=True) is None:
+        lib = Path(tvm.__file__).parent / "lib" / "libtvm_runtime_cuda.so"
+        if lib.exists():
+            ctypes.CDLL(str(lib), mode=ctypes.RTLD_GLOBAL)
+    if tvm.get_global_func("tvm_callback_cuda_compile", allow_missing=True) is None:
+        tvm.register_global_func("tvm_callback_cuda_compile", _nvcc_fatbin, override=True)
+
+
+def _nvcc_fatbin(code, target=None):
+    import subprocess
+
+    import tvm
+
+    arch = "sm_" + tvm.cuda(0).compute_version.replace(".", "") if tvm.cuda(0).exist else "sm_90"
+    with tempfile.TemporaryDirectory() as tmp:
+        src, out = Path(tmp) / "kernels.cu", Path(tmp) / "kernels.fatbin"
+        src.write_text(code)
+        cmd = ["nvcc", "-fatbin", "-O3", f"-arch={arch}", "-o", str(out), str(src)]
+        result = subprocess.run(cmd, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise RuntimeError(f"nvcc failed compiling the CUDA kernels:\n{result.stderr[-2000:]}")
+        return bytearray(out.read_bytes())
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class Executable:
+    """A two-device model ready to run: `.run(inputs)`, `.benchmark(...)`, `.export(dir)`."""
+
+    def __init__(self, module, plan: Plan, cpu: Processor, gpu: Processor, inputs: dict, outputs: list,
+                 sources: dict, weights: list, weight_devices: list, manifest: dict | None = None):
+        self.module = module  # relax VMExecutable or a loaded runtime.Module
+        self.plan = plan
+        self.cpu = cpu
+        self.gpu = gpu
+        self.inputs = {name: (tuple(shape), dtype) for name, (shape, dtype) in inputs.items()}
+        self.outputs = list(outputs)
+        self.sources = dict(sources)
+        self.weights = weights
+        self.weight_devices = weight_devices
+        self.manifest = manifest
+        self._vm = None
+        self._weight_args = None
+
+    # ---- running -----------------------------------------------------------------
+    def _setup(self):
+        if self._vm is None:
+            import tvm
+
+            devices = [tvm_device(self.cpu, 0), tvm_device(self.gpu, 1)]
+            self._devices = devices
+            self._vm = tvm.runtime.vm.VirtualMachine(self.module, devices)
+            self._weight_args = [tvm.runtime.tensor(w, devices[d]) for w, d in zip(self.weights, self.weight_devices)]
+        return self._vm
+
+    def _input_args(self, inputs) -> list:
+        import tvm
+
+        if inputs is None:
+            from .frontend import random_inputs
+
+            inputs = random_inputs(self.inputs)
+        if isinstance(inputs, np.ndarray):
+            if len(self.inputs) != 1:
+                raise MulayerError(f"the model has inputs {sorted(self.inputs)}; pass a dict name -> array")
+            inputs = {next(iter(self.inputs)): inputs}
+        unknown = set(inputs) - set(self.inputs)
+        missing = set(self.inputs) - set(inputs)
+        if unknown or missing:
+            raise MulayerError(f"inputs do not match the model: unknown {sorted(unknown)}, missing "
+                               f"{sorted(missing)}; the model's inputs are {sorted(self.inputs)}")
+        args = []
+        for name, (shape, dtype) in self.inputs.items():
+            array = np.asarray(inputs[name])
+            if tuple(array.shape) != shape:
+                raise MulayerError(f"input {name!r} has shape {list(array.shape)}, the model wants {list(shape)}")
+            if array.dtype != np.dtype(dtype):
+                if not np.can_cast(array.dtype, dtype, casting="same_kind"):
+                    raise MulayerError(f"input {name!r} has dtype {array.dtype}, the model wants {dtype}")
+                array = array.astype(dtype)
+            args.append(tvm.runtime.tensor(np.ascontiguousarray(array), self._devices[0]))
+        return args
+
+    def _invoke(self, args):
+        result = self._vm["main"](*args, *self._weight_args)
+        results = list(result) if not hasattr(result, "numpy") else [result]
+        return results
+
+    def run(self, inputs=None) -> dict:
+        """Outputs keyed by the ONNX output names; `inputs` is a dict, one array, or None (random)."""
+        self._setup()
+        results = self._invoke(self._input_args(inputs))
+        return {name: value.numpy() for name, value in zip(self.outputs, results)}
+
+    def benchmark(self, inputs=None, repeat: int = 10, warmup: int = 2) -> dict:
+        """Latency in seconds over `repeat` runs (outputs back on the host each time)."""
+        self._setup()
+        args = self._input_args(inputs)
+        for _ in range(warmup):
+            self._invoke(args)[0].numpy()
+        times = []
+        for _ in range(repeat):
+            start = time.perf_counter()
+            self._invoke(args)[0].numpy()
+            times.append(time.perf_counter() - start)
+        return {"median": statistics.median(times), "min": min(times), "times": times}
+
+    # ---- shipping ----------------------------------------------------------------
+    def export(self, directory) -> Path:
+        """Write the artifact directory (atomically: a failed export leaves nothing loadable)."""
+        import tvm
+
+        from . import __version__
+
+        target = Path(directory)
+        if target.exists() and not (target / "manifest.json").exists() and any(target.iterdir()):
+            raise MulayerError(f"{target} exists and is not a tvm-mulayer artifact; choose a new directory")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+        try:
+            self.module.export_library(str(staging / "model.so"))
+            np.savez(staging / "weights.npz", **{f"w{i}": w for i, w in enumerate(self.weights)})
+            self.plan.save(staging / "plan.json")
+            manifest = {
+                "format": ARTIFACT_FORMAT,
+                "tvm_mulayer": __version__,
+                "tvm": tvm.__version__,
+                "cpu": self.cpu.to_json(),
+                "gpu": self.gpu.to_json(),
+                "inputs": {name: {"shape": list(shape), "dtype": dtype} for name, (shape, dtype) in self.inputs.items()},
+                "outputs": self.outputs,
+                "sources": self.sources,
+                "weight_devices": self.weight_devices,
+                "files": {name: _sha256(staging / name) for name in FILES},
+            }
+            (staging / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(staging, target)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        self.manifest = manifest
+        return target
+
+
+def load_artifact(directory) -> Executable:
+    """Load an exported artifact, checking its format, version and file checksums."""
+    import tvm
+
+    root = Path(directory)
+    manifest_path = root / "manifest.json"
+    if not manifest_path.is_file():
+        raise MulayerError(f"{root} is not a tvm-mulayer artifact (no manifest.json); "
+                           "make one with `mulayer compile MODEL.onnx -o DIR`")
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except json.JSONDecodeError as err:
+        raise MulayerError(f"{manifest_path} is corrupt ({err}); recompile the artifact") from None
+    if manifest.get("format") != ARTIFACT_FORMAT:
+        raise MulayerError(f"{root} has artifact format {manifest.get('format')!r}, this tvm-mulayer reads "
+                           f"{ARTIFACT_FORMAT!r}; recompile it with this version")
+    if manifest.get("tvm") != tvm.__version__:
+        raise MulayerError(f"{root} was built with TVM {manifest.get('tvm')}, this runtime is TVM "
+                           f"{tvm.__version__}; recompile it or use the matching runtime")
+    for name in FILES:
+        path = root / name
+        if not path.is_file() or _sha256(path) != manifest["files"].get(name):
+            raise MulayerError(f"{path} is missing or does not match its checksum; the artifact is "
+                               "damaged — recompile it")
+    cpu = Processor.from_json(manifest["cpu"])
+    gpu = Processor.from_json(manifest["gpu"])
+    if gpu.device_type == "cuda":
+        enable_cuda_runtime()
+    module = tvm.runtime.load_module(str(root / "model.so"))
+    with np.load(root / "weights.npz", allow_pickle=False) as data:
+        weights = [data[f"w{i}"] for i in range(len(data.files))]
+    plan = Plan.from_json(json.loads((root / "plan.json").read_text()))
+    inputs = {name: (tuple(v["shape"]), v["dtype"]) for name, v in manifest["inputs"].items()}
+    return Executable(module, plan, cpu, gpu, inputs, manifest["outputs"], manifest.get("sources", {}),
+                      weights, manifest["weight_devices"], manifest)
