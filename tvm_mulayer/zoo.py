@@ -386,7 +386,7 @@ _DESCRIPTIONS = {
     "(4096-4096-classes), ~61M params.",
     "googlenet": "GoogLeNet / Inception v1 (Szegedy et al., 'Going Deeper with Convolutions', CVPR 2015): "
     "stem (7x7/2 conv, 1x1, 3x3, 2 LRN) + 9 inception modules 3a..5b of 4 branches; 57 conv, "
-    "9 concat, 14 maxpool, global avgpool, 1 FC, ~7M params.",
+    "9 concat, 13 maxpool, global avgpool, 1 FC, ~7M params.",
     "squeezenet1_1": "SqueezeNet 1.1 (Iandola et al., 'SqueezeNet: AlexNet-level accuracy with 50x fewer "
     "parameters', 2016; v1.1 from the SqueezeNet repo): conv3x3/2 + 8 fire modules "
     "(squeeze1x1 -> expand1x1 || expand3x3) + conv1x1 to classes; 26 conv, 8 concat, 3 maxpool, "
@@ -399,14 +399,15 @@ _DESCRIPTIONS = {
 # Small CI variants: every layer kind / module of the full model is kept, only
 # the widths, the image size and the number of classes shrink.  Widths are
 # chosen so that odd and prime channel counts appear (googlenet@0.15: 5, 7,
-# 17, 19, 29, 31, 43 ...; squeezenet@0.15: 5, 7, 19, 29; mobilenet@0.1: 3, 13,
-# 51 with depthwise group=3/13/51; alexnet@0.1: 19, 410(fc); vgg@0.1: 13, 51).
+# 17, 19, 29, 31, 43 ...; squeezenet@0.3: 5, 19, 77; mobilenet@0.15: 5, 19, 77
+# with depthwise group=5/19/77; alexnet@0.1: 19, 410(fc); vgg@0.1: 13, 51) and
+# odd feature-map sizes (alexnet 67 -> 15/7/3/1, squeezenet 47 -> 23/11/5/2).
 _SMALL = {
     "vgg16": dict(width=0.1, image_size=32, num_classes=10),
     "alexnet": dict(width=0.1, image_size=67, num_classes=10),
     "googlenet": dict(width=0.15, image_size=64, num_classes=10),
-    "squeezenet1_1": dict(width=0.15, image_size=47, num_classes=10),
-    "mobilenet_v1": dict(width=0.1, image_size=64, num_classes=10),
+    "squeezenet1_1": dict(width=0.3, image_size=47, num_classes=10),
+    "mobilenet_v1": dict(width=0.15, image_size=64, num_classes=10),
 }
 
 
