@@ -38,10 +38,14 @@ def tvm_device(processor: Processor, index: int):
 
     if processor.device_type == "cpu":
         return tvm.cpu(index)
+    available = True
     if processor.device_type == "cuda":
-        enable_cuda_runtime()
+        try:
+            enable_cuda_runtime()
+        except OSError:  # libcuda.so missing: no NVIDIA driver on this machine
+            available = False
     device = tvm.device(processor.device_type, 0)
-    if not device.exist:
+    if not available or not device.exist:
         raise MulayerError(
             f"this executable runs its GPU part on {processor.device_type} ({processor.name}), "
             f"but this machine has no {processor.device_type} device; run it where there is one, "
@@ -239,8 +243,7 @@ def load_artifact(directory) -> Executable:
                                "damaged — recompile it")
     cpu = Processor.from_json(manifest["cpu"])
     gpu = Processor.from_json(manifest["gpu"])
-    if gpu.device_type == "cuda":
-        enable_cuda_runtime()
+    tvm_device(gpu, 1)  # fails clearly, before loading kernels, where the GPU is missing
     module = tvm.runtime.load_module(str(root / "model.so"))
     with np.load(root / "weights.npz", allow_pickle=False) as data:
         weights = [data[f"w{i}"] for i in range(len(data.files))]

@@ -1,0 +1,174 @@
+"""The `mulayer` command: compile, run, zoo."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from .errors import MulayerError
+
+
+def _parse_shapes(items) -> dict | None:
+    if not items:
+        return None
+    shapes = {}
+    for item in items:
+        name, sep, dims = item.partition("=")
+        try:
+            if not sep:
+                raise ValueError
+            shapes[name] = tuple(int(d) for d in dims.split(","))
+        except ValueError:
+            raise MulayerError(f"--shape {item!r}: write NAME=D0,D1,... such as input=1,3,224,224") from None
+    return shapes
+
+
+def _parse_split(text: str):
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def _load_inputs(items, executable) -> dict | None:
+    if not items:
+        return None
+    inputs = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep:
+            if len(executable.inputs) != 1:
+                raise MulayerError(f"--input {item}: the model has inputs {sorted(executable.inputs)}; "
+                                   "write --input NAME=FILE.npy")
+            name, path = next(iter(executable.inputs)), item
+        try:
+            inputs[name] = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as err:
+            raise MulayerError(f"--input {item}: cannot read {path} as a .npy array ({err})") from None
+    return inputs
+
+
+def _add_processor_args(parser):
+    parser.add_argument("--cpu", default="host", help="CPU preset (host, x86-avx512, arm64-android) or TVM target JSON")
+    parser.add_argument("--gpu", default=None,
+                        help="GPU preset (emulated, cuda[:sm_XX], opencl, adreno, mali) or TVM target JSON; "
+                             "default: cuda if present, else emulated")
+    parser.add_argument("--split", default="0.5", type=_parse_split,
+                        help="GPU share of each layer's output channels in [0,1], 'cpu', 'gpu', or a plan JSON file")
+    parser.add_argument("--shape", action="append", metavar="NAME=D0,D1,..",
+                        help="static shape for a dynamic model input (repeatable)")
+
+
+def cmd_compile(args) -> int:
+    from . import compile as compile_model
+
+    executable = compile_model(args.model, cpu=args.cpu, gpu=args.gpu, split=args.split,
+                               shapes=_parse_shapes(args.shape))
+    _print_plan(executable)
+    path = executable.export(args.output)
+    print(f"artifact written to {path}")
+    return 0
+
+
+def _print_plan(executable) -> None:
+    from .report import plan_table
+
+    print(plan_table(executable.plan, executable.cpu, executable.gpu))
+
+
+def cmd_run(args) -> int:
+    from . import compile as compile_model
+    from . import load
+
+    source = Path(args.target)
+    if source.is_dir():
+        executable = load(source)
+    else:
+        executable = compile_model(source, cpu=args.cpu, gpu=args.gpu, split=args.split,
+                                   shapes=_parse_shapes(args.shape))
+    _print_plan(executable)
+    inputs = _load_inputs(args.input, executable)
+    if inputs is None:
+        print("no --input given: running on seeded random data")
+    outputs = executable.run(inputs)
+    for name, value in outputs.items():
+        print(f"output {name}: shape {list(value.shape)} {value.dtype}, "
+              f"mean {float(np.mean(value)):.6g}, max {float(np.max(value)):.6g}")
+    if args.output:
+        np.savez(args.output, **outputs)
+        print(f"outputs written to {args.output}")
+    if args.repeat:
+        timing = executable.benchmark(inputs, repeat=args.repeat)
+        where = f"{executable.cpu.label()} + {executable.gpu.label()}"
+        print(f"median latency over {args.repeat} runs: {timing['median'] * 1e3:.3f} ms ({where})")
+    return 0
+
+
+def cmd_zoo(args) -> int:
+    from . import zoo
+
+    if args.zoo_command == "list":
+        for name in zoo.NAMES:
+            print(f"{name:15s} {zoo.describe(name)}")
+        return 0
+    kwargs = zoo.small(args.name) if args.small else {}
+    if args.width is not None:
+        kwargs["width"] = args.width
+    if args.image_size is not None:
+        kwargs["image_size"] = args.image_size
+    try:
+        model = zoo.build(args.name, **kwargs)
+    except ValueError as err:
+        raise MulayerError(str(err)) from None
+    import onnx
+
+    onnx.save(model, args.output)
+    print(f"{args.name} written to {args.output}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mulayer", description="Run one CNN on a CPU and a GPU at the same time.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("compile", help="compile an ONNX model into a two-device artifact")
+    p.add_argument("model", help="ONNX model file")
+    p.add_argument("-o", "--output", required=True, help="artifact directory to write")
+    _add_processor_args(p)
+    p.set_defaults(func=cmd_compile)
+
+    p = sub.add_parser("run", help="run an artifact (or compile and run an ONNX model)")
+    p.add_argument("target", metavar="ARTIFACT_DIR|MODEL.onnx")
+    p.add_argument("--input", action="append", metavar="NAME=FILE.npy", help="input data (repeatable)")
+    p.add_argument("-o", "--output", help="write outputs to this .npz, keyed by ONNX output names")
+    p.add_argument("--repeat", type=int, default=0, help="time N runs and print the median latency")
+    _add_processor_args(p)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("zoo", help="the built-in model zoo")
+    zoo_sub = p.add_subparsers(dest="zoo_command", required=True)
+    zoo_sub.add_parser("list", help="list the models")
+    e = zoo_sub.add_parser("export", help="write a zoo model as ONNX")
+    e.add_argument("name")
+    e.add_argument("-o", "--output", required=True)
+    e.add_argument("--small", action="store_true", help="the small test variant")
+    e.add_argument("--width", type=float, help="channel width multiplier")
+    e.add_argument("--image-size", type=int, help="input height and width")
+    p.set_defaults(func=cmd_zoo)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except MulayerError as err:
+        print(f"mulayer: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
