@@ -14,17 +14,15 @@ from __future__ import annotations
 
 import tvm
 from tvm import relax
-from tvm.ir import Constant
+from tvm_mulayer.layers import is_tensor_constant
 
 from ._vdevice import first_vdevice
 
 
 @tvm.transform.module_pass(opt_level=0, name="LiftWeights")
 class LiftWeights:
-    def __init__(self, func_name: str = "main", min_elements: int = 2):
-        # Scalars (and 1-element tensors) stay constants: legalization inlines them.
+    def __init__(self, func_name: str = "main"):
         self.func_name = func_name
-        self.min_elements = min_elements
 
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
         func = mod[self.func_name]
@@ -34,7 +32,7 @@ class LiftWeights:
         def lift(expr, vdevice):
             if isinstance(expr, relax.Tuple):
                 return relax.Tuple([lift(field, vdevice) for field in expr.fields])
-            if not isinstance(expr, Constant) or expr.value.numpy().size < self.min_elements:
+            if not is_tensor_constant(expr) or expr.ty.ndim == 0:  # 0-d: legalization inlines it
                 return expr
             key = (expr, str(vdevice))
             if key not in lifted:

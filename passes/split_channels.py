@@ -27,10 +27,9 @@ from dataclasses import dataclass
 import numpy as np
 import tvm
 from tvm import relax
-from tvm.ir import Constant
 from tvm.relax import op as ops
 
-from tvm_mulayer.layers import layer_bindings
+from tvm_mulayer.layers import is_tensor_constant, layer_bindings
 from tvm_mulayer.plan import Plan
 
 CPU, GPU = 0, 1
@@ -239,7 +238,7 @@ class _Rewriter:
         out_shape = _shape(call)
         if _shape(lhs) != out_shape:
             return None  # lhs is broadcast: channel positions differ from the output's
-        if isinstance(rhs, Constant):
+        if is_tensor_constant(rhs):
             data = rhs.value.numpy()
             axis = 1 - (len(out_shape) - data.ndim)  # channel axis of the constant, right-aligned
             if axis >= 0 and data.shape[axis] == out_shape[1] and out_shape[1] > 1:

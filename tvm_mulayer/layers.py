@@ -63,6 +63,11 @@ class Layer:
         return out * per_output
 
 
+def is_tensor_constant(expr) -> bool:
+    """A constant holding a tensor (not an integer or other immediate)."""
+    return isinstance(expr, Constant) and isinstance(expr.ty, relax.TensorType)
+
+
 def _static_shape(expr) -> tuple | None:
     ty = expr.ty
     if not isinstance(ty, relax.TensorType) or ty.shape is None:
@@ -90,7 +95,7 @@ def _layer_of(call: relax.Call) -> Layer | None:
     op_name = call.op.name
     if op_name not in (SPLITTABLE_CONV, "relax.matmul", *WHOLE_ONLY_CONVS):
         return None
-    if not isinstance(call.args[1], Constant):
+    if not is_tensor_constant(call.args[1]):
         return None  # weights computed at run time: an ordinary op, not a layer
     shapes = tuple(_static_shape(e) for e in (call.args[0], call, call.args[1]))
     if None in shapes:
