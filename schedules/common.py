@@ -183,3 +183,13 @@ class NamedRule(ScheduleRule):
 
     def __repr__(self) -> str:
         return f"{self.family}.{type(self).__name__}"
+
+
+def num_cores(target: Target) -> int:
+    """Threads the schedule should feed: the target's num-cores, else this host's CPU count."""
+    n = target.attrs.get("num-cores", None) if target.kind.name == "llvm" else None
+    if n is not None and int(n) > 0:
+        return int(n)
+    import os  # pylint: disable=import-outside-toplevel
+
+    return os.cpu_count() or 1

@@ -36,6 +36,7 @@ from ..common import (
     iter_kinds,
     is_spatial,
     loop_extent,
+    num_cores,
     num_vector_registers,
     try_compute_inline,
     try_reverse_compute_inline,
@@ -103,17 +104,12 @@ def find_conv_block(sch: s_tir.Schedule):
 
 
 def _pick_width_tile(ow: int, max_tile: int) -> tuple[int, bool]:
-    """Tile along the output width: a divisor of ow if a usable one exists, else predicated."""
-    d = best_divisor(ow, max_tile, lower=4)
-    if d is not None and (d >= 7 or d == ow or d >= max_tile // 2):
+    """Tile along the output width: the largest divisor of ow up to max_tile (one vector
+    register; longer odd-length vectors make LLVM spill), else a predicated tail."""
+    d = best_divisor(ow, max_tile, lower=1)
+    if d >= 7 or d == ow or d >= max_tile // 2:
         return d, False
-    if ow <= max_tile:
-        return ow, False
-    # no good divisor (prime widths such as 111, 113): vector-sized tile with a tail
-    d2 = best_divisor(ow, max_tile, lower=2)
-    if d2 is not None and d2 >= max_tile // 4 and d2 >= 4:
-        return d2, False
-    return max_tile // 2, True
+    return max_tile, True
 
 
 def _pick_channel_tile(f: int, target_fi: int) -> int:
@@ -130,6 +126,9 @@ class Conv2d(NamedRule):
     """Direct NCHW conv2d with register tiling, parallel outer loops and fused epilogue."""
 
     family = "cpu"
+
+    def __init__(self, override: dict | None = None):
+        self.override = override
 
     def apply(self, func, target: Target, tunable: bool):  # pylint: disable=unused-argument
         if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
@@ -155,32 +154,88 @@ class Conv2d(NamedRule):
         regs = num_vector_registers(target)
         acc_budget = max(regs - 4, 4)  # registers for accumulators
         if info.depthwise:
-            xi, pred_x = _pick_width_tile(info.ow, 2 * vl if vl >= 8 else 4 * vl)
+            xi, pred_x = _pick_width_tile(info.ow, max(vl, 8))
             nvec = -(-xi // vl)
             yi = best_divisor(info.oh, max(1, min(4, acc_budget // (2 * nvec)))) or 1
-            return {"FI": 1, "XI": xi, "YI": yi, "pred_x": pred_x, "lanes": vl}
-        # width tile: up to two registers wide
-        xi, pred_x = _pick_width_tile(info.ow, max(2 * vl, 8) if vl >= 8 else 4 * vl)
+            return {"mode": "dw", "FI": 1, "XI": xi, "YI": yi, "pred_x": pred_x, "lanes": vl,
+                    "deinterleave": False}
+        xi, pred_x = _pick_width_tile(info.ow, max(vl, 8))
         nvec = max(1, -(-xi // vl))
         fi = _pick_channel_tile(info.f, max(1, min(16, (acc_budget * 3 // 4) // nvec)))
-        yi = 1
-        return {"FI": fi, "XI": xi, "YI": yi, "pred_x": pred_x, "lanes": vl}
+        xvec = {"mode": "xvec", "FI": fi, "XI": xi, "YI": 1, "pred_x": pred_x, "lanes": vl}
+        # channel-vectorized variant: needs whole vectors of output channels
+        fv = vl if info.f % vl == 0 else (8 if vl > 8 and info.f % 8 == 0 else None)
+        if fv is None:
+            return xvec
+        spatial = info.oh * info.ow
+        eff_x = xi / (nvec * vl)
+        use_fvec = pred_x or spatial >= 2000 or (
+            spatial >= 400 and (info.stride_w > 1 or eff_x < 0.75)
+        )
+        if not use_fvec:
+            return xvec
+        xu = best_divisor(info.ow, min(14, acc_budget // 2), lower=1)
+        if xu < 4 and info.ow > 4:
+            xu = 8  # predicated on an unrolled loop: cheap
+        return {"mode": "fvec", "FV": fv, "XU": xu, "lanes": vl}
 
     def schedule(self, sch: s_tir.Schedule, conv, info: ConvInfo, target: Target):
-        t = self.tiles(info, target)
+        t = dict(self.tiles(info, target))
+        t.update(self.override or {})
+        if t.get("mode") == "fvec":
+            return self.schedule_fvec(sch, conv, info, target, t)
+        threads = num_cores(target)
         epilogues = inline_epilogue_chain(sch, conv)
         producers = inline_producers(sch, conv, keep=("pad_temp",))
+
+        pack = None
+        if not info.depthwise and t["FI"] > 1 and t.get("pack", False):
+            # Repack OIHW weights to [F/FI, I, KH, KW, FI]: the FI weights one input vector
+            # meets are then one cache line instead of FI lines a multiple of 4 KiB apart.
+            fi_ = t["FI"]
+            pack = sch.cache_read(conv, info.weight_buffer, "global")
+            sch.transform_layout(
+                pack, ("write", 0), lambda f, c, y, x: (f // fi_, c, y, x, f % fi_),
+                pad_value=tirx.const(0, info.in_dtype),
+            )
+
+        phase = None
+        sw = info.stride_w
+        if sw > 1 and t.get("deinterleave", True):
+            # Strided conv: a vector of outputs along x reads every sw-th input. Store the
+            # (padded) input de-interleaved, [n, c, h, w % sw, w // sw], so that those reads
+            # become contiguous vector loads instead of element-wise gathers.
+            pads = [b for b in producers if block_name(sch, b) == "pad_temp"]
+            if pads:
+                phase = pads[0]
+            else:
+                phase = sch.cache_read(conv, info.data_buffer, "global")
+                producers.append(phase)
+            sch.transform_layout(
+                phase, ("write", 0), lambda n_, c, h, w: (n_, c, h, w % sw, w // sw),
+                pad_value=tirx.const(0, info.in_dtype),
+            )
 
         n, ff, yy, xx, rc, ry, rx = sch.get_loops(conv)
         fo, fi = sch.split(ff, [None, t["FI"]])
         yo, yi = sch.split(yy, [None, t["YI"]])
         xo, xi = sch.split(xx, [None, t["XI"]])
-        if info.depthwise or info.weight_bytes > info.input_bytes:
-            # weight-heavy (deep layers): each thread keeps its channel block's weights hot
+        n_fo = -(-info.f // t["FI"])
+        weight_heavy = info.weight_bytes > info.input_bytes
+        pack_at = None
+        if info.depthwise:
+            sch.reorder(n, fo, yo, xo, rc, ry, rx, yi, fi, xi)
+            par = sch.fuse(n, fo, yo)
+        elif weight_heavy and n_fo >= 4 * threads and pack is not None:
+            # deep layers: a thread owns channel blocks; their packed weights stay in cache
+            sch.reorder(n, fo, yo, xo, rc, ry, rx, yi, fi, xi)
+            par = sch.fuse(n, fo)
+            pack_at = par
+        elif weight_heavy:
             sch.reorder(n, fo, yo, xo, rc, ry, rx, yi, fi, xi)
             par = sch.fuse(n, fo, yo)
         else:
-            # activation-heavy (early layers): threads split rows, weights are small
+            # early layers: threads split rows, weights are small
             sch.reorder(n, yo, fo, xo, rc, ry, rx, yi, fi, xi)
             par = sch.fuse(n, yo, fo)
         sch.parallel(par)
@@ -193,28 +248,77 @@ class Conv2d(NamedRule):
         wb = acc
         if epilogues:
             last = epilogues[-1]
-            if len(epilogues) == 1 and try_reverse_compute_inline(sch, last):
-                pass
-            else:
+            if not (len(epilogues) == 1 and try_reverse_compute_inline(sch, last)):
                 for epi in epilogues:
                     schedule_injective_block(sch, epi, target)
         wb_loops = sch.get_loops(wb)
         sch.vectorize(wb_loops[-1])
         sch.decompose_reduction(conv, rc)
 
+        if pack is not None:
+            if pack_at is not None:
+                sch.compute_at(pack, pack_at, preserve_unit_loops=True)
+            else:
+                schedule_injective_block(sch, pack, target, vectorize=False)
+
         # padding / remaining producers: parallel over channels
         for blk in producers:
-            if info.depthwise and block_name(sch, blk) == "pad_temp":
+            if info.depthwise and (block_name(sch, blk) == "pad_temp" or blk == phase):
                 try:
                     sch.compute_at(blk, par, preserve_unit_loops=True)
                     continue
                 except Exception:  # pylint: disable=broad-except
                     pass
-            schedule_injective_block(sch, blk, target)
+            _schedule_producer(sch, blk, target)
         return sch
 
 
-def schedule_injective_block(sch: s_tir.Schedule, blk, target: Target, min_parallel: int = 4096):
+    def schedule_fvec(self, sch: s_tir.Schedule, conv, info: ConvInfo, target: Target, t: dict):
+        """Vectorize over output channels instead of width.
+
+        The input value is a broadcast scalar, so stride and odd widths cost nothing; the
+        weights are repacked per call to [F/FV, I, KH, KW, FV] (cheap when I*KH*KW*F is small,
+        e.g. the first layer of a network). Needs F % FV == 0.
+        """
+        fv_ = t["FV"]
+        xu_ = t["XU"]
+        epilogues = inline_epilogue_chain(sch, conv)
+        producers = inline_producers(sch, conv, keep=("pad_temp",))
+        pack = sch.cache_read(conv, info.weight_buffer, "global")
+        sch.transform_layout(pack, ("write", 0), lambda f, c, y, x: (f // fv_, c, y, x, f % fv_))
+        n, ff, yy, xx, rc, ry, rx = sch.get_loops(conv)
+        fo, fv = sch.split(ff, [None, fv_])
+        xo, xu = sch.split(xx, [None, xu_])
+        sch.reorder(n, fo, yy, xo, rc, ry, rx, xu, fv)
+        if info.weight_bytes > info.input_bytes:
+            par = sch.fuse(n, fo, yy)
+        else:
+            sch.reorder(n, yy, fo)
+            par = sch.fuse(n, yy, fo)
+        sch.parallel(par)
+        sch.unroll(xu)
+        sch.vectorize(fv)
+        acc = sch.cache_write(conv, 0, "local")
+        # accumulator tile laid out [x][f] so that each register holds FV channels
+        sch.transform_layout(conv, ("write", 0), lambda n_, f, y, x: (n_, y, x, f))
+        sch.reverse_compute_at(acc, xo, preserve_unit_loops=True)
+        if epilogues:
+            if not (len(epilogues) == 1 and try_reverse_compute_inline(sch, epilogues[-1])):
+                for epi in epilogues:
+                    schedule_injective_block(sch, epi, target)
+        wb_loops = sch.get_loops(acc)
+        if t.get("wb_vec", True):
+            sch.vectorize(wb_loops[-1])
+        sch.decompose_reduction(conv, rc)
+        schedule_injective_block(sch, pack, target, vectorize=False)
+        for blk in producers:
+            _schedule_producer(sch, blk, target)
+        return sch
+
+
+def schedule_injective_block(
+    sch: s_tir.Schedule, blk, target: Target, min_parallel: int = 4096, vectorize: bool = True
+):
     """Parallel outer / vectorized inner for one spatial block at root level."""
     loops = sch.get_loops(blk)
     if not loops:
@@ -240,9 +344,31 @@ def schedule_injective_block(sch: s_tir.Schedule, blk, target: Target, min_paral
         fused, inner = sch.split(inner, [None, vl * 4])
         sch.parallel(fused)
         inner_ext = vl * 4
-    if inner_ext >= 2:
+    if vectorize and inner_ext >= 2:
         if inner_ext % vl == 0 and inner_ext > vl:
             _, v = sch.split(inner, [None, vl])
             sch.vectorize(v)
-        elif inner_ext <= 4 * vl:
+        elif inner_ext <= vl:
             sch.vectorize(inner)
+
+
+def schedule_pad_block(sch: s_tir.Schedule, blk, target: Target):
+    """Zero-padding copy: parallel over channel planes; the border fill is split from the
+    interior copy (decompose_padding) so that both are branch-free streaming loops."""
+    loops = sch.get_loops(blk)
+    if len(loops) < 3:
+        schedule_injective_block(sch, blk, target)
+        return
+    par = sch.fuse(*loops[:-2])
+    sch.parallel(par)
+    try:
+        sch.decompose_padding(blk, sch.get_loops(blk)[1])
+    except Exception:  # pylint: disable=broad-except
+        pass
+
+
+def _schedule_producer(sch: s_tir.Schedule, blk, target: Target):
+    if "pad" in block_name(sch, blk):
+        schedule_pad_block(sch, blk, target)
+    else:
+        schedule_injective_block(sch, blk, target)
