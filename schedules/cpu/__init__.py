@@ -1,8 +1,13 @@
-"""CPU (llvm) schedule rules."""
+"""CPU (llvm) schedule rules, tried in order; the first that returns a schedule wins."""
+
+from tvm.s_tir import dlight as dl
 
 from .conv2d import Conv2d
+from .dense import Dense
+from .elementwise import Fallback, Injective
+from .pool import Pool
 
 
 def default_rules():
     """CPU rules in the order they are tried."""
-    return [Conv2d()]
+    return [Conv2d(), Dense(), Pool(), Injective(), dl.cpu.GEMV(), dl.cpu.Reduction(), Fallback()]

@@ -1,0 +1,128 @@
+"""CPU rule for dense / matmul with few rows: [M,K] x [K,N] (M small, batch 1 => GEMV).
+
+out[m, n] = sum_k x[m, k] * W[k, n], W row-major [K, N]: vectorize along N (contiguous), keep
+a tile of NU x lanes columns in registers while k streams, parallel over column tiles, bias /
+activation fused into the register write-back. The kernel is bound by streaming W once.
+"""
+
+from __future__ import annotations
+
+from tvm import s_tir, tirx
+from tvm.target import Target
+
+from ..common import (
+    NamedRule,
+    child_blocks,
+    dtype_bits,
+    inline_epilogue_chain,
+    inline_producers,
+    iter_kinds,
+    is_spatial,
+    loop_extent,
+    num_cores,
+    try_reverse_compute_inline,
+    vector_bits,
+)
+from .elementwise import schedule_flat
+
+
+def find_matmul(sch: s_tir.Schedule):
+    """(block, transposed) for a single 'S..SR' x@W block, else (None, None)."""
+    blocks = child_blocks(sch)
+    reds = [b for b in blocks if not is_spatial(sch, b)]
+    if len(reds) != 1:
+        return None, None
+    blk = reds[0]
+    kinds = iter_kinds(sch, blk)
+    if kinds not in ("SSR", "SR"):
+        return None, None
+    stmt = sch.get(blk)
+    out = stmt.writes[0].source
+    reads = [r for r in stmt.reads if not r.source.same_as(out)]
+    if len(reads) != 2:
+        return None, None
+    ivars = [iv.var for iv in stmt.iter_vars]
+    n_var, k_var = ivars[-2], ivars[-1]
+    w = reads[1]
+    if len(w.region) != 2:
+        return None, None
+    i0, i1 = w.region[0].min, w.region[1].min
+    if i0.same_as(k_var) and i1.same_as(n_var):
+        return blk, False
+    if i0.same_as(n_var) and i1.same_as(k_var):
+        return blk, True
+    return None, None
+
+
+class Dense(NamedRule):
+    """GEMV-style dense with W laid out [K, N] (what Relax matmul and folded Gemm give)."""
+
+    family = "cpu"
+
+    def apply(self, func, target: Target, tunable: bool):  # pylint: disable=unused-argument
+        if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
+            return None
+        sch = s_tir.Schedule(func)
+        blk, transposed = find_matmul(sch)
+        if blk is None or transposed:
+            return None
+        loops = sch.get_loops(blk)
+        exts = [loop_extent(sch, l) for l in loops]
+        if any(e is None for e in exts):
+            return None
+        m = exts[0] if len(exts) == 3 else 1
+        if m > 16:
+            return None
+        try:
+            self._schedule(sch, blk, loops, exts, target)
+        except Exception:  # pylint: disable=broad-except
+            return None
+        return sch
+
+    @staticmethod
+    def tiles(n: int, k: int, target: Target, bits: int = 32) -> dict:
+        vl = max(vector_bits(target) // bits, 1)
+        while vl > 1 and n % vl:
+            vl //= 2
+        if vl < 4:
+            vl = max(vector_bits(target) // bits, 1)  # predicated tail
+        threads = num_cores(target)
+        nu = 4
+        while nu > 1 and (n % (vl * nu) or n // (vl * nu) < 2 * threads):
+            nu //= 2
+        return {"VL": vl, "NU": nu, "KU": 4 if k % 4 == 0 else 1}
+
+    def _schedule(self, sch, blk, loops, exts, target):
+        epilogues = inline_epilogue_chain(sch, blk)
+        if epilogues is None:
+            raise ValueError("non-injective consumer")
+        producers = inline_producers(sch, blk)
+        bits = dtype_bits(sch.get(blk).writes[0].source.dtype)
+        n, k = exts[-2], exts[-1]
+        t = self.tiles(n, k, target, bits)
+        if len(loops) == 3:
+            mm, nn, kk = loops
+        else:
+            mm, (nn, kk) = None, loops
+        no, nu, nv = sch.split(nn, [None, t["NU"], t["VL"]])
+        ko, ku = sch.split(kk, [None, t["KU"]])
+        order = [no] + ([mm] if mm is not None else []) + [ko, ku, nu, nv]
+        sch.reorder(*order)
+        sch.parallel(no)
+        if mm is not None:
+            sch.unroll(mm)
+        sch.unroll(ku)
+        sch.unroll(nu)
+        sch.vectorize(nv)
+        acc = sch.cache_write(blk, 0, "local")
+        sch.reverse_compute_at(acc, no, preserve_unit_loops=True)
+        if epilogues:
+            if not (len(epilogues) == 1 and try_reverse_compute_inline(sch, epilogues[-1])):
+                for epi in epilogues:
+                    schedule_flat(sch, epi, target)
+        acc_loops = sch.get_loops(acc)
+        _, v = sch.split(acc_loops[-1], [None, t["VL"]])
+        sch.vectorize(v)
+        sch.decompose_reduction(blk, ko)
+        for p in producers:
+            schedule_flat(sch, p, target)
