@@ -94,7 +94,9 @@ def round_split(layer: Layer, ratio: float, channel_multiple: int) -> int:
     step = max(1, channel_multiple // layer.channels_per_unit)
     if units < 2 * step:
         step = 1
-    gpu_units = min(units, max(0, int(round(ratio * units / step)) * step))
+    # The nearest multiple of `step`, or all units (the last part may be a partial vector).
+    candidates = list(range(0, units + 1, step)) + [units]
+    gpu_units = min(candidates, key=lambda k: (abs(k - ratio * units), k))
     return gpu_units * layer.channels_per_unit
 
 
