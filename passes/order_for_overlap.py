@@ -7,11 +7,12 @@ a copy between the devices waits for the GPU queue. So the two processors overla
 at each step, the GPU's kernels are queued first, the CPU's kernels run while the GPU
 works, and the copies that exchange the step's results come after both.
 
-A step ("level") ends at each cross-device copy: a binding's level is the highest level of
-what it reads, plus one when that is a copy. Bindings are issued by (level, kind, original
-position) among those whose inputs are ready, where kind orders GPU compute, then CPU
-compute, then copies. The first vdevice of the module is the host CPU; every other one
-counts as the GPU.
+A step ("level") is one round of that: copies to the GPU of what the CPU made in the
+previous step, the GPU's kernels, the CPU's kernels, then copies back to the CPU. A copy to
+the GPU opens the step after the one its data was made in; whatever reads a copy back to
+the CPU belongs to the next step. Bindings are issued by (level, kind, original position)
+among those whose inputs are ready, kinds in the order just given. The first vdevice of
+the module is the host CPU; every other one counts as the GPU.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from tvm import relax
 from ._vdevice import first_vdevice, vdevice_key
 
 TO_VDEVICE = tvm.ir.Op.get("relax.to_vdevice")
-GPU_COMPUTE, CPU_COMPUTE, COPY = 0, 1, 2
+TO_GPU, GPU_COMPUTE, CPU_COMPUTE, TO_CPU = 0, 1, 2, 3
 
 
 def _is_copy(value) -> bool:
@@ -32,12 +33,11 @@ def _is_copy(value) -> bool:
 
 
 def binding_kind(binding, host_vdevice) -> int:
-    if _is_copy(binding.value):
-        return COPY
     vdevice = first_vdevice(binding.var.ty)
-    if vdevice is None or host_vdevice is None:
-        return CPU_COMPUTE
-    return CPU_COMPUTE if vdevice_key(vdevice) == vdevice_key(host_vdevice) else GPU_COMPUTE
+    on_host = vdevice is None or host_vdevice is None or vdevice_key(vdevice) == vdevice_key(host_vdevice)
+    if _is_copy(binding.value):
+        return TO_CPU if on_host else TO_GPU
+    return CPU_COMPUTE if on_host else GPU_COMPUTE
 
 
 def order_bindings(bindings: list, host_vdevice) -> list:
@@ -49,7 +49,8 @@ def order_bindings(bindings: list, host_vdevice) -> list:
     users = [[] for _ in bindings]
     for i, ds in enumerate(deps):
         for d in ds:
-            level[i] = max(level[i], level[d] + (1 if kinds[d] == COPY else 0))
+            after = 1 if kinds[d] == TO_CPU or kinds[i] == TO_GPU else 0
+            level[i] = max(level[i], level[d] + after)
             users[d].append(i)
     waiting = [len(set(ds)) for ds in deps]
     ready = [(level[i], kinds[i], i) for i in range(len(bindings)) if waiting[i] == 0]
