@@ -15,9 +15,12 @@ import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import MulayerError
-from .layers import Layer
+
+if TYPE_CHECKING:  # layers needs tvm.relax; plans must load with the TVM runtime alone
+    from .layers import Layer
 
 PLACEMENTS = ("cpu", "gpu", "split")
 PLAN_FORMAT = "tvm-mulayer-plan/1"

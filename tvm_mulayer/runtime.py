@@ -69,8 +69,9 @@ def enable_cuda_runtime() -> None:
         lib = Path(tvm.__file__).parent / "lib" / "libtvm_runtime_cuda.so"
         if lib.exists():
             ctypes.CDLL(str(lib), mode=ctypes.RTLD_GLOBAL)
-    if tvm.get_global_func("tvm_callback_cuda_compile", allow_missing=True) is None:
-        tvm.register_global_func("tvm_callback_cuda_compile", _nvcc_fatbin, override=True)
+    # TVM's own callback (tvm.support.nvcc) needs the compiler library's Target API, which
+    # a runtime-only install lacks; ours only needs nvcc.
+    tvm.register_global_func("tvm_callback_cuda_compile", _nvcc_fatbin, override=True)
 
 
 def _nvcc_fatbin(code, target=None):
@@ -119,6 +120,7 @@ class Executable:
     def _setup(self):
         if self._vm is None:
             import tvm
+            import tvm.runtime.vm  # not imported by `import tvm` in runtime-only mode
 
             devices = [tvm_device(self.cpu, 0), tvm_device(self.gpu, 1)]
             self._devices = devices
