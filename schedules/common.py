@@ -157,14 +157,25 @@ def inline_epilogue_chain(sch: s_tir.Schedule, main_block) -> list:
     return remaining
 
 
+def has_condition(sch: s_tir.Schedule, block) -> bool:
+    """True if the block's value has an if_then_else (a real padding, not a plain copy)."""
+    return "if_then_else" in str(sch.get(block).body)
+
+
 def inline_producers(sch: s_tir.Schedule, main_block, keep: tuple = ()) -> list:
-    """Inline injective producer blocks (except names in ``keep``); return the rest."""
+    """Inline injective producer blocks; return the rest.
+
+    Blocks named in ``keep`` (padding) are kept when they really pad; a zero-width "pad"
+    (LegalizeOps emits one for padding=0) is a plain copy and is inlined like the rest.
+    """
     blocks = child_blocks(sch)
     names = [block_name(sch, b) for b in blocks]
     idx = names.index(block_name(sch, main_block))
     rest = []
     for blk in blocks[:idx]:
-        if block_name(sch, blk) in keep or not is_spatial(sch, blk) or not try_compute_inline(sch, blk):
+        if block_name(sch, blk) in keep and has_condition(sch, blk):
+            rest.append(blk)
+        elif not is_spatial(sch, blk) or not try_compute_inline(sch, blk):
             rest.append(blk)
     return rest
 

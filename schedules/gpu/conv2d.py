@@ -1,0 +1,203 @@
+"""GPU rules for NCHW conv2d: direct convolution with shared-memory tiles, and depthwise.
+
+Conv2d (regular / grouped, k > 1 or strided): each thread block computes a tile of
+TF*FI output channels x TY rows x TX columns; each thread FI channels of one pixel in
+registers. The reduction walks input channels in chunks of RC: per chunk the block stages the
+(padded) input patch and the weight slab in shared memory cooperatively, then every thread
+accumulates from shared memory. The padding is fused into the shared-memory load and the
+bias/activation epilogue into the register write-back, so the kernel is one launch.
+
+DepthwiseConv2d: no reuse across channels, so one thread per output pixel, window unrolled,
+padding inlined, accumulator in a register.
+"""
+
+from __future__ import annotations
+
+from tvm import s_tir, tirx
+from tvm.target import Target
+
+from ..common import (
+    NamedRule,
+    best_divisor,
+    block_name,
+    child_blocks,
+    inline_epilogue_chain,
+    try_compute_inline,
+    try_reverse_compute_inline,
+)
+from ..cpu.conv2d import ConvInfo, find_conv_block
+
+
+def _max_threads(target: Target) -> int:
+    for key in ("max_threads_per_block", "max_num_threads"):
+        val = target.attrs.get(key, None)
+        if val is not None:
+            return int(val)
+    return 256
+
+
+def _pow2_at_most(n: int, cap: int) -> int:
+    p = 1
+    while p * 2 <= min(n, cap):
+        p *= 2
+    return p
+
+
+def _finish_epilogue(sch, acc, epilogues, target):
+    if epilogues:
+        if not (len(epilogues) == 1 and try_reverse_compute_inline(sch, epilogues[-1])):
+            for epi in epilogues:
+                bind_flat(sch, epi, target)
+
+
+def bind_flat(sch: s_tir.Schedule, blk, target: Target, threads: int | None = None):
+    """Fuse a spatial block's loops and bind them to blockIdx.x / threadIdx.x."""
+    loops = sch.get_loops(blk)
+    if not loops:
+        loops = [sch.add_unit_loop(blk)]
+    fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
+    bx, tx = sch.split(fused, [None, threads or min(256, _max_threads(target))])
+    sch.bind(bx, "blockIdx.x")
+    sch.bind(tx, "threadIdx.x")
+
+
+def _cooperative_fetch(sch, blk, thread_extents, vec: int = 1):
+    loops = sch.get_loops(blk)
+    # loops above the copy are the compute_at loops; the copy's own loops follow them
+    n_outer = len(sch.get_loops(blk)) - len(sch.get(blk).iter_vars)
+    inner = loops[n_outer:]
+    fused = sch.fuse(*inner) if len(inner) > 1 else inner[0]
+    names = ["threadIdx.z", "threadIdx.y", "threadIdx.x"][-len(thread_extents):]
+    factors = [None] + list(thread_extents) + ([vec] if vec > 1 else [])
+    parts = sch.split(fused, factors)
+    for loop, name in zip(parts[1 : 1 + len(thread_extents)], names):
+        sch.bind(loop, name)
+    if vec > 1:
+        sch.vectorize(parts[-1])
+
+
+class Conv2d(NamedRule):
+    """Direct conv2d with shared-memory input/weight tiles and register accumulators."""
+
+    family = "gpu"
+
+    def apply(self, func, target: Target, tunable: bool):  # pylint: disable=unused-argument
+        if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
+            return None
+        sch = s_tir.Schedule(func)
+        conv = find_conv_block(sch)
+        if conv is None:
+            return None
+        try:
+            info = ConvInfo(sch, conv)
+        except ValueError:
+            return None
+        if info.depthwise:
+            return None
+        if info.kh == 1 and info.kw == 1 and info.stride_h == 1 and info.stride_w == 1:
+            return None  # a plain GEMM: dlight's Matmul (implicit GEMM) handles it better
+        try:
+            self.schedule(sch, conv, info, target)
+        except Exception:  # pylint: disable=broad-except
+            return None
+        return sch
+
+    @staticmethod
+    def tiles(info: ConvInfo, target: Target) -> dict:
+        max_t = _max_threads(target)
+        tx = _pow2_at_most(info.ow, 16)
+        ty = _pow2_at_most(info.oh, max(1, 64 // tx))
+        tf = _pow2_at_most(info.f, max(1, min(16, max_t // (tx * ty))))
+        fi = 4 if info.f >= 4 * tf else (2 if info.f >= 2 * tf else 1)
+        rc = best_divisor(info.rc, 8) or 1
+        return {"TX": tx, "TY": ty, "TF": tf, "FI": fi, "RC": rc}
+
+    def schedule(self, sch: s_tir.Schedule, conv, info: ConvInfo, target: Target):
+        t = self.tiles(info, target)
+        epilogues = inline_epilogue_chain(sch, conv)
+        # producers other than the padding: inline into the padding / conv
+        blocks = child_blocks(sch)
+        idx = [block_name(sch, b) for b in blocks].index(block_name(sch, conv))
+        pad = None
+        for blk in blocks[:idx]:
+            if block_name(sch, blk) == "pad_temp":
+                pad = blk
+            elif not try_compute_inline(sch, blk):
+                raise ValueError("unexpected producer")
+        n, ff, yy, xx, rc, ry, rx = sch.get_loops(conv)
+        bf, tf, fi = sch.split(ff, [None, t["TF"], t["FI"]])
+        by, ty = sch.split(yy, [None, t["TY"]])
+        bx, tx = sch.split(xx, [None, t["TX"]])
+        rco, rci = sch.split(rc, [None, t["RC"]])
+        sch.reorder(n, bf, by, bx, tf, ty, tx, rco, ry, rx, rci, fi)
+        blk_x = sch.fuse(n, bf, by, bx)
+        sch.bind(blk_x, "blockIdx.x")
+        sch.bind(tf, "threadIdx.z")
+        sch.bind(ty, "threadIdx.y")
+        sch.bind(tx, "threadIdx.x")
+        sch.unroll(fi)
+
+        acc = sch.cache_write(conv, 0, "local")
+        sch.reverse_compute_at(acc, tx, preserve_unit_loops=True)
+        _finish_epilogue(sch, acc, epilogues, target)
+
+        grouped = info.in_c != info.rc
+        extents = [t["TF"], t["TY"], t["TX"]]
+        if not grouped:
+            # (a grouped conv's input-channel window depends on the channel block: its extent
+            # is not a constant, so the input is read through the cache instead)
+            data = info.data_buffer if pad is None else sch.get(pad).writes[0].source
+            d_sh = sch.cache_read(conv, data, "shared")
+            sch.compute_at(d_sh, rco, preserve_unit_loops=True)
+            if pad is not None:
+                sch.compute_inline(pad)  # padding happens while staging into shared memory
+            _cooperative_fetch(sch, d_sh, extents)
+        elif pad is not None:
+            sch.compute_inline(pad)
+        w_sh = sch.cache_read(conv, info.weight_buffer, "shared")
+        sch.compute_at(w_sh, rco, preserve_unit_loops=True)
+        _cooperative_fetch(sch, w_sh, extents)
+        sch.decompose_reduction(conv, rco)
+        return sch
+
+
+class DepthwiseConv2d(NamedRule):
+    """Depthwise conv2d: a thread per output pixel, unrolled window, fused pad/epilogue."""
+
+    family = "gpu"
+
+    def apply(self, func, target: Target, tunable: bool):  # pylint: disable=unused-argument
+        if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
+            return None
+        sch = s_tir.Schedule(func)
+        conv = find_conv_block(sch)
+        if conv is None:
+            return None
+        try:
+            info = ConvInfo(sch, conv)
+        except ValueError:
+            return None
+        if not info.depthwise:
+            return None
+        try:
+            epilogues = inline_epilogue_chain(sch, conv)
+            blocks = child_blocks(sch)
+            idx = [block_name(sch, b) for b in blocks].index(block_name(sch, conv))
+            for blk in blocks[:idx]:
+                if not try_compute_inline(sch, blk):
+                    raise ValueError("producer")
+            n, ff, yy, xx, rc, ry, rx = sch.get_loops(conv)
+            threads = min(256, _max_threads(target))
+            fused = sch.fuse(n, ff, yy, xx)
+            bx, tx = sch.split(fused, [None, threads])
+            sch.bind(bx, "blockIdx.x")
+            sch.bind(tx, "threadIdx.x")
+            sch.unroll(ry)
+            sch.unroll(rx)
+            acc = sch.cache_write(conv, 0, "local")
+            sch.reverse_compute_at(acc, tx, preserve_unit_loops=True)
+            _finish_epilogue(sch, acc, epilogues, target)
+            sch.decompose_reduction(conv, rc)
+        except Exception:  # pylint: disable=broad-except
+            return None
+        return sch
