@@ -140,3 +140,184 @@ def test_cpu_conv2d(case, target):
     args = [x, w] + ([b] if epi in ("bias", "relu", "clip") else []) + [np.zeros(ref.shape, "float32")]
     out = run_prim(sch.mod["main"], target, args)
     np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-4 * max(1.0, np.abs(ref).max()) * 1e-1)
+
+
+def test_cpu_conv2d_modes_covered():
+    """The cases above exercise all three conv schedules (x-vectorized, channel-vectorized,
+    depthwise)."""
+    from tvm import s_tir
+
+    conv2d = schedules.cpu.conv2d
+    modes = set()
+    for case in CONV_CASES:
+        mod, _, _ = conv_relax(*case)
+        sch = s_tir.Schedule(the_func(mod, "conv2d"))
+        modes.add(conv2d.Conv2d.tiles(conv2d.ConvInfo(sch, conv2d.find_conv_block(sch)), CPU)["mode"])
+    assert modes == {"xvec", "fvec", "dw"}
+
+
+# ---------------------------------------------------------------- CPU: other ops vs unscheduled
+def _random_args(func, seed=1):
+    rng = np.random.default_rng(seed)
+    args = []
+    for p in func.params:
+        shape = [int(s) for s in p.ty.shape]
+        args.append(rng.standard_normal(shape).astype(str(p.ty.dtype)))
+    args[-1] = np.zeros_like(args[-1])
+    return args
+
+
+def check_against_unscheduled(func, target, expect_rule):
+    rule, sch = schedules.apply_rules(func, target)
+    assert rule is not None and rule_name(rule) == expect_rule, rule
+    args = _random_args(func)
+    ref = run_prim(func, target, [a.copy() for a in args])
+    out = run_prim(sch.mod["main"], target, [a.copy() for a in args])
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
+
+
+def dense_relax(k, n, act="relu"):
+    w = RNG.standard_normal((k, n)).astype("float32")
+    b = RNG.standard_normal((n,)).astype("float32")
+
+    def body(bb, x):
+        y = bb.emit(relax.op.matmul(x, relax.const(w)))
+        y = bb.emit(relax.op.add(y, relax.const(b)))
+        if act == "relu":
+            y = bb.emit(relax.op.nn.relu(y))
+        return y
+
+    return _legalize(body, [("x", (1, k), "float32")])
+
+
+@pytest.mark.parametrize("k,n", [(64, 48), (100, 37), (256, 1000), (33, 7)])
+@pytest.mark.parametrize("target", [CPU, CPU_GENERIC], ids=["znver4", "llvm"])
+def test_cpu_dense(k, n, target):
+    check_against_unscheduled(the_func(dense_relax(k, n), "matmul"), target, "Dense")
+
+
+POOL_CASES = {
+    "maxpool3s2": lambda bb, x: relax.op.nn.max_pool2d(x, pool_size=3, strides=2, padding=1),
+    "maxpool3s2_ceil": lambda bb, x: relax.op.nn.max_pool2d(x, pool_size=3, strides=2, ceil_mode=True),
+    "avgpool3s1": lambda bb, x: relax.op.nn.avg_pool2d(x, pool_size=3, strides=1, padding=1),
+    "global_avg": lambda bb, x: relax.op.nn.adaptive_avg_pool2d(x, output_size=1),
+    "mean_hw": lambda bb, x: relax.op.mean(x, axis=[2, 3], keepdims=True),
+    "lrn_pool3d": lambda bb, x: relax.op.nn.avg_pool3d(
+        relax.op.expand_dims(relax.op.multiply(x, x), 1), pool_size=(5, 1, 1), strides=1,
+        padding=(2, 0, 0, 2, 0, 0)),
+}
+
+
+@pytest.mark.parametrize("name", list(POOL_CASES))
+def test_cpu_pool(name):
+    mod = _legalize(lambda bb, x: bb.emit(POOL_CASES[name](bb, x)), [("x", (1, 13, 15, 15), "float32")], fuse=True)
+    funcs = [f for n, f in prim_funcs(mod) if "pool" in n or "mean" in n]
+    assert funcs, [n for n, _ in prim_funcs(mod)]
+    for func in funcs:
+        check_against_unscheduled(func, CPU, "Pool")
+
+
+INJECTIVE_CASES = {
+    "relu": lambda bb, x: relax.op.nn.relu(x),
+    "clip": lambda bb, x: relax.op.clip(x, 0.0, 6.0),
+    "scale_shift": lambda bb, x: relax.op.add(
+        relax.op.multiply(x, relax.const(RNG.standard_normal((1, 13, 1, 1)).astype("float32"))),
+        relax.const(RNG.standard_normal((1, 13, 1, 1)).astype("float32"))),
+    "concat": lambda bb, x: relax.op.concat([x, relax.op.nn.relu(x), x], axis=1),
+    "strided_slice": lambda bb, x: relax.op.strided_slice(x, axes=[1], begin=[3], end=[11]),
+    "reshape": lambda bb, x: relax.op.reshape(x, (1, 13 * 15 * 15)),
+    "lrn_tail": lambda bb, x: relax.op.divide(
+        x, relax.op.power(relax.op.add(relax.op.multiply(x, relax.const(np.float32(1e-4))),
+                                       relax.const(np.float32(1.0))), relax.const(np.float32(0.75)))),
+}
+
+
+@pytest.mark.parametrize("name", list(INJECTIVE_CASES))
+def test_cpu_injective(name):
+    mod = _legalize(lambda bb, x: bb.emit(INJECTIVE_CASES[name](bb, x)), [("x", (1, 13, 15, 15), "float32")])
+    funcs = prim_funcs(mod)
+    assert funcs
+    for _, func in funcs:
+        check_against_unscheduled(func, CPU, "Injective")
+
+
+def test_cpu_softmax_uses_reduction_rule():
+    mod = _legalize(lambda bb, x: bb.emit(relax.op.nn.softmax(x, axis=-1)), [("x", (1, 1000), "float32")])
+    for _, func in prim_funcs(mod):
+        check_against_unscheduled(func, CPU, "Reduction")
+
+
+def test_schedule_for_targets_pass():
+    """The module pass schedules every PrimFunc by its own target and marks it scheduled;
+    a second llvm target (the GPU stand-in of GPU-less hosts) gets CPU rules too."""
+    mod, _, _ = conv_relax(8, 16, 12, 3, 1, 1)
+    mod2 = dense_relax(32, 24)
+    for gv, f in mod2.functions_items():
+        if isinstance(f, tirx.PrimFunc):
+            mod[gv.name_hint + "_dense"] = f
+    funcs = prim_funcs(mod)
+    for i, (name, f) in enumerate(funcs):
+        mod[name] = f.with_attr("target", CPU if i % 2 == 0 else CPU_GENERIC)
+    out = schedules.ScheduleForTargets()(mod)
+    for name, f in prim_funcs(out):
+        assert bool(f.attrs["tirx.is_scheduled"]), name
+    again = schedules.ScheduleForTargets()(out)
+    import tvm_ffi
+
+    assert tvm_ffi.structural_equal(again, out)
+
+
+def test_schedule_rules_listing():
+    cpu_rules = [rule_name(r) for r in schedules.schedule_rules(CPU)]
+    gpu_rules = [rule_name(r) for r in schedules.schedule_rules(CUDA)]
+    assert cpu_rules[:3] == ["Conv2d", "Dense", "Pool"] and cpu_rules[-1] == "Fallback"
+    assert gpu_rules[:3] == ["Conv2d", "DepthwiseConv2d", "Dense"] and gpu_rules[-1] == "Fallback"
+    assert [rule_name(r) for r in schedules.schedule_rules(CPU_GENERIC)] == cpu_rules
+
+
+# ---------------------------------------------------------------- GPU: compile only
+GPU_CONV_CASES = [
+    ((16, 13, 14, 3, 1, 1, 1, "relu"), "Conv2d"),
+    ((3, 32, 23, 3, 2, 1, 1, "relu"), "Conv2d"),
+    ((3, 16, 35, 11, 4, 2, 1, "relu"), "Conv2d"),
+    ((12, 18, 9, 3, 1, 1, 3, "relu"), "Conv2d"),  # grouped
+    ((16, 16, 15, 3, 1, 1, 16, "relu"), "DepthwiseConv2d"),
+    ((16, 16, 15, 3, 2, 1, 16, "clip"), "DepthwiseConv2d"),
+    ((8, 37, 11, 1, 1, 0, 1, "bias"), "Matmul"),  # 1x1: dlight implicit GEMM
+]
+
+
+def build_gpu(func, target):
+    mod = tvm.IRModule({"main": func.with_attr("global_symbol", "main").with_attr("target", target)})
+    lib = tvm.tirx.build(mod, target=target)
+    return lib
+
+
+@pytest.mark.parametrize("case,expect", GPU_CONV_CASES, ids=lambda c: "x".join(map(str, c)) if isinstance(c, tuple) else c)
+@pytest.mark.parametrize("target", [CUDA, OPENCL], ids=["cuda", "opencl"])
+def test_gpu_conv2d_compiles(case, expect, target):
+    mod, _, _ = conv_relax(*case)
+    rule, sch = schedules.apply_rules(the_func(mod, "conv2d"), target)
+    assert rule_name(rule) == expect
+    build_gpu(sch.mod["main"], target)
+
+
+@pytest.mark.parametrize("target", [CUDA, OPENCL], ids=["cuda", "opencl"])
+def test_gpu_dense_compiles(target):
+    for k, n in [(256, 1000), (100, 37)]:
+        rule, sch = schedules.apply_rules(the_func(dense_relax(k, n), "matmul"), target)
+        assert rule_name(rule) == "Dense"
+        build_gpu(sch.mod["main"], target)
+
+
+@pytest.mark.parametrize("target", [CUDA, OPENCL], ids=["cuda", "opencl"])
+def test_gpu_other_ops_compile(target):
+    """Pools, elementwise, concat, softmax...: dlight rules, Fallback binds the rest."""
+    cases = list(POOL_CASES.values()) + list(INJECTIVE_CASES.values())
+    cases.append(lambda bb, x: relax.op.nn.softmax(relax.op.reshape(x, (1, 13 * 15 * 15)), axis=-1))
+    for make in cases:
+        mod = _legalize(lambda bb, x, make=make: bb.emit(make(bb, x)), [("x", (1, 13, 15, 15), "float32")])
+        for _, func in prim_funcs(mod):
+            rule, sch = schedules.apply_rules(func, target)
+            assert sch is not None
+            build_gpu(sch.mod["main"], target)
