@@ -9,8 +9,9 @@ GPU — and rewrites `main` so that:
   [k, C) on the CPU with sliced constant weights (a grouped convolution splits on group
   boundaries and reads only its groups' input channels; a whole placement is one part);
 * per-channel ops after a layer (unary elementwise, pooling, binary ops with a constant or
-  a same-shaped operand) run part by part where the parts already live, so the tensor
-  stays split until an op needs all of it;
+  a same-shaped operand, LRN — whose channel window reads a halo of neighbour channels)
+  run part by part where the parts already live, so the tensor stays split until an op
+  needs all of it;
 * a channel concat of split tensors just re-labels the parts (no data moves);
 * any other op runs whole, on the processor that already holds most of its input bytes;
 * data crosses processors only through `R.to_vdevice` (sliced first, so only the missing
@@ -38,9 +39,14 @@ DEVICE_INDEX = {"cpu": CPU, "gpu": GPU}
 PER_CHANNEL_UNARY = {
     "relax.nn.relu", "relax.clip", "relax.sigmoid", "relax.tanh", "relax.astype",
     "relax.nn.silu", "relax.nn.gelu", "relax.nn.leakyrelu", "relax.exp", "relax.sqrt",
-    "relax.negative", "relax.abs", "relax.nn.dropout",
+    "relax.negative", "relax.abs",
 }
 POOLS = {"relax.nn.max_pool2d", "relax.nn.avg_pool2d", "relax.nn.adaptive_avg_pool2d"}
+# Pools over a 5-D view whose depth axis is the channel axis: LRN as the ONNX importer
+# writes it (x^2 -> expand_dims -> avg_pool3d over (size,1,1) -> squeeze). Each part reads
+# a halo of neighbouring channels instead of needing the whole tensor.
+CHANNEL_WINDOW_POOLS = {"relax.nn.avg_pool3d", "relax.nn.max_pool3d"}
+RESHAPING = {"relax.expand_dims", "relax.squeeze"}
 BINARY = {
     "relax.add", "relax.subtract", "relax.multiply", "relax.divide", "relax.power",
     "relax.maximum", "relax.minimum",
@@ -59,9 +65,11 @@ class Part:
 
 @dataclass(frozen=True)
 class Value:
-    """A rewritten value: a channel-partitioned tensor (parts), or anything else (whole)."""
+    """A rewritten value: a tensor partitioned along its channel `axis` (one part when
+    whole), or anything else (one part, not a tensor)."""
 
     parts: tuple
+    axis: int = 1
 
     @property
     def channels(self) -> int:
@@ -118,7 +126,8 @@ class _Rewriter:
             if (a, b) != (part.lo, part.hi):
                 expr = self._emit_cached(
                     ("slice", part.expr, a, b),
-                    lambda e=expr, s=a - part.lo, t=b - part.lo: ops.strided_slice(e, axes=[1], begin=[s], end=[t]),
+                    lambda e=expr, s=a - part.lo, t=b - part.lo: ops.strided_slice(
+                        e, axes=[value.axis], begin=[s], end=[t]),
                 )
             if part.dev != dev:
                 expr = self._emit_cached(
@@ -127,7 +136,7 @@ class _Rewriter:
             pieces.append(expr)
         if len(pieces) == 1:
             return pieces[0]
-        return self._emit_cached(("concat", tuple(pieces)), lambda: ops.concat(pieces, axis=1))
+        return self._emit_cached(("concat", tuple(pieces)), lambda: ops.concat(pieces, axis=value.axis))
 
     def _home(self, args) -> int:
         """The device holding most bytes of the tensor values among `args`."""
@@ -215,33 +224,74 @@ class _Rewriter:
         if not (isinstance(first, relax.Var) and first in self.env and _channel_split_ok(first)):
             return None
         value = self.env[first]
-        if name in PER_CHANNEL_UNARY or (name in POOLS and str(call.attrs.layout) == "NCHW"):
-            if name in POOLS and str(call.attrs.out_layout) != "NCHW":
-                return None
-            return self._partwise(value, lambda part: [part.expr, *call.args[1:]], call)
+        same_args = lambda part: [part.expr, *call.args[1:]]  # noqa: E731
+        if name in PER_CHANNEL_UNARY:
+            return self._partwise(value, same_args, call)
+        if name in POOLS and value.axis == 1 and (str(call.attrs.layout), str(call.attrs.out_layout)) == ("NCHW", "NCHW"):
+            return self._partwise(value, same_args, call)
         if name in BINARY and len(call.args) == 2:
             return self._binary(value, call)
+        if name in RESHAPING:
+            return self._reshaping(value, call)
+        if name in CHANNEL_WINDOW_POOLS and value.axis == 2 and str(call.attrs.layout) == "NCDHW":
+            return self._channel_window_pool(value, call)
         return None
 
-    def _partwise(self, value: Value, make_args, call) -> Value:
+    def _partwise(self, value: Value, make_args, call, axis: int | None = None) -> Value:
         parts = []
         for part in value.parts:
-            args = make_args(part)
-            if args is None:
-                return None
-            new = relax.Call(call.op, args, call.attrs, call.ty_args)
+            new = relax.Call(call.op, make_args(part), call.attrs, call.ty_args)
             parts.append(Part(part.lo, part.hi, part.dev, self.bb.emit(new)))
-        return Value(tuple(parts))
+        return Value(tuple(parts), value.axis if axis is None else axis)
+
+    def _reshaping(self, value: Value, call: relax.Call) -> Value | None:
+        """expand_dims/squeeze that keep the channel axis: the axis index moves."""
+        if call.attrs.axis is None:
+            return None
+        in_rank, out_rank = len(_shape(call.args[0])), len(_shape(call))
+        if call.op.name == "relax.expand_dims":
+            inserted = sorted(int(a) % out_rank for a in call.attrs.axis)
+            axis = value.axis
+            for a in inserted:
+                if a <= axis:
+                    axis += 1
+        else:
+            removed = {int(a) % in_rank for a in call.attrs.axis}
+            if value.axis in removed:
+                return None
+            axis = value.axis - sum(1 for a in removed if a < value.axis)
+        return self._partwise(value, lambda part: [part.expr], call, axis)
+
+    def _channel_window_pool(self, value: Value, call: relax.Call) -> Value | None:
+        attrs = call.attrs
+        size, stride, dilation = int(attrs.pool_size[0]), int(attrs.strides[0]), int(attrs.dilation[0])
+        pad = [int(p) for p in attrs.padding]
+        if stride != 1 or dilation != 1 or _shape(call)[2] != value.channels:
+            return None
+        parts = []
+        for part in value.parts:
+            # output channel c reads input channels [c - pad[0], c - pad[0] + size)
+            want_lo, want_hi = part.lo - pad[0], part.hi - pad[0] + size - 1
+            lo, hi = max(0, want_lo), min(value.channels, want_hi)
+            x = self.gather(value, lo, hi, part.dev)
+            pool = ops.nn.avg_pool3d if call.op.name == "relax.nn.avg_pool3d" else ops.nn.max_pool3d
+            extra = {"count_include_pad": attrs.count_include_pad} if call.op.name == "relax.nn.avg_pool3d" else {}
+            new = pool(x, pool_size=attrs.pool_size, strides=attrs.strides, dilation=attrs.dilation,
+                       padding=[lo - want_lo, pad[1], pad[2], want_hi - hi, pad[4], pad[5]],
+                       ceil_mode=attrs.ceil_mode, layout=attrs.layout, out_layout=attrs.out_layout, **extra)
+            parts.append(Part(part.lo, part.hi, part.dev, self.bb.emit(new)))
+        return Value(tuple(parts), value.axis)
 
     def _binary(self, value: Value, call: relax.Call) -> Value | None:
         lhs, rhs = call.args
         out_shape = _shape(call)
+        channels = out_shape[value.axis]
         if _shape(lhs) != out_shape:
             return None  # lhs is broadcast: channel positions differ from the output's
         if is_tensor_constant(rhs):
             data = rhs.value.numpy()
-            axis = 1 - (len(out_shape) - data.ndim)  # channel axis of the constant, right-aligned
-            if axis >= 0 and data.shape[axis] == out_shape[1] and out_shape[1] > 1:
+            axis = value.axis - (len(out_shape) - data.ndim)  # channel axis of the constant, right-aligned
+            if axis >= 0 and data.shape[axis] == channels and channels > 1:
                 take = lambda p: relax.const(np.ascontiguousarray(np.take(data, range(p.lo, p.hi), axis=axis)))
             elif axis < 0 or data.shape[axis] == 1:
                 take = lambda p: rhs
@@ -255,16 +305,19 @@ class _Rewriter:
 
     def _concat(self, call: relax.Call) -> Value | None:
         fields = call.args[0]
-        if int(call.attrs.axis) not in (1, 1 - len(_shape(call))) or not isinstance(fields, relax.Tuple):
+        if not isinstance(fields, relax.Tuple):
             return None
+        axis = int(call.attrs.axis) % len(_shape(call))
         parts, offset = [], 0
         for field in fields.fields:
             if not (isinstance(field, relax.Var) and field in self.env and _channel_split_ok(field)):
                 return None
+            if self.env[field].axis != axis:
+                return None
             for part in self.env[field].parts:
                 parts.append(Part(part.lo + offset, part.hi + offset, part.dev, part.expr))
-            offset += _shape(field)[1]
-        return Value(tuple(parts))
+            offset += _shape(field)[axis]
+        return Value(tuple(parts), axis)
 
     def _whole_op(self, value: relax.Expr) -> Value:
         if isinstance(value, relax.Call):
