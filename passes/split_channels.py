@@ -322,7 +322,12 @@ class _Rewriter:
     def _whole_op(self, value: relax.Expr) -> Value:
         if isinstance(value, relax.Call):
             dev = self._home(value.args)
-            new = relax.Call(value.op, [self._arg_on(a, dev) for a in value.args], value.attrs, value.ty_args)
+            # call_tir (the ONNX importer emits some, e.g. Clip with min/max inputs) declares its
+            # output type itself: give it the device, or the result has none.
+            ty_args = [relax.TensorType(t.shape, t.dtype, self.vdevices[dev])
+                       if isinstance(t, relax.TensorType) and t.vdevice is None and t.shape is not None else t
+                       for t in value.ty_args]
+            new = relax.Call(value.op, [self._arg_on(a, dev) for a in value.args], value.attrs, ty_args)
         elif isinstance(value, relax.Tuple):
             dev = self._home(value.fields)
             new = relax.Tuple([self._arg_on(f, dev) for f in value.fields])
