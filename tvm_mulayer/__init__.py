@@ -10,11 +10,15 @@ __version__ = "0.1.0"
 __all__ = ["MulayerError", "compile", "load", "__version__"]
 
 
-def compile(model, cpu="host", gpu=None, split=0.5, shapes=None):  # noqa: A001 - the API's name
-    """Compile an ONNX model (path or ModelProto) into a two-device `Executable`."""
+def compile(model, cpu="host", gpu=None, split=0.5, shapes=None, predictor=None, verify=False):  # noqa: A001
+    """Compile an ONNX model (path or ModelProto) into a two-device `Executable`.
+
+    `split`: the GPU's share of every layer (0..1), 'cpu', 'gpu', a per-layer dict / plan
+    JSON path / Plan, or 'auto' (chosen by the latency predictor)."""
     from .build import compile_model
 
-    return compile_model(model, cpu=cpu, gpu=gpu, split=split, shapes=shapes)
+    return compile_model(model, cpu=cpu, gpu=gpu, split=split, shapes=shapes, predictor=predictor,
+                         verify=verify, log=print)
 
 
 def load(artifact_dir):

@@ -74,17 +74,42 @@ def resolve_processors(cpu="host", gpu=None) -> tuple:
     return cpu_proc, gpu_proc
 
 
-def compile_model(model, cpu="host", gpu=None, split=0.5, shapes=None):
-    """Build an `Executable` for `model` (ONNX path or ModelProto) split per `split`."""
-    from .runtime import Executable
-
+def compile_model(model, cpu="host", gpu=None, split=0.5, shapes=None, predictor=None, verify=False,
+                  log=None):
+    """Build an `Executable` for `model` (ONNX path or ModelProto) split per `split`:
+    a ratio, 'cpu', 'gpu', a per-layer spec or Plan, or 'auto' (the partitioner, with
+    `predictor`; `verify` then measures the auto plan against both single-processor
+    plans and keeps the fastest, reporting through `log`)."""
     cpu_proc, gpu_proc = resolve_processors(cpu, gpu)
     mod, info = import_onnx(model, shapes)
     layers = find_layers(mod["main"])
     if not layers:
         raise MulayerError("the model has no conv or dense layer with constant weights, so "
                            "there is nothing to split between the processors")
-    plan = make_plan(layers, split, max(cpu_proc.channel_multiple, gpu_proc.channel_multiple), info.sources)
+    multiple = max(cpu_proc.channel_multiple, gpu_proc.channel_multiple)
+    if split != "auto":
+        return _build(mod, info, make_plan(layers, split, multiple, info.sources), cpu_proc, gpu_proc)
+    from .partitioner import auto_plan
+
+    plan = auto_plan(mod["main"], cpu_proc, gpu_proc, predictor, info.sources, multiple)[0]
+    chosen = _build(mod, info, plan, cpu_proc, gpu_proc)
+    if not verify:
+        return chosen
+    candidates = {"auto": chosen}
+    for single in ("cpu", "gpu"):
+        candidates[single] = _build(mod, info, make_plan(layers, single, multiple, info.sources), cpu_proc, gpu_proc)
+    measured = {name: exe.benchmark(repeat=10)["median"] for name, exe in candidates.items()}
+    best = min(measured, key=measured.get)
+    if log:
+        times = ", ".join(f"{name} {seconds * 1e3:.3f} ms" for name, seconds in measured.items())
+        log(f"--verify measured {times}: keeping the {best} plan")
+    candidates[best].plan.description += f" [verified: {best} fastest of {sorted(measured)}]"
+    return candidates[best]
+
+
+def _build(mod, info, plan: Plan, cpu_proc: Processor, gpu_proc: Processor):
+    from .runtime import Executable
+
     lowered, weights, devices = lower(mod, plan, cpu_proc, gpu_proc)
     executable = tvm.compile(lowered, target=None, relax_pipeline=vm_pipeline())
     return Executable(executable, plan, cpu_proc, gpu_proc, info.inputs, info.outputs, info.sources,

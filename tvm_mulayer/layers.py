@@ -36,6 +36,10 @@ class Layer:
     groups: int = 1
     splittable: bool = True
     reason: str = ""  # why not splittable
+    strides: tuple = (1, 1)
+    padding: tuple = (0, 0, 0, 0)
+    dilation: tuple = (1, 1)
+    dtype: str = "float32"
 
     @property
     def channels(self) -> int:
@@ -50,6 +54,18 @@ class Layer:
     @property
     def channels_per_unit(self) -> int:
         return self.channels // self.units
+
+    def part(self, channels: int) -> "Layer":
+        """The layer computing only `channels` of its output channels (one side of a split)."""
+        units = channels // self.channels_per_unit
+        in_channels = self.input_shape[1] // self.groups * units if self.groups > 1 else self.input_shape[1]
+        if self.op == "dense":
+            return dataclasses.replace(self, output_shape=(self.output_shape[0], channels),
+                                       weight_shape=(self.weight_shape[0], channels))
+        return dataclasses.replace(
+            self, input_shape=(self.input_shape[0], in_channels, *self.input_shape[2:]),
+            output_shape=(self.output_shape[0], channels, *self.output_shape[2:]),
+            weight_shape=(channels, *self.weight_shape[1:]), groups=units if self.groups > 1 else 1)
 
     @property
     def macs(self) -> int:
@@ -82,10 +98,12 @@ def _conv2d_layer(call: relax.Call, shapes: tuple) -> Layer:
     attrs = call.attrs
     layouts = (str(attrs.data_layout), str(attrs.kernel_layout), str(attrs.out_layout))
     groups = int(attrs.groups)
+    geometry = {"strides": tuple(int(v) for v in attrs.strides), "padding": tuple(int(v) for v in attrs.padding),
+                "dilation": tuple(int(v) for v in attrs.dilation), "dtype": str(call.args[0].ty.dtype)}
     if layouts != ("NCHW", "OIHW", "NCHW"):
         return Layer("", "conv2d", *shapes, groups, False,
-                     f"layout {'/'.join(layouts)} (split needs NCHW/OIHW)")
-    return Layer("", "conv2d", *shapes, groups)
+                     f"layout {'/'.join(layouts)} (split needs NCHW/OIHW)", **geometry)
+    return Layer("", "conv2d", *shapes, groups, **geometry)
 
 
 def _layer_of(call: relax.Call) -> Layer | None:

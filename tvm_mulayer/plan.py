@@ -104,9 +104,10 @@ def round_split(layer: Layer, ratio: float, channel_multiple: int) -> int:
 
 
 def _requested_ratios(layers: list[Layer], split, sources: dict) -> tuple[dict, str]:
-    """Per-layer requested ratio from a global ratio, a placement word, or a per-layer spec."""
+    """Per-layer (requested ratio, exact GPU channels or None) from a global ratio, a
+    placement word, or a per-layer spec (a saved Plan is one: it gives exact channels)."""
     if isinstance(split, Plan):
-        split = {"layers": {lp.name: {"ratio": lp.ratio} for lp in split.layers}}
+        split = split.to_json()
     if isinstance(split, (str, Path)) and not _looks_like_number(split) and str(split) not in ("cpu", "gpu"):
         path = Path(split)
         if not path.exists():
@@ -117,10 +118,10 @@ def _requested_ratios(layers: list[Layer], split, sources: dict) -> tuple[dict, 
         except json.JSONDecodeError as err:
             raise MulayerError(f"plan file {path} is not valid JSON: {err}") from None
     if isinstance(split, str) and split in ("cpu", "gpu"):
-        return {layer.name: (0.0 if split == "cpu" else 1.0) for layer in layers}, f"all on the {split}"
+        return {layer.name: (0.0 if split == "cpu" else 1.0, None) for layer in layers}, f"all on the {split}"
     if not isinstance(split, dict):
         ratio = _check_ratio(split, "split")
-        return {layer.name: ratio for layer in layers}, f"global ratio {ratio:g}"
+        return {layer.name: (ratio, None) for layer in layers}, f"global ratio {ratio:g}"
     entries = split.get("layers", {})
     if isinstance(entries, list):
         entries = {entry["name"]: entry for entry in entries}
@@ -132,6 +133,10 @@ def _requested_ratios(layers: list[Layer], split, sources: dict) -> tuple[dict, 
         if name is None:
             raise MulayerError(f"the plan names layer {key!r}, which this model does not have; "
                                f"its layers are {', '.join(sorted(known))}")
+        if isinstance(entry, dict) and "gpu_channels" in entry:
+            channels = _exact_channels(entry["gpu_channels"], layers, name, key)
+            ratios[name] = (_check_ratio(entry.get("ratio", 0.0), f"layer {key}"), channels)
+            continue
         if isinstance(entry, dict):
             placement = entry.get("placement")
             if placement in ("cpu", "gpu") and "ratio" not in entry:
@@ -140,15 +145,23 @@ def _requested_ratios(layers: list[Layer], split, sources: dict) -> tuple[dict, 
                 ratio = entry.get("ratio")
         else:
             ratio = entry
-        ratios[name] = _check_ratio(ratio, f"layer {key}")
+        ratios[name] = (_check_ratio(ratio, f"layer {key}"), None)
     missing = known - set(ratios)
     if missing:
         if "default_ratio" not in split:
             raise MulayerError(f"the plan gives no ratio for {', '.join(sorted(missing))}; "
                                "list every layer or add \"default_ratio\"")
         default = _check_ratio(split["default_ratio"], "default_ratio")
-        ratios.update({name: default for name in missing})
+        ratios.update({name: (default, None) for name in missing})
     return ratios, split.get("description", "per-layer plan")
+
+
+def _exact_channels(value, layers, name: str, key: str) -> int:
+    layer = next(candidate for candidate in layers if candidate.name == name)
+    if not isinstance(value, int) or not 0 <= value <= layer.channels or value % layer.channels_per_unit:
+        raise MulayerError(f"layer {key}: gpu_channels {value!r} must be a whole number of groups "
+                           f"({layer.channels_per_unit} channels each) in [0, {layer.channels}]")
+    return value
 
 
 def _looks_like_number(text) -> bool:
@@ -165,9 +178,11 @@ def make_plan(layers: list[Layer], split, channel_multiple: int, sources: dict |
     ratios, description = _requested_ratios(layers, split, sources)
     plans = []
     for layer in layers:
-        ratio = ratios[layer.name]
+        ratio, exact = ratios[layer.name]
         note = ""
-        if layer.splittable:
+        if exact is not None:
+            gpu_channels = exact
+        elif layer.splittable:
             gpu_channels = round_split(layer, ratio, channel_multiple)
         else:
             gpu_channels = layer.channels if ratio >= 0.5 else 0

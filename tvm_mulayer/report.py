@@ -28,3 +28,31 @@ def plan_table(plan: Plan, cpu: Processor, gpu: Processor) -> str:
     lines.append(f"{len(plan.layers)} layers: {counts['split']} split, {counts['gpu']} whole on the GPU, "
                  f"{counts['cpu']} whole on the CPU")
     return "\n".join(lines)
+
+
+def predicted_table(plan: Plan, graph, times, predictor, cpu: Processor, gpu: Processor) -> str:
+    """The partitioner's view per layer: whole-layer times on each processor, the chosen
+    split's part times, and the bytes copied in for it."""
+    from .partitioner import simulate
+
+    _, events = simulate(graph, {lp.name: lp.gpu_channels for lp in plan.layers}, times, predictor, timeline=True)
+    moved: dict = {}
+    for event in events:
+        if event.lane == "copy":
+            moved[event.label] = moved.get(event.label, 0.0) + event.nbytes
+    rows = [("layer", "onnx node", "cpu only ms", "gpu only ms", "placement", "ratio", "gpu part ms", "cpu part ms",
+             "bytes in", "note")]
+    for lp in plan.layers:
+        ms = lambda role, channels: f"{times.time(role, lp.name, channels) * 1e3:.3f}"  # noqa: E731
+        rows.append((lp.name, lp.source or "-", ms("cpu", lp.channels), ms("gpu", lp.channels), lp.placement,
+                     f"{lp.effective_ratio:.2f}", ms("gpu", lp.gpu_channels), ms("cpu", lp.channels - lp.gpu_channels),
+                     f"{moved.get(lp.name, 0):.0f}", lp.note))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = [f"CPU: {cpu.label()}   GPU: {gpu.label()}   plan: {plan.description}"]
+    for index, row in enumerate(rows):
+        lines.append("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+        if index == 0:
+            lines.append("  ".join("-" * width for width in widths))
+    total = sum(moved.values())
+    lines.append(f"bytes copied between the processors per inference (predicted): {total:.0f}")
+    return "\n".join(lines)

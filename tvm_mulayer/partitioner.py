@@ -1,0 +1,379 @@
+"""Partitioner: choose each layer's placement and ratio to minimise predicted latency.
+
+It works on a light model of the network that mirrors what `SplitChannels` will do:
+*nodes* are layers (conv/dense) and ops that need a whole tensor; per-channel ops and
+channel concats only carry channel *provenance* (which node's channels [lo, hi) a tensor
+holds), exactly the parts the split pass keeps in place. For a plan, `simulate` replays the
+executor: one host thread runs CPU kernels and issues GPU kernels (asynchronous on a real
+GPU, inline on the emulated one), and each copy waits for the data it moves. Copies
+are charged only for the channels a consumer's device lacks. Kernel and copy times come
+from a `Predictor`.
+
+Search: the best uniform ratio first (0 and 1 — both single-processor plans — included),
+then coordinate descent over each layer's ratio, then *branch distribution*: for each
+multi-branch module (Inception, Fire: branches from one input joined by a channel concat)
+every assignment of whole branches to the two processors is tried, and kept where the
+simulation says it is faster. `auto` is thus never predicted slower than the best single
+processor.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from tvm import relax
+
+from .layers import Layer, layer_bindings
+from .plan import round_split
+
+RATIOS = tuple(i / 8 for i in range(9))
+
+
+@dataclass
+class Node:
+    index: int
+    name: str  # layer name, or the op of a whole-tensor node
+    layer: Layer | None
+    inputs: list  # [(source node index or -1 for a model input, lo, hi, bytes_per_channel)]
+    channels: int
+    depth: int = 0
+
+
+@dataclass
+class Module:
+    """A multi-branch module: `branches` are disjoint sets of layer names."""
+
+    name: str
+    branches: list
+
+
+@dataclass
+class LayerGraph:
+    nodes: list
+    outputs: list  # segments feeding the model outputs
+    modules: list = field(default_factory=list)
+
+    @property
+    def layers(self) -> list:
+        return [n for n in self.nodes if n.layer is not None]
+
+
+def _shape(expr):
+    ty = expr.ty
+    if isinstance(ty, relax.TensorType) and ty.shape is not None:
+        try:
+            return tuple(int(d) for d in ty.shape.values)
+        except (TypeError, AttributeError):
+            return None
+    return None
+
+
+def layer_graph(func: relax.Function) -> LayerGraph:
+    """The node/provenance model of `func` (a `main` ready for SplitChannels)."""
+    from .passes.split_channels import BINARY, CHANNEL_WINDOW_POOLS, PER_CHANNEL_UNARY, POOLS, RESHAPING
+
+    layers = layer_bindings(func)
+    nodes: list[Node] = []
+    modules: list[Module] = []
+    env: dict = {}  # var -> list of segments (src, lo, hi, bytes_per_channel)
+    ancestors: dict = {}  # var -> frozenset of layer names it depends on
+
+    def segments_of(expr):
+        return env.get(expr, [])
+
+    def whole_segments(node_index, expr):
+        shape = _shape(expr)
+        if shape is None or len(shape) < 2:
+            return []
+        channels = shape[1]
+        per = float(np.prod(shape)) * 4 / max(channels, 1)
+        return [(node_index, 0, channels, per)]
+
+    def rebytes(segments, expr):
+        shape = _shape(expr)
+        if shape is None or len(shape) < 2:
+            return segments
+        channels = sum(hi - lo for _, lo, hi, _ in segments) or 1
+        per = float(np.prod(shape)) * 4 / channels
+        return [(s, lo, hi, per) for s, lo, hi, _ in segments]
+
+    for param in func.params:
+        env[param] = whole_segments(-1, param)
+        ancestors[param] = frozenset()
+    for block in func.body.blocks:
+        for binding in block.bindings:
+            var, value = binding.var, binding.value
+            used = [v for v in relax.analysis.free_vars(value) if v in ancestors]
+            deps = frozenset().union(*(ancestors[v] for v in used)) if used else frozenset()
+            if isinstance(value, relax.Var):
+                env[var], ancestors[var] = env.get(value, []), ancestors.get(value, frozenset())
+                continue
+            op_name = value.op.name if isinstance(value, relax.Call) and hasattr(value.op, "name") else ""
+            first = value.args[0] if isinstance(value, relax.Call) and value.args else None
+            if var in layers:
+                layer = layers[var]
+                inputs = segments_of(first)
+                depth = 1 + max((nodes[s].depth for s, *_ in inputs if s >= 0), default=0)
+                nodes.append(Node(len(nodes), layer.name, layer, inputs, layer.channels, depth))
+                env[var] = whole_segments(len(nodes) - 1, var)
+                ancestors[var] = deps | {layer.name}
+            elif op_name == "relax.concat" and isinstance(first, relax.Tuple) and all(f in env for f in first.fields):
+                env[var] = rebytes([seg for f in first.fields for seg in segments_of(f)], var)
+                ancestors[var] = deps
+                fields = [ancestors[f] for f in first.fields]
+                if len(fields) >= 2:
+                    common = frozenset.intersection(*fields)
+                    branches = [sorted(f - common) for f in fields]
+                    flat = [name for b in branches for name in b]
+                    if all(branches) and len(flat) == len(set(flat)):
+                        modules.append(Module(f"{len(branches)} branches from {branches[0][0]}", branches))
+            elif first in env and (op_name in PER_CHANNEL_UNARY or op_name in POOLS or op_name in BINARY
+                                   or op_name in RESHAPING or op_name in CHANNEL_WINDOW_POOLS):
+                env[var] = rebytes(segments_of(first), var)
+                ancestors[var] = deps
+            else:
+                inputs = [seg for v in used for seg in segments_of(v)]
+                depth = max((nodes[s].depth for s, *_ in inputs if s >= 0), default=0)
+                shape = _shape(var)
+                nodes.append(Node(len(nodes), op_name or type(value).__name__, None, inputs,
+                                  shape[1] if shape and len(shape) >= 2 else 0, depth))
+                env[var] = whole_segments(len(nodes) - 1, var)
+                ancestors[var] = deps
+        outputs = []
+        for out in (func.body.body.fields if isinstance(func.body.body, relax.Tuple) else [func.body.body]):
+            outputs += segments_of(out)
+    return LayerGraph(nodes, outputs, modules)
+
+
+@dataclass
+class Event:
+    """One bar of the timeline: what ran where, from when to when (seconds)."""
+
+    lane: str  # "cpu", "gpu", "copy"
+    label: str
+    start: float
+    end: float
+    nbytes: float = 0.0  # for copies: bytes moved (to the layer named by label)
+
+
+class KernelTimes:
+    """Predicted kernel seconds of every candidate part of every layer, computed in one batch."""
+
+    def __init__(self, graph: LayerGraph, predictor, channel_multiple: int, ratios=RATIOS):
+        self.choices: dict = {}  # layer name -> sorted candidate GPU channel counts
+        wanted = {"cpu": {}, "gpu": {}}
+        for node in graph.layers:
+            layer = node.layer
+            options = sorted({round_split(layer, r, channel_multiple) for r in ratios}) if layer.splittable \
+                else [0, layer.channels]
+            self.choices[layer.name] = options
+            for k in options:
+                if k > 0:
+                    wanted["gpu"][(layer.name, k)] = layer.part(k) if layer.splittable else layer
+                if k < layer.channels:
+                    wanted["cpu"][(layer.name, layer.channels - k)] = layer.part(layer.channels - k) if layer.splittable else layer
+        self.seconds = {}
+        for role, parts in wanted.items():
+            keys = list(parts)
+            for key, value in zip(keys, predictor.kernel_times([parts[k] for k in keys], role)):
+                self.seconds[(role, *key)] = float(value)
+
+    def time(self, role: str, name: str, channels: int) -> float:
+        return self.seconds[(role, name, channels)] if channels > 0 else 0.0
+
+
+def simulate(graph: LayerGraph, gpu_channels: dict, times: KernelTimes, predictor, timeline: bool = False):
+    """Predicted latency (s) of running `graph` with `gpu_channels` per layer; with
+    `timeline`, also the list of Events."""
+    asynchronous = predictor.gpu_async
+    host = gpu = 0.0
+    ready = {}  # (node, device) -> time its part is available there; device 0 cpu, 1 gpu
+    placement = {}  # node -> (first GPU channel end) : GPU holds [0, k), CPU [k, C)
+    events = []
+
+    def split_of(src: int):
+        return placement.get(src, (0, None))
+
+    def held_on(src, lo, hi, device):
+        """Channels of [lo, hi) of src that live on device."""
+        if src < 0:
+            return hi - lo if device == 0 else 0
+        k, whole_on = split_of(src)
+        if whole_on is not None:
+            return hi - lo if device == whole_on else 0
+        on_gpu = max(0, min(hi, k) - lo)
+        return on_gpu if device == 1 else (hi - lo) - on_gpu
+
+    def bring(segments, device, label):
+        """Copy the channels of `segments` that `device` lacks; returns when all are there."""
+        nonlocal host, gpu
+        arrival = 0.0
+        for src, lo, hi, per in segments:
+            missing = held_on(src, lo, hi, 1 - device)
+            source_ready = ready.get((src, 1 - device), 0.0)
+            if missing:
+                direction = "h2d" if device == 1 else "d2h"
+                start = max(host, source_ready, gpu if asynchronous else 0.0)  # a copy drains the GPU queue
+                host = start + predictor.copy_time(missing * per, direction)
+                if timeline:
+                    events.append(Event("copy", label, start, host, missing * per))
+                arrival = max(arrival, host)
+            if held_on(src, lo, hi, device):
+                arrival = max(arrival, ready.get((src, device), 0.0))
+        return arrival
+
+    def run_gpu(label, seconds, inputs_ready):
+        nonlocal host, gpu
+        start = max(gpu, host, inputs_ready)
+        gpu = start + seconds
+        if not asynchronous:
+            host = gpu
+        if timeline:
+            events.append(Event("gpu", label, start, gpu))
+        return gpu
+
+    def run_cpu(label, seconds, inputs_ready):
+        nonlocal host
+        start = max(host, inputs_ready)
+        host = start + seconds
+        if timeline:
+            events.append(Event("cpu", label, start, host))
+        return host
+
+    order = sorted(graph.nodes, key=lambda n: (n.depth, 0 if n.layer is not None and gpu_channels.get(n.name, 0) else 1, n.index))
+    for node in order:
+        if node.layer is None:  # whole-tensor op: on the side holding most of its input
+            on_gpu = sum(held_on(s, lo, hi, 1) * per for s, lo, hi, per in node.inputs)
+            on_cpu = sum(held_on(s, lo, hi, 0) * per for s, lo, hi, per in node.inputs)
+            device = 1 if on_gpu > on_cpu else 0
+            when = bring(node.inputs, device, node.name)
+            placement[node.index] = (0, device)
+            ready[(node.index, device)] = max(when, host if device == 0 else gpu)
+            continue
+        layer = node.layer
+        k = gpu_channels.get(node.name, 0)
+        placement[node.index] = (k, None)
+        if k > 0:
+            needed = _needed_inputs(node, 0, k)
+            when = bring(needed, 1, node.name)
+            ready[(node.index, 1)] = run_gpu(node.name, times.time("gpu", node.name, k), when)
+        if k < layer.channels:
+            needed = _needed_inputs(node, k, layer.channels)
+            when = bring(needed, 0, node.name)
+            ready[(node.index, 0)] = run_cpu(node.name, times.time("cpu", node.name, layer.channels - k), when)
+    end = bring(graph.outputs, 0, "output")
+    latency = max(end, host)
+    return (latency, events) if timeline else latency
+
+
+def _needed_inputs(node: Node, lo: int, hi: int) -> list:
+    """Input segments a part computing output channels [lo, hi) reads (grouped convs read
+    only their groups' input channels)."""
+    layer = node.layer
+    if layer.groups <= 1 or not layer.splittable:
+        return node.inputs
+    per_group_in = layer.input_shape[1] // layer.groups
+    first, last = lo // layer.channels_per_unit * per_group_in, hi // layer.channels_per_unit * per_group_in
+    out, offset = [], 0
+    for src, s_lo, s_hi, per in node.inputs:
+        a, b = max(first, offset), min(last, offset + s_hi - s_lo)
+        if a < b:
+            out.append((src, s_lo + a - offset, s_lo + b - offset, per))
+        offset += s_hi - s_lo
+    return out
+
+
+@dataclass
+class Choice:
+    """The partitioner's answer: GPU channels per layer, the predicted latency, and why."""
+
+    gpu_channels: dict
+    latency: float
+    single: dict  # "cpu"/"gpu" -> predicted latency of the single-processor plans
+    distributed: list  # names of modules placed by branch distribution
+
+
+def partition(graph: LayerGraph, predictor, channel_multiple: int, ratios=RATIOS, sweeps: int = 3) -> Choice:
+    times = KernelTimes(graph, predictor, channel_multiple, ratios)
+    layers = {n.name: n.layer for n in graph.layers}
+
+    def uniform(ratio):
+        return {name: (round_split(l, ratio, channel_multiple) if l.splittable else (l.channels if ratio >= 0.5 else 0))
+                for name, l in layers.items()}
+
+    single = {"cpu": simulate(graph, uniform(0.0), times, predictor), "gpu": simulate(graph, uniform(1.0), times, predictor)}
+    best, best_time = min(((uniform(r), simulate(graph, uniform(r), times, predictor)) for r in ratios),
+                          key=lambda pair: pair[1])
+    for _ in range(sweeps):
+        improved = False
+        for name in layers:
+            for k in times.choices[name]:
+                if k == best[name]:
+                    continue
+                trial = dict(best, **{name: k})
+                latency = simulate(graph, trial, times, predictor)
+                if latency < best_time * (1 - 1e-9):
+                    best, best_time, improved = trial, latency, True
+        if not improved:
+            break
+    distributed = []
+    for module in graph.modules:
+        chosen = None
+        for mask in range(2 ** len(module.branches)):
+            trial = dict(best)
+            for index, branch in enumerate(module.branches):
+                for name in branch:
+                    trial[name] = layers[name].channels if mask >> index & 1 else 0
+            latency = simulate(graph, trial, times, predictor)
+            if latency < best_time * (1 - 1e-9):
+                best, best_time, chosen = trial, latency, module.name
+        if chosen:
+            distributed.append(chosen)
+    return Choice(best, best_time, single, distributed)
+
+
+def default_predictor(cpu, gpu):
+    """The shipped predictor measured on exactly these processors, if there is one."""
+    from pathlib import Path
+
+    from .errors import MulayerError
+    from .predictor import Predictor
+
+    for path in sorted((Path(__file__).parent / "predictors").glob("*.json")):
+        predictor = Predictor.load(path)
+        if (predictor.meta.get("cpu_target"), predictor.meta.get("gpu_target")) == (cpu.target, gpu.target):
+            return predictor
+    raise MulayerError(f"no latency predictor for CPU {cpu.label()} {cpu.target} + GPU {gpu.label()}; "
+                       "measure these processors with `mulayer profile` and `mulayer train`, then pass "
+                       "--predictor FILE")
+
+
+def auto_plan(func, cpu, gpu, predictor=None, sources=None, channel_multiple: int = 8):
+    """(Plan chosen by the partitioner, its Choice) for `func`, the imported `main`."""
+    from .layers import find_layers
+    from .plan import make_plan
+    from .predictor import Predictor
+
+    if predictor is None:
+        predictor = default_predictor(cpu, gpu)
+    elif not isinstance(predictor, Predictor):
+        predictor = Predictor.load(predictor)
+    predictor.check_processors(cpu, gpu)
+    graph = layer_graph(func)
+    choice = partition(graph, predictor, channel_multiple)
+    layers = find_layers(func)
+    channels = {layer.name: layer.channels for layer in layers}
+    description = (f"auto: predicted {choice.latency * 1e3:.3f} ms (cpu only {choice.single['cpu'] * 1e3:.3f} ms, "
+                   f"gpu only {choice.single['gpu'] * 1e3:.3f} ms)")
+    if choice.distributed:
+        description += f"; branch distribution in {len(choice.distributed)} module(s)"
+    spec = {"description": description,
+            "layers": {name: {"gpu_channels": k, "ratio": k / channels[name]} for name, k in choice.gpu_channels.items()}}
+    plan = make_plan(layers, spec, channel_multiple, sources or {})
+    branch_of = {name: module.name for module in graph.modules if module.name in choice.distributed
+                 for branch in module.branches for name in branch}
+    for layer_plan in plan.layers:
+        if layer_plan.name in branch_of:
+            layer_plan.note = f"branch distribution ({branch_of[layer_plan.name]})"
+    return plan, choice, graph, predictor
