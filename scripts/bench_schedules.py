@@ -8,10 +8,12 @@ LegalizeOps and FuseOps/FuseTIR produce them, so bias + relu are fused in), time
   * the same kernel unscheduled (stock legalized TIR; ``--no-unscheduled`` to skip),
   * onnxruntime running the same single op (a one-node Conv/Gemm model + Relu/Clip),
 
-all with the same thread count. Each kind of measurement runs in its own subprocess (TVM's
-and onnxruntime's spinning thread pools would otherwise steal each other's cores), and the
-processes alternate for ``--rounds`` rounds; the table keeps each op's best time, which is
-what a noisy shared machine allows.
+all with the same thread count (TVM_NUM_THREADS is set: TVM's default is cores / 2 on x86).
+Scheduled TVM and onnxruntime are timed op by op, alternating for ``--rounds`` rounds with
+short pauses (so neither runtime's spinning worker threads steal the other's cores); the table
+keeps each op's best time, which is what a noisy shared machine allows. Unscheduled kernels
+run once in a separate process. Whole models (``--e2e``) alternate onnxruntime and TVM
+processes.
 
     python scripts/bench_schedules.py --models squeezenet1_1,mobilenet_v1 --threads 2 --e2e
 
@@ -243,6 +245,34 @@ def worker_ort(models, threads):
     return res
 
 
+def worker_pair(models, threads, rounds):
+    """Scheduled TVM and onnxruntime, alternating op by op (pauses let the other runtime's
+    spinning worker threads go to sleep), best of ``rounds``."""
+    import numpy as np  # pylint: disable=import-outside-toplevel
+    import tvm  # pylint: disable=import-outside-toplevel
+
+    schedules = _schedules()
+    target = cpu_target(threads)
+    res = {}
+    for model in models:
+        for fname, func, spec, _ in op_specs(model):
+            rule, sch = schedules.apply_rules(func, target)
+            f = sch.mod["main"] if sch is not None else func
+            lib = tvm.tirx.build(tvm.IRModule({"main": f.with_attr("global_symbol", "main")}), target=target)
+            args = _args_for(func)
+            sess = _ort_session(_onnx_single(spec), threads)
+            x = np.random.default_rng(1).standard_normal(spec["x"]).astype("float32")
+            best_t, best_o = float("inf"), float("inf")
+            for _ in range(rounds):
+                time.sleep(0.05)
+                best_o = min(best_o, _time_ort(sess, {"x": x}, budget_s=0.3))
+                time.sleep(0.05)
+                best_t = min(best_t, _time_lib(lib, args, budget_s=0.3))
+            res[f"{model}/{fname}"] = {"ms": best_t, "ort_ms": best_o,
+                                        "rule": repr(rule) if rule is not None else None}
+    return res
+
+
 def worker_e2e_tvm(model, threads):
     import numpy as np  # pylint: disable=import-outside-toplevel
     import tvm  # pylint: disable=import-outside-toplevel
@@ -310,7 +340,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    ap.add_argument("--rounds", type=int, default=2, help="alternating measurement rounds (best kept)")
+    ap.add_argument("--rounds", type=int, default=3, help="alternating measurement rounds (best kept)")
     ap.add_argument("--no-unscheduled", action="store_true")
     ap.add_argument("--max-unscheduled-gflop", type=float, default=1.0,
                     help="skip unscheduled timing of bigger ops (they take seconds each)")
@@ -323,7 +353,9 @@ def main():
         kind, rest = args.worker[0], args.worker[1:]
         threads = int(rest[0])
         models = rest[1].split(",")
-        if kind == "tvm":
+        if kind == "pair":
+            res = worker_pair(models, threads, int(rest[2]))
+        elif kind == "tvm":
             res = worker_tvm(models, threads, scheduled=rest[2] == "1", max_unsched_gflop=float(rest[3]))
         elif kind == "ort":
             res = worker_ort(models, threads)
@@ -339,10 +371,12 @@ def main():
     models = [m for m in args.models.split(",") if m]
     th = str(args.threads)
     sched, unsched, ort_res = {}, {}, {}
-    for r in range(args.rounds):
-        print(f"round {r + 1}/{args.rounds}", file=sys.stderr, flush=True)
-        _merge_min(ort_res, _run_worker(["ort", th, ",".join(models)], args.threads))
-        _merge_min(sched, _run_worker(["tvm", th, ",".join(models), "1", "0"], args.threads))
+    for model in models:
+        print(f"per-op: {model}", file=sys.stderr, flush=True)
+        pair = _run_worker(["pair", th, model, str(args.rounds)], args.threads)
+        for key, val in pair.items():
+            sched[key] = {"ms": val["ms"], "rule": val["rule"]}
+            ort_res[key] = {"ms": val["ort_ms"]}
     if not args.no_unscheduled:
         unsched = _run_worker(["tvm", th, ",".join(models), "0", str(args.max_unscheduled_gflop)], args.threads)
 

@@ -190,10 +190,22 @@ def dense_relax(k, n, act="relu"):
     return _legalize(body, [("x", (1, k), "float32")])
 
 
-@pytest.mark.parametrize("k,n", [(64, 48), (100, 37), (256, 1000), (33, 7)])
+@pytest.mark.parametrize("k,n", [(64, 48), (100, 37), (256, 1000), (33, 7), (1030, 300)])
 @pytest.mark.parametrize("target", [CPU, CPU_GENERIC], ids=["znver4", "llvm"])
 def test_cpu_dense(k, n, target):
     check_against_unscheduled(the_func(dense_relax(k, n), "matmul"), target, "Dense")
+
+
+@pytest.mark.parametrize("split_k", [False, True], ids=["columns", "split_k"])
+@pytest.mark.parametrize("k,n", [(512, 64), (1030, 37), (96, 1000)])
+def test_cpu_dense_both_strategies(k, n, split_k):
+    dense = schedules.cpu.dense.Dense(split_k=split_k)
+    func = the_func(dense_relax(k, n), "matmul")
+    rule, sch = schedules.apply_rules(func, CPU, [dense])
+    assert rule is dense
+    args = _random_args(func)
+    ref = run_prim(func, CPU, [a.copy() for a in args])
+    np.testing.assert_allclose(run_prim(sch.mod["main"], CPU, args), ref, rtol=1e-5, atol=1e-5)
 
 
 POOL_CASES = {

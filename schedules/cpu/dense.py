@@ -59,6 +59,9 @@ class Dense(NamedRule):
 
     family = "cpu"
 
+    def __init__(self, split_k: bool | None = None):
+        self.split_k = split_k  # None: decide from the weight size
+
     def apply(self, func, target: Target, tunable: bool):  # pylint: disable=unused-argument
         if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
             return None
@@ -73,11 +76,71 @@ class Dense(NamedRule):
         m = exts[0] if len(exts) == 3 else 1
         if m > 16:
             return None
+        k, n = exts[-1], exts[-2]
+        bits = dtype_bits(sch.get(blk).writes[0].source.dtype)
+        threads = num_cores(target)
+        split_k = self.split_k if self.split_k is not None else (
+            k * n * bits // 8 >= (1 << 20) and k >= 64 * threads and m == 1)
         try:
-            self._schedule(sch, blk, loops, exts, target)
+            if split_k:
+                self._schedule_split_k(sch, blk, loops, exts, target)
+            else:
+                self._schedule(sch, blk, loops, exts, target)
         except Exception:  # pylint: disable=broad-except
             return None
         return sch
+
+    def _schedule_split_k(self, sch, blk, loops, exts, target):
+        """Big weights: each thread streams a contiguous block of W's rows (sequential memory,
+        prefetcher friendly) into its own partial sums; the partials are then added up.
+
+        Column tiling instead makes every thread jump a whole row (N*4 bytes, a new page) per
+        256 bytes it reads, which leaves the kernel at a fraction of memory bandwidth."""
+        epilogues = inline_epilogue_chain(sch, blk)
+        if epilogues is None:
+            raise ValueError("non-injective consumer")
+        producers = inline_producers(sch, blk)
+        bits = dtype_bits(sch.get(blk).writes[0].source.dtype)
+        vl = max(vector_bits(target) // bits, 1)
+        n, k = exts[-2], exts[-1]
+        threads = num_cores(target)
+        parts = threads
+        while parts > 1 and k % parts:
+            parts -= 1
+        parts = max(parts, 1)
+        kk = loops[-1]
+        kt, ki = sch.split(kk, [parts, None])
+        rf = sch.rfactor(kt, factor_axis=0)
+        # rf block: partial[kt, m, n] += x[m, k] * W[k, n]
+        rf_loops = sch.get_loops(rf)
+        # loops: (m?), n, kt, ki  (spatial kt after rfactor)
+        if len(rf_loops) == 4:
+            mm, nn, kt_, ki_ = rf_loops
+        else:
+            mm, (nn, kt_, ki_) = None, rf_loops
+        nvl = vl if n % vl == 0 else (8 if n % 8 == 0 else (4 if n % 4 == 0 else 1))
+        ku = 4 if (k // parts) % 4 == 0 else 1
+        ko, kui = sch.split(ki_, [None, ku])
+        no, nv = sch.split(nn, [None, nvl])
+        order = [kt_] + ([mm] if mm is not None else []) + [ko, no, kui, nv]
+        sch.reorder(*order)
+        sch.parallel(kt_)
+        sch.unroll(kui)
+        if nvl > 1:
+            sch.vectorize(nv)
+        sch.decompose_reduction(rf, ko)
+        # final: out[m, n] = sum_kt partial[kt, m, n], vectorized over n
+        f_loops = sch.get_loops(blk)
+        fn, fkt = f_loops[-2], f_loops[-1]
+        fno, fnv = sch.split(fn, [None, nvl])
+        sch.reorder(fno, fkt, fnv)
+        if nvl > 1:
+            sch.vectorize(fnv)
+        sch.decompose_reduction(blk, fkt)
+        for epi in epilogues:
+            schedule_flat(sch, epi, target)
+        for p in producers:
+            schedule_flat(sch, p, target)
 
     @staticmethod
     def tiles(n: int, k: int, target: Target, bits: int = 32) -> dict:
