@@ -29,10 +29,10 @@ class LiftWeights:
         lifted: dict = {}  # (constant, vdevice) -> Var
         values = []
 
-        def lift(expr, vdevice):
-            if isinstance(expr, relax.Tuple):
-                return relax.Tuple([lift(field, vdevice) for field in expr.fields])
-            if not is_tensor_constant(expr) or expr.ty.ndim == 0:  # 0-d: legalization inlines it
+        def lift(expr, vdevice, inline_scalars=True):
+            if isinstance(expr, relax.Tuple):  # call_tir's arguments: nothing inlines their 0-d constants
+                return relax.Tuple([lift(field, vdevice, False) for field in expr.fields])
+            if not is_tensor_constant(expr) or (inline_scalars and expr.ty.ndim == 0):  # 0-d: legalization inlines it
                 return expr
             key = (expr, str(vdevice))
             if key not in lifted:
