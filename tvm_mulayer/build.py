@@ -10,6 +10,7 @@ from .frontend import import_onnx
 from .layers import find_layers
 from .passes._vdevice import vdevice_index
 from .passes import LiftWeights, OrderForOverlap, PropagateDevices, SplitChannels
+from .deploy import add_rpc_entry
 from .plan import Plan, make_plan
 from .processors import Processor, cpu_processor, default_gpu, gpu_processor
 from .schedules import ScheduleForTargets
@@ -111,6 +112,7 @@ def _build(mod, info, plan: Plan, cpu_proc: Processor, gpu_proc: Processor):
     from .runtime import Executable
 
     lowered, weights, devices = lower(mod, plan, cpu_proc, gpu_proc)
+    lowered = add_rpc_entry(lowered)  # weights from the remote's tensor cache: `mulayer deploy`
     executable = tvm.compile(lowered, target=None, relax_pipeline=vm_pipeline())
     return Executable(executable, plan, cpu_proc, gpu_proc, info.inputs, info.outputs, info.sources,
                       weights, devices)

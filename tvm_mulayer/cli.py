@@ -158,6 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--width", type=float, help="channel width multiplier")
     e.add_argument("--image-size", type=int, help="input height and width")
     p.set_defaults(func=cmd_zoo)
+    from .deploy import add_parser as add_deploy_parser
+    add_deploy_parser(sub)
     return parser
 
 

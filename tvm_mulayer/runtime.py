@@ -193,7 +193,9 @@ class Executable:
         target.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
         try:
-            self.module.export_library(str(staging / "model.so"))
+            from .cross import export_fcompile  # cross targets (phones) link with their toolchain
+
+            self.module.export_library(str(staging / "model.so"), fcompile=export_fcompile(self.cpu))
             np.savez(staging / "weights.npz", **{f"w{i}": w for i, w in enumerate(self.weights)})
             self.plan.save(staging / "plan.json")
             manifest = {
@@ -219,8 +221,8 @@ class Executable:
         return target
 
 
-def load_artifact(directory) -> Executable:
-    """Load an exported artifact, checking its format, version and file checksums."""
+def read_manifest(directory) -> dict:
+    """The manifest of an artifact directory, after checking its format, TVM version and checksums."""
     import tvm
 
     root = Path(directory)
@@ -243,6 +245,15 @@ def load_artifact(directory) -> Executable:
         if not path.is_file() or _sha256(path) != manifest["files"].get(name):
             raise MulayerError(f"{path} is missing or does not match its checksum; the artifact is "
                                "damaged — recompile it")
+    return manifest
+
+
+def load_artifact(directory) -> Executable:
+    """Load an exported artifact, checking its format, version and file checksums."""
+    import tvm
+
+    root = Path(directory)
+    manifest = read_manifest(root)
     cpu = Processor.from_json(manifest["cpu"])
     gpu = Processor.from_json(manifest["gpu"])
     tvm_device(gpu, 1)  # fails clearly, before loading kernels, where the GPU is missing

@@ -1,0 +1,249 @@
+"""`mulayer deploy` against real TVM RPC servers and a tracker on 127.0.0.1.
+
+The servers run in child processes (their own process groups, killed in teardown); every
+wait is bounded. The artifact is a small SqueezeNet 1.1 with an emulated GPU, so the remote
+VM gets the same two devices (cpu(0), cpu(1)) as a local run and outputs must match exactly.
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import tvm_mulayer
+from tvm_mulayer import MulayerError, zoo
+from tvm_mulayer.cli import main
+from tvm_mulayer.deploy import connect, deploy
+
+from conftest import ort_run, relative_error
+
+MODEL = "squeezenet1_1"
+START_TIMEOUT = 60  # seconds for a server or tracker process to bind its port
+
+pytest.importorskip("tornado", reason="the TVM RPC tracker needs tornado (pip install tornado)")
+
+# Runs TVM's own RPC server / tracker state in this child process (what `python -m
+# tvm.exec.rpc_server` runs inside a popen worker), prints the bound port, serves until killed.
+_SERVE = r"""
+import sys
+kind, host, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+if kind == "tracker":
+    from tvm.rpc.tracker import PopenTrackerServerState as State
+    state = State(host, port, port + 200, silent=True)
+else:
+    from tvm.rpc.server import PopenRPCServerState as State
+    tracker = (sys.argv[4], int(sys.argv[5])) if len(sys.argv) > 5 else None
+    state = State(host, port, port + 200, tracker_addr=tracker, key=sys.argv[6] if len(sys.argv) > 6 else "",
+                  silent=True)
+print("PORT", state.port, flush=True)
+state.thread.join()
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Served:
+    """A TVM RPC server or tracker in a child process group on 127.0.0.1."""
+
+    def __init__(self, kind: str, *extra):
+        self.proc = subprocess.Popen([sys.executable, "-c", _SERVE, kind, "127.0.0.1", str(_free_port()), *map(str, extra)],
+                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([self.proc.stdout], [], [], 0.5)
+            if ready:
+                line = self.proc.stdout.readline()
+                if line.startswith(b"PORT"):
+                    self.port = int(line.split()[1])
+                    self.address = f"127.0.0.1:{self.port}"
+                    return
+                if not line:
+                    break
+        self.stop()
+        raise RuntimeError(f"the TVM RPC {kind} did not start within {START_TIMEOUT} s")
+
+    def stop(self) -> None:
+        """Kill the process group (the server forks one child per session)."""
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait(timeout=10)
+        self.proc.stdout.close()
+
+
+def _wait_registered(tracker: Served, key: str, timeout: float = 30) -> None:
+    import tvm.rpc
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        session = tvm.rpc.connect_tracker("127.0.0.1", tracker.port)
+        try:
+            keys = [info["key"] for info in session.summary()["server_info"]]
+        finally:
+            session.close()
+        if f"server:{key}" in keys:
+            return
+        time.sleep(0.2)
+    raise RuntimeError(f"no server registered under {key!r} within {timeout} s")
+
+
+@pytest.fixture(scope="module")
+def model():
+    return zoo.build(MODEL, **zoo.small(MODEL))
+
+
+@pytest.fixture(scope="module")
+def artifact(model, tmp_path_factory):
+    """(artifact dir, the local executable, an input, the local outputs)."""
+    executable = tvm_mulayer.compile(model, cpu="host", gpu="emulated", split=0.5)
+    path = executable.export(tmp_path_factory.mktemp("rpc") / "artifact")
+    x = np.random.default_rng(7).standard_normal(executable.inputs["input"][0]).astype("float32")
+    return path, executable, x, executable.run({"input": x})
+
+
+@pytest.fixture(scope="module")
+def servers():
+    """A plain server, and a tracker with a second server registered under the key 'mulayer-test'."""
+    started = []
+    try:
+        started.append(Served("server"))
+        started.append(Served("tracker"))
+        started.append(Served("server", "127.0.0.1", started[1].port, "mulayer-test"))
+        _wait_registered(started[1], "mulayer-test")
+        yield {"rpc": started[0], "tracker": started[1]}
+    finally:
+        for served in started:
+            served.stop()
+
+
+def test_deploy_over_rpc_cli_matches_local_and_onnxruntime(artifact, model, servers, tmp_path, capsys):
+    path, executable, x, local = artifact
+    np.save(tmp_path / "x.npy", x)
+    out = tmp_path / "out.npz"
+    code = main(["deploy", str(path), "--rpc", servers["rpc"].address, "--input", f"input={tmp_path / 'x.npy'}",
+                 "-o", str(out), "--repeat", "3"])
+    printed = capsys.readouterr()
+    assert code == 0, printed.err
+    assert "median latency over 3 remote runs" in printed.out and servers["rpc"].address in printed.out
+    with np.load(out) as data:
+        assert list(data.files) == executable.outputs
+        for name in executable.outputs:
+            assert np.array_equal(data[name], local[name])  # same kernels, same devices: bit-exact
+        expected = ort_run(model, {"input": x})
+        for name, value in zip(executable.outputs, expected):
+            assert relative_error(data[name], value) < 1e-4
+
+
+def test_deploy_through_tracker_api_and_cli(artifact, servers, tmp_path, capsys):
+    path, executable, x, local = artifact
+    session = connect(tracker=servers["tracker"].address, key="mulayer-test", timeout=30)
+    result = deploy(path, session, {"input": x}, repeat=3)
+    assert result["devices"][0].endswith("cpu:0") and result["devices"][1].endswith("cpu:1")
+    assert len(result["times"]) == 3 and result["latency"] > 0
+    for name in executable.outputs:
+        assert np.array_equal(result["outputs"][name], local[name])
+    del session  # a server serves one session at a time: free it for the next request
+    out = tmp_path / "out.npz"
+    np.save(tmp_path / "x.npy", x)
+    assert main(["deploy", str(path), "--tracker", servers["tracker"].address, "--key", "mulayer-test",
+                 "--input", str(tmp_path / "x.npy"), "-o", str(out), "--repeat", "2"]) == 0
+    assert "median latency over 2 remote runs" in capsys.readouterr().out
+    with np.load(out) as data:
+        for name in executable.outputs:
+            assert np.array_equal(data[name], local[name])
+
+
+def test_deploy_random_input_without_timing(artifact, servers):
+    path, executable, _, _ = artifact
+    result = deploy(path, connect(rpc=servers["rpc"].address), repeat=0)
+    assert result["latency"] is None and result["times"] == []
+    expected = executable.run(None)  # the same seeded random data as `mulayer run`
+    for name in executable.outputs:
+        assert np.array_equal(result["outputs"][name], expected[name])
+
+
+def test_tracker_without_the_key(servers):
+    with pytest.raises(MulayerError, match="no server registered under key 'phone'.*'mulayer-test'"):
+        connect(tracker=servers["tracker"].address, key="phone", timeout=10)
+
+
+def test_nothing_listening(artifact, capsys):
+    port = _free_port()
+    with pytest.raises(MulayerError, match=f"nothing is listening at 127.0.0.1:{port}.*rpc_server"):
+        connect(rpc=f"127.0.0.1:{port}", timeout=10)
+    with pytest.raises(MulayerError, match=f"nothing is listening at 127.0.0.1:{port}.*rpc_tracker"):
+        connect(tracker=f"127.0.0.1:{port}", key="x", timeout=10)
+    assert main(["deploy", str(artifact[0]), "--rpc", f"127.0.0.1:{port}", "--timeout", "10"]) == 2
+    assert "nothing is listening" in capsys.readouterr().err
+
+
+def test_bad_addresses_and_arguments(artifact, capsys):
+    for bad in ("localhost", "127.0.0.1:x", ":9090", "127.0.0.1:70000"):
+        with pytest.raises(MulayerError, match="HOST:PORT"):
+            connect(rpc=bad)
+    with pytest.raises(MulayerError, match="--key"):
+        connect(tracker="127.0.0.1:9190")
+    with pytest.raises(MulayerError, match="exactly one"):
+        connect()
+    assert main(["deploy", str(artifact[0]), "--tracker", "127.0.0.1:9", "--repeat", "1"]) == 2
+    assert "--tracker needs --key" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # argparse: --rpc and --tracker are exclusive
+        main(["deploy", str(artifact[0]), "--rpc", "127.0.0.1:9", "--tracker", "127.0.0.1:9"])
+
+
+def test_damaged_artifact_is_refused_before_upload(artifact, servers, tmp_path):
+    damaged = tmp_path / "damaged"
+    shutil.copytree(artifact[0], damaged)
+    with open(damaged / "model.so", "r+b") as handle:
+        handle.seek(100)
+        handle.write(b"\0\1\2\3")
+    with pytest.raises(MulayerError, match="does not match its checksum"):
+        deploy(damaged, connect(rpc=servers["rpc"].address), repeat=0)
+
+
+def test_server_killed_mid_run(artifact):
+    """The server dies while the remote is timing runs: a clear error, not a hang."""
+    path, _, x, _ = artifact
+    server = Served("server")
+    try:
+        session = connect(rpc=server.address, timeout=30)
+        latency = deploy(path, session, {"input": x}, repeat=5)["latency"]
+        repeat = max(2000, int(15.0 / max(latency, 1e-6)))  # ~15 s of runs if nothing kills them
+        killer = []
+
+        def progress(stage):
+            if stage == "ran":  # the timed runs start next; kill the server while they run
+                timer = threading.Timer(1.0, server.stop)
+                killer.append(timer)
+                timer.start()
+
+        started = time.monotonic()
+        with pytest.raises(MulayerError, match="RPC server disconnected while timing"):
+            deploy(path, session, {"input": x}, repeat=repeat, progress=progress)
+        assert time.monotonic() - started < 12  # it failed on the kill, not after the runs
+        killer[0].join(timeout=15)
+    finally:
+        server.stop()
+
+
+def test_remote_without_the_gpu(model, servers, tmp_path):
+    """An OpenCL artifact on a server whose TVM runtime has no OpenCL: refused before loading."""
+    executable = tvm_mulayer.compile(model, cpu="host", gpu="opencl", split=0.5)
+    path = executable.export(tmp_path / "opencl")
+    with pytest.raises(MulayerError, match="remote has no opencl device"):
+        deploy(path, connect(rpc=servers["rpc"].address), repeat=0)
