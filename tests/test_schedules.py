@@ -333,3 +333,48 @@ def test_gpu_other_ops_compile(target):
             rule, sch = schedules.apply_rules(func, target)
             assert sch is not None
             build_gpu(sch.mod["main"], target)
+
+
+# ---------------------------------------------------------------- other dtypes
+def _int8_conv(cin, cout, hw, k, stride, pad, groups=1):
+    w = RNG.integers(-128, 127, (cout, cin // groups, k, k)).astype("int8")
+
+    def body(bb, x):
+        return bb.emit(relax.op.nn.conv2d(x, relax.const(w), strides=stride, padding=pad, groups=groups,
+                                          out_dtype="int32"))
+
+    return _legalize(body, [("x", (1, cin, hw, hw), "uint8")]), w
+
+
+@pytest.mark.parametrize("case", [(16, 13, 14, 3, 1, 1), (3, 32, 23, 3, 2, 1), (16, 16, 15, 3, 1, 1, 16),
+                                  (32, 64, 58, 3, 1, 1)], ids=lambda c: "x".join(map(str, c)))
+def test_cpu_conv2d_uint8_int8_int32(case):
+    """u8 activations x i8 weights -> i32: the conv rule takes its lanes from the i32
+    accumulator; results must be bit-exact."""
+    mod, w = _int8_conv(*case)
+    func = the_func(mod, "conv2d")
+    rule, sch = schedules.apply_rules(func, CPU)
+    assert rule_name(rule) == "Conv2d"
+    x = RNG.integers(0, 255, (1, case[0], case[2], case[2])).astype("uint8")
+    oh = (case[2] + 2 * case[5] - case[3]) // case[4] + 1
+    out0 = np.zeros((1, case[1], oh, oh), "int32")
+    ref = run_prim(func, CPU, [x, w, out0.copy()])
+    np.testing.assert_array_equal(run_prim(sch.mod["main"], CPU, [x, w, out0.copy()]), ref)
+
+
+@pytest.mark.parametrize("target", [CUDA, OPENCL], ids=["cuda", "opencl"])
+def test_gpu_fp16_compiles(target):
+    for case, expect in [((16, 13, 14, 3, 1, 1), "Conv2d"), ((16, 16, 15, 3, 1, 1, 16), "DepthwiseConv2d"),
+                         ((64, 37, 13, 1, 1, 0), "Matmul")]:
+        cin, cout, hw, k, s, p = case[:6]
+        g = case[6] if len(case) > 6 else 1
+        w = RNG.standard_normal((cout, cin // g, k, k)).astype("float16")
+
+        def body(bb, x, w=w, s=s, p=p, g=g):
+            y = bb.emit(relax.op.nn.conv2d(x, relax.const(w), strides=s, padding=p, groups=g))
+            return bb.emit(relax.op.nn.relu(y))
+
+        mod = _legalize(body, [("x", (1, cin, hw, hw), "float16")])
+        rule, sch = schedules.apply_rules(the_func(mod, "conv2d"), target)
+        assert rule_name(rule) == expect
+        build_gpu(sch.mod["main"], target)
