@@ -21,6 +21,7 @@ import struct
 import threading
 import uuid
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -269,6 +270,7 @@ def deploy(artifact_dir, session, inputs=None, repeat: int = 10, progress=None) 
         while cached:
             remove(cached.pop())
     except MulayerError:
+        _forget(session, cached)
         raise
     except Exception as err:  # noqa: BLE001 - TVM raises its own error types for a dropped session
         message = _last_line(err)
@@ -278,9 +280,20 @@ def deploy(artifact_dir, session, inputs=None, repeat: int = 10, progress=None) 
             raise MulayerError(f"the RPC server disconnected while {stage} (TVM: {message}); check that it "
                                "is still running (the phone's RPC app in the foreground, the tracker and "
                                "server up) and deploy again") from None
+        _forget(session, cached)
         raise MulayerError(f"the remote failed while {stage}: {message}") from None
     return {"outputs": outputs, "latency": statistics.median(times) if times else None, "times": times,
             "devices": [str(d) for d in devices]}
+
+
+def _forget(session, names: list) -> None:
+    """Best effort: drop our weights from the remote's tensor cache after a failure."""
+    try:
+        remove = session.get_function("vm.builtin.tensor_cache.remove")
+        while names:
+            remove(names.pop())
+    except Exception:  # noqa: BLE001 - the session may be gone; nothing more to free then
+        pass
 
 
 # ---- command line ----------------------------------------------------------------------
@@ -311,12 +324,8 @@ def cmd_deploy(args) -> int:
     manifest = read_manifest(args.artifact)
     inputs = None
     if args.input:
-        class _Names:  # what _load_inputs needs of an executable: the input names
-            pass
-
-        names = _Names()
-        names.inputs = manifest["inputs"]
-        inputs = _load_inputs(args.input, names)
+        # _load_inputs needs only the model's input names, which the manifest has
+        inputs = _load_inputs(args.input, SimpleNamespace(inputs=manifest["inputs"]))
     else:
         print("no --input given: running on seeded random data")
     session = connect(rpc=args.rpc, tracker=args.tracker, key=args.key, timeout=args.timeout)
