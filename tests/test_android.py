@@ -2,7 +2,8 @@
 
 Nothing here can run them (no phone, no OpenCL): the tests check what is shipped. model.so
 must be an aarch64 ELF shared library that names no glibc library (the Android runtime loads
-it), its OpenCL kernels must be OpenCL C and travel inside it, and the manifest must ask the
+it), its OpenCL kernels must be OpenCL C (`half` for a float16 model) and travel inside it, and
+the manifest must ask the
 remote for an OpenCL GPU. A missing cross toolchain must give a clear error.
 """
 
@@ -62,6 +63,28 @@ def test_android_artifact_is_aarch64_with_opencl_kernels(model, gpu, tmp_path):
     if kind == "gcc" and readelf:
         dynamic = subprocess.run([readelf, "-d", str(library)], capture_output=True, text=True, timeout=60).stdout
         assert "libc.so.6" not in dynamic and "libm.so.6" not in dynamic  # no glibc: Android has none
+
+
+def test_fp16_model_gets_half_opencl_kernels(tmp_path):
+    """A float16 model: the phone's GPU kernels compute in OpenCL `half` (cl_khr_fp16)."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    _toolchain_or_skip()
+    rng = np.random.default_rng(0)
+    weight = numpy_helper.from_array(rng.standard_normal((16, 8, 3, 3)).astype("float16"), "w")
+    bias = numpy_helper.from_array(rng.standard_normal((16,)).astype("float16"), "b")
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["y"], pads=[1, 1, 1, 1], name="conv"),
+             helper.make_node("Relu", ["y"], ["z"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT16, [1, 8, 16, 16])],
+                              [helper.make_tensor_value_info("z", TensorProto.FLOAT16, [1, 16, 16, 16])], [weight, bias])
+    onnx_model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    executable = tvm_mulayer.compile(onnx_model, cpu="arm64-android", gpu="adreno", split=0.5)
+    source = executable.module.mod._collect_from_import_tree(lambda m: m.kind == "opencl")[0].inspect_source()
+    assert "#pragma OPENCL EXTENSION cl_khr_fp16 : enable" in source
+    assert "__kernel void" in source and "__global half*" in source
+    path = executable.export(tmp_path / "fp16")
+    assert elf_machine(path / "model.so") == 183
 
 
 def test_missing_cross_compiler_says_what_to_install(model, monkeypatch, tmp_path):
