@@ -2,9 +2,9 @@
 
 Nothing here can run them (no phone, no OpenCL): the tests check what is shipped. model.so
 must be an aarch64 ELF shared library that names no glibc library (the Android runtime loads
-it), its OpenCL kernels must be OpenCL C (`half` for a float16 model) and travel inside it, and
-the manifest must ask the
-remote for an OpenCL GPU. A missing cross toolchain must give a clear error.
+it), its OpenCL kernels must be OpenCL C (`half` for a float16 model) and travel inside it,
+and the manifest must ask the remote for an OpenCL GPU. A missing cross toolchain must give
+a clear error.
 """
 
 from __future__ import annotations
