@@ -57,7 +57,12 @@ def _add_processor_args(parser):
                         help="GPU preset (emulated, cuda[:sm_XX], opencl, adreno, mali) or TVM target JSON; "
                              "default: cuda if present, else emulated")
     parser.add_argument("--split", default="0.5", type=_parse_split,
-                        help="GPU share of each layer's output channels in [0,1], 'cpu', 'gpu', or a plan JSON file")
+                        help="GPU share of each layer's output channels in [0,1], 'cpu', 'gpu', 'auto' "
+                             "(the latency predictor chooses), or a plan JSON file")
+    parser.add_argument("--predictor", help="predictor JSON for --split auto (default: the shipped one "
+                                            "for these processors)")
+    parser.add_argument("--verify", action="store_true",
+                        help="with --split auto: measure the plan against both single-processor plans, keep the fastest")
     parser.add_argument("--shape", action="append", metavar="NAME=D0,D1,..",
                         help="static shape for a dynamic model input (repeatable)")
 
@@ -66,7 +71,7 @@ def cmd_compile(args) -> int:
     from . import compile as compile_model
 
     executable = compile_model(args.model, cpu=args.cpu, gpu=args.gpu, split=args.split,
-                               shapes=_parse_shapes(args.shape))
+                               shapes=_parse_shapes(args.shape), predictor=args.predictor, verify=args.verify)
     _print_plan(executable)
     path = executable.export(args.output)
     print(f"artifact written to {path}")
@@ -88,7 +93,7 @@ def cmd_run(args) -> int:
         executable = load(source)
     else:
         executable = compile_model(source, cpu=args.cpu, gpu=args.gpu, split=args.split,
-                                   shapes=_parse_shapes(args.shape))
+                                   shapes=_parse_shapes(args.shape), predictor=args.predictor, verify=args.verify)
     _print_plan(executable)
     inputs = _load_inputs(args.input, executable)
     if inputs is None:
@@ -104,6 +109,64 @@ def cmd_run(args) -> int:
         timing = executable.benchmark(inputs, repeat=args.repeat)
         where = f"{executable.cpu.label()} + {executable.gpu.label()}"
         print(f"median latency over {args.repeat} runs: {timing['median'] * 1e3:.3f} ms ({where})")
+    return 0
+
+
+def cmd_plan(args) -> int:
+    from .build import resolve_processors
+    from .frontend import import_onnx
+    from .partitioner import auto_plan, simulate, KernelTimes
+    from .report import predicted_table
+    from .timeline import write_timeline
+
+    cpu, gpu = resolve_processors(args.cpu, args.gpu)
+    mod, info = import_onnx(args.model, _parse_shapes(args.shape))
+    multiple = max(cpu.channel_multiple, gpu.channel_multiple)
+    plan, choice, graph, predictor = auto_plan(mod["main"], cpu, gpu, args.predictor, info.sources, multiple)
+    times = KernelTimes(graph, predictor, multiple)
+    print(predicted_table(plan, graph, times, predictor, cpu, gpu))
+    if args.output:
+        plan.save(args.output)
+        print(f"plan written to {args.output}")
+    _, events = simulate(graph, choice.gpu_channels, times, predictor, timeline=True)
+    lanes = {"predicted": events}
+    if args.measure:
+        from . import compile as compile_model
+        from .timeline import measured_events
+
+        executable = compile_model(args.model, cpu=cpu, gpu=gpu, split=plan, shapes=_parse_shapes(args.shape))
+        lanes["measured"] = measured_events(executable)
+    write_timeline(args.timeline, lanes, f"{Path(args.model).stem}: {plan.description}")
+    print(f"timeline written to {args.timeline}")
+    return 0
+
+
+def cmd_profile(args) -> int:
+    from .build import resolve_processors
+    from .profiler import FRACTIONS, profile, zoo_configs
+
+    cpu, gpu = resolve_processors(args.cpu, args.gpu)
+    configs = zoo_configs(args.models, fractions=tuple(args.fractions or FRACTIONS),
+                          image_size=args.image_size, width=args.width)
+    print(f"profiling {len(configs)} layer configurations on {cpu.label()} and {gpu.label()}")
+    path = profile(args.output, cpu, gpu, configs)
+    print(f"measurements in {path}")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from .build import resolve_processors
+    from .predictor import train
+    from .profiler import read_rows
+
+    cpu, gpu = resolve_processors(args.cpu, args.gpu)
+    rows = [row for path in args.profiles for row in read_rows(Path(path))]
+    predictor = train(rows, cpu, gpu, holdout=args.holdout)
+    predictor.save(args.output)
+    for role, acc in predictor.meta["accuracy"].items():
+        print(f"{role}: held-out {acc['samples']} configs, {acc['within_10pct'] * 100:.1f}% within +-10%, "
+              f"median error {acc['median_error'] * 100:.1f}%")
+    print(f"predictor written to {args.output}")
     return 0
 
 
@@ -147,6 +210,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeat", type=int, default=0, help="time N runs and print the median latency")
     _add_processor_args(p)
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("plan", help="choose a plan with the latency predictor; print it and draw its timeline")
+    p.add_argument("model", help="ONNX model file")
+    p.add_argument("-o", "--output", help="write the plan JSON here (usable as --split FILE)")
+    p.add_argument("--timeline", default="timeline.png", help="PNG Gantt chart of both processors")
+    p.add_argument("--measure", action="store_true", help="also compile, run and draw the measured timeline")
+    _add_processor_args(p)
+    p.set_defaults(func=cmd_plan)
+
+    p = sub.add_parser("profile", help="measure layer kernels and copies on both processors (CSV)")
+    p.add_argument("-o", "--output", default="profile.csv", help="CSV to append to (resumes where it stopped)")
+    p.add_argument("--models", nargs="+", help="zoo models whose layers to profile (default: all)")
+    p.add_argument("--fractions", nargs="+", type=float, help="output-channel fractions to measure")
+    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--width", type=float, default=1.0)
+    _add_processor_args(p)
+    p.set_defaults(func=cmd_profile)
+
+    p = sub.add_parser("train", help="train the latency predictor from profile CSVs")
+    p.add_argument("profiles", nargs="+")
+    p.add_argument("-o", "--output", default="predictor.json")
+    p.add_argument("--holdout", type=float, default=0.2, help="share of configurations held out for accuracy")
+    _add_processor_args(p)
+    p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("zoo", help="the built-in model zoo")
     zoo_sub = p.add_subparsers(dest="zoo_command", required=True)

@@ -13,10 +13,6 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-import tvm
-from tvm import relax
-from tvm.ir import Constant
-
 SPLITTABLE_CONV = "relax.nn.conv2d"
 WHOLE_ONLY_CONVS = {
     "relax.nn.conv1d": "conv1d",
@@ -81,10 +77,15 @@ class Layer:
 
 def is_tensor_constant(expr) -> bool:
     """A constant holding a tensor (not an integer or other immediate)."""
+    from tvm import relax
+    from tvm.ir import Constant
+
     return isinstance(expr, Constant) and isinstance(expr.ty, relax.TensorType)
 
 
 def _static_shape(expr) -> tuple | None:
+    from tvm import relax
+
     ty = expr.ty
     if not isinstance(ty, relax.TensorType) or ty.shape is None:
         return None
@@ -94,7 +95,7 @@ def _static_shape(expr) -> tuple | None:
         return None
 
 
-def _conv2d_layer(call: relax.Call, shapes: tuple) -> Layer:
+def _conv2d_layer(call, shapes: tuple) -> Layer:
     attrs = call.attrs
     layouts = (str(attrs.data_layout), str(attrs.kernel_layout), str(attrs.out_layout))
     groups = int(attrs.groups)
@@ -106,8 +107,11 @@ def _conv2d_layer(call: relax.Call, shapes: tuple) -> Layer:
     return Layer("", "conv2d", *shapes, groups, **geometry)
 
 
-def _layer_of(call: relax.Call) -> Layer | None:
+def _layer_of(call) -> Layer | None:
     """The (still unnamed) layer a call is, or None when it is no layer."""
+    import tvm
+    from tvm import relax
+
     if not isinstance(call, relax.Call) or not isinstance(call.op, tvm.ir.Op) or len(call.args) < 2:
         return None
     op_name = call.op.name
@@ -128,7 +132,7 @@ def _layer_of(call: relax.Call) -> Layer | None:
                  f"the split pass does not divide {kind}")
 
 
-def layer_bindings(func: relax.Function) -> dict:
+def layer_bindings(func) -> dict:
     """Map each layer's bound Var to its Layer, named in binding order."""
     found: dict = {}
     counters: dict[str, int] = {}
@@ -143,5 +147,5 @@ def layer_bindings(func: relax.Function) -> dict:
     return found
 
 
-def find_layers(func: relax.Function) -> list[Layer]:
+def find_layers(func) -> list[Layer]:
     return list(layer_bindings(func).values())

@@ -134,7 +134,7 @@ def layer_graph(func: relax.Function) -> LayerGraph:
                 ancestors[var] = deps
             else:
                 inputs = [seg for v in used for seg in segments_of(v)]
-                depth = max((nodes[s].depth for s, *_ in inputs if s >= 0), default=0)
+                depth = 1 + max((nodes[s].depth for s, *_ in inputs if s >= 0), default=0)
                 shape = _shape(var)
                 nodes.append(Node(len(nodes), op_name or type(value).__name__, None, inputs,
                                   shape[1] if shape and len(shape) >= 2 else 0, depth))
@@ -205,6 +205,8 @@ def simulate(graph: LayerGraph, gpu_channels: dict, times: KernelTimes, predicto
         on_gpu = max(0, min(hi, k) - lo)
         return on_gpu if device == 1 else (hi - lo) - on_gpu
 
+    copied = {}  # (src, lo, hi, device) -> arrival: like the split pass, each copy is made once
+
     def bring(segments, device, label):
         """Copy the channels of `segments` that `device` lacks; returns when all are there."""
         nonlocal host, gpu
@@ -212,12 +214,15 @@ def simulate(graph: LayerGraph, gpu_channels: dict, times: KernelTimes, predicto
         for src, lo, hi, per in segments:
             missing = held_on(src, lo, hi, 1 - device)
             source_ready = ready.get((src, 1 - device), 0.0)
-            if missing:
+            if missing and (src, lo, hi, device) in copied:
+                arrival = max(arrival, copied[(src, lo, hi, device)])
+            elif missing:
                 direction = "h2d" if device == 1 else "d2h"
                 start = max(host, source_ready, gpu if asynchronous else 0.0)  # a copy drains the GPU queue
                 host = start + predictor.copy_time(missing * per, direction)
                 if timeline:
                     events.append(Event("copy", label, start, host, missing * per))
+                copied[(src, lo, hi, device)] = host
                 arrival = max(arrival, host)
             if held_on(src, lo, hi, device):
                 arrival = max(arrival, ready.get((src, device), 0.0))
@@ -241,27 +246,31 @@ def simulate(graph: LayerGraph, gpu_channels: dict, times: KernelTimes, predicto
             events.append(Event("cpu", label, start, host))
         return host
 
-    order = sorted(graph.nodes, key=lambda n: (n.depth, 0 if n.layer is not None and gpu_channels.get(n.name, 0) else 1, n.index))
-    for node in order:
-        if node.layer is None:  # whole-tensor op: on the side holding most of its input
-            on_gpu = sum(held_on(s, lo, hi, 1) * per for s, lo, hi, per in node.inputs)
-            on_cpu = sum(held_on(s, lo, hi, 0) * per for s, lo, hi, per in node.inputs)
-            device = 1 if on_gpu > on_cpu else 0
-            when = bring(node.inputs, device, node.name)
-            placement[node.index] = (0, device)
-            ready[(node.index, device)] = max(when, host if device == 0 else gpu)
-            continue
-        layer = node.layer
-        k = gpu_channels.get(node.name, 0)
-        placement[node.index] = (k, None)
-        if k > 0:
-            needed = _needed_inputs(node, 0, k)
-            when = bring(needed, 1, node.name)
-            ready[(node.index, 1)] = run_gpu(node.name, times.time("gpu", node.name, k), when)
-        if k < layer.channels:
-            needed = _needed_inputs(node, k, layer.channels)
-            when = bring(needed, 0, node.name)
-            ready[(node.index, 0)] = run_cpu(node.name, times.time("cpu", node.name, layer.channels - k), when)
+    # Like OrderForOverlap, each step (nodes of one depth) first makes its copies, then
+    # queues its GPU kernels, then runs its CPU kernels.
+    for depth in sorted({n.depth for n in graph.nodes}):
+        step = [n for n in graph.nodes if n.depth == depth]
+        arrivals, gpu_parts, cpu_parts = {}, [], []
+        for node in step:
+            if node.layer is None:  # whole-tensor op: on the side holding most of its input
+                on_gpu = sum(held_on(s, lo, hi, 1) * per for s, lo, hi, per in node.inputs)
+                on_cpu = sum(held_on(s, lo, hi, 0) * per for s, lo, hi, per in node.inputs)
+                device = 1 if on_gpu > on_cpu else 0
+                ready[(node.index, device)] = bring(node.inputs, device, node.name)
+                placement[node.index] = (0, device)
+                continue
+            k = gpu_channels.get(node.name, 0)
+            placement[node.index] = (k, None)
+            if k > 0:
+                arrivals[(node.index, 1)] = bring(_needed_inputs(node, 0, k), 1, node.name)
+                gpu_parts.append((node, k))
+            if k < node.layer.channels:
+                arrivals[(node.index, 0)] = bring(_needed_inputs(node, k, node.layer.channels), 0, node.name)
+                cpu_parts.append((node, node.layer.channels - k))
+        for node, k in gpu_parts:
+            ready[(node.index, 1)] = run_gpu(node.name, times.time("gpu", node.name, k), arrivals[(node.index, 1)])
+        for node, c in cpu_parts:
+            ready[(node.index, 0)] = run_cpu(node.name, times.time("cpu", node.name, c), arrivals[(node.index, 0)])
     end = bring(graph.outputs, 0, "output")
     latency = max(end, host)
     return (latency, events) if timeline else latency
@@ -317,9 +326,7 @@ def partition(graph: LayerGraph, predictor, channel_multiple: int, ratios=RATIOS
                     best, best_time, improved = trial, latency, True
         if not improved:
             break
-    distributed = []
     for module in graph.modules:
-        chosen = None
         for mask in range(2 ** len(module.branches)):
             trial = dict(best)
             for index, branch in enumerate(module.branches):
@@ -327,10 +334,22 @@ def partition(graph: LayerGraph, predictor, channel_multiple: int, ratios=RATIOS
                     trial[name] = layers[name].channels if mask >> index & 1 else 0
             latency = simulate(graph, trial, times, predictor)
             if latency < best_time * (1 - 1e-9):
-                best, best_time, chosen = trial, latency, module.name
-        if chosen:
-            distributed.append(chosen)
+                best, best_time = trial, latency
+    # A module is distributed when each branch runs whole on one processor and both are used
+    # (whichever stage of the search got there).
+    distributed = [m.name for m in graph.modules if _distributed(m, best, layers)]
     return Choice(best, best_time, single, distributed)
+
+
+def _distributed(module: Module, gpu_channels: dict, layers: dict) -> bool:
+    sides = set()
+    for branch in module.branches:
+        branch_sides = {"gpu" if gpu_channels[n] == layers[n].channels else "cpu" if gpu_channels[n] == 0 else "split"
+                        for n in branch}
+        if len(branch_sides) != 1 or "split" in branch_sides:
+            return False
+        sides |= branch_sides
+    return sides == {"cpu", "gpu"}
 
 
 def default_predictor(cpu, gpu):

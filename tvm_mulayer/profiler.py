@@ -187,37 +187,92 @@ def read_rows(path: Path) -> list[dict]:
         return list(csv.DictReader(handle))
 
 
-def profile(csv_path, cpu, gpu, configs: list[Layer], *, copies: bool = True, quiet: bool = False) -> Path:
-    """Measure `configs` on both processors and copies between them; append to `csv_path`,
-    skipping what it already holds (so an interrupted run resumes)."""
+def _kernel_row(role, processor, layer, seconds, stamp) -> dict:
+    import tvm
+
+    return {"kind": "kernel", "role": role, "processor": processor.label(), "config": config_key(layer),
+            "bytes": "", "seconds": f"{seconds:.9g}", "device": _device_description(processor),
+            "tvm": tvm.__version__, "recorded": stamp}
+
+
+def _copy_rows(gpu, stamp) -> list:
     import tvm
 
     from .runtime import tvm_device
 
+    rows = []
+    for size, h2d, d2h in measure_copies(tvm_device(gpu, 1)):
+        for direction, seconds in (("h2d", h2d), ("d2h", d2h)):
+            rows.append({"kind": "copy", "role": "gpu", "processor": gpu.label(), "config": direction, "bytes": size,
+                         "seconds": f"{seconds:.9g}", "device": _device_description(gpu), "tvm": tvm.__version__,
+                         "recorded": stamp})
+    return rows
+
+
+def _open_csv(path: Path):
+    new_file = not path.exists()
+    handle = open(path, "a", newline="")
+    writer = csv.DictWriter(handle, CSV_FIELDS)
+    if new_file:
+        writer.writeheader()
+    return handle, writer
+
+
+def profile(csv_path, cpu, gpu, configs: list[Layer], *, copies: bool = True, quiet: bool = False) -> Path:
+    """Measure `configs` on both processors and copies between them; append to `csv_path`,
+    skipping what it already holds (so an interrupted run resumes)."""
+    from .runtime import tvm_device
+
     path = Path(csv_path)
     done = {(row["kind"], row["role"], row["config"]) for row in read_rows(path)}
-    new_file = not path.exists()
-    with open(path, "a", newline="") as handle:
-        writer = csv.DictWriter(handle, CSV_FIELDS)
-        if new_file:
-            writer.writeheader()
+    handle, writer = _open_csv(path)
+    with handle:
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
         for role, processor, index in (("cpu", cpu, 0), ("gpu", gpu, 1)):
             todo = [c for c in configs if ("kernel", role, config_key(c)) not in done]
             if not todo:
                 continue
-            device = tvm_device(processor, index)
             module = build_kernels(todo, processor, cpu)
-            times = measure_kernels(module, todo, device, progress=None if quiet else progress_bar(f"{role} kernels"))
-            for layer, seconds in zip(todo, times):
-                writer.writerow({"kind": "kernel", "role": role, "processor": processor.label(),
-                                 "config": config_key(layer), "bytes": "", "seconds": f"{seconds:.9g}",
-                                 "device": _device_description(processor), "tvm": tvm.__version__, "recorded": stamp})
+            times = measure_kernels(module, todo, tvm_device(processor, index),
+                                    progress=None if quiet else progress_bar(f"{role} kernels"))
+            writer.writerows(_kernel_row(role, processor, layer, t, stamp) for layer, t in zip(todo, times))
             handle.flush()
         if copies and ("copy", "gpu", "h2d") not in done:
-            for size, h2d, d2h in measure_copies(tvm_device(gpu, 1)):
-                for direction, seconds in (("h2d", h2d), ("d2h", d2h)):
-                    writer.writerow({"kind": "copy", "role": "gpu", "processor": gpu.label(), "config": direction,
-                                     "bytes": size, "seconds": f"{seconds:.9g}",
-                                     "device": _device_description(gpu), "tvm": tvm.__version__, "recorded": stamp})
+            writer.writerows(_copy_rows(gpu, stamp))
     return path
+
+
+def export_kernels(directory, cpu, gpu, configs: list[Layer]) -> Path:
+    """Compile the kernels for both processors into `directory` (cpu.so, gpu.so and
+    configs.json), to be measured where the processors are with `measure_exported`."""
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    for role, processor in (("cpu", cpu), ("gpu", gpu)):
+        build_kernels(configs, processor, cpu).export_library(str(out / f"{role}.so"))
+    (out / "configs.json").write_text(json.dumps({"cpu": cpu.to_json(), "gpu": gpu.to_json(),
+                                                  "configs": [config_key(c) for c in configs]}))
+    return out
+
+
+def measure_exported(directory, csv_path, *, quiet: bool = False) -> Path:
+    """Measure kernels exported by `export_kernels` (needs only the TVM runtime)."""
+    import tvm
+
+    from .processors import Processor
+    from .runtime import tvm_device
+
+    src = Path(directory)
+    spec = json.loads((src / "configs.json").read_text())
+    cpu, gpu = Processor.from_json(spec["cpu"]), Processor.from_json(spec["gpu"])
+    configs = [layer_from_key(key) for key in spec["configs"]]
+    handle, writer = _open_csv(Path(csv_path))
+    with handle:
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
+        for role, processor, index in (("cpu", cpu, 0), ("gpu", gpu, 1)):
+            device = tvm_device(processor, index)
+            module = tvm.runtime.load_module(str(src / f"{role}.so"))
+            times = measure_kernels(module, configs, device, progress=None if quiet else progress_bar(f"{role} kernels"))
+            writer.writerows(_kernel_row(role, processor, layer, t, stamp) for layer, t in zip(configs, times))
+            handle.flush()
+        writer.writerows(_copy_rows(gpu, stamp))
+    return Path(csv_path)

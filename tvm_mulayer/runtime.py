@@ -180,6 +180,43 @@ class Executable:
             times.append(time.perf_counter() - start)
         return {"median": statistics.median(times), "min": min(times), "times": times}
 
+    def trace(self, inputs=None) -> list:
+        """One run with every VM call timed on the host: dicts with symbol, lane ("cpu",
+        "gpu" — by the device of the call's output — or "copy"), start and end seconds.
+        On a real GPU each GPU kernel is synchronised to time it, so the trace shows each
+        kernel's duration but not the overlap an untraced run has."""
+        import tvm
+        import tvm.runtime.vm
+
+        self._setup()
+        vm = tvm.runtime.vm.VirtualMachine(self.module, self._devices)
+        gpu = self._devices[1]
+        asynchronous = gpu.dlpack_device_type() != tvm.cpu(0).dlpack_device_type()
+        calls, started = [], {}
+
+        def instrument(func, symbol, before_run, ret_value, *args):
+            if symbol.startswith("vm.builtin") and symbol != "vm.builtin.to_device":
+                return 0
+            if before_run:
+                started[symbol] = time.perf_counter()
+                return 0
+            output = args[-1] if args else None
+            on_gpu = getattr(output, "device", None) is not None and output.device.index == gpu.index and (
+                output.device.dlpack_device_type() == gpu.dlpack_device_type())
+            if symbol == "vm.builtin.to_device":
+                lane = "copy"
+            else:
+                lane = "gpu" if on_gpu else "cpu"
+            if lane == "gpu" and asynchronous:
+                gpu.sync()
+            calls.append({"symbol": symbol, "lane": lane, "start": started.pop(symbol), "end": time.perf_counter()})
+            return 0
+
+        vm.set_instrument(instrument)
+        args = self._input_args(inputs)
+        vm["main"](*args, *self._weight_args)
+        return calls
+
     # ---- shipping ----------------------------------------------------------------
     def export(self, directory) -> Path:
         """Write the artifact directory (atomically: a failed export leaves nothing loadable)."""

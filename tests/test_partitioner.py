@@ -1,0 +1,134 @@
+"""Predictor training/serialisation and the partitioner's choices.
+
+The partitioner is tested with predictors trained (for real, with XGBoost) on synthetic
+measurements — kernel seconds = launch + MACs / rate — so the right answer is known:
+whatever processor is faster gets the work, an asynchronous GPU lets whole branches run
+beside the CPU, and a plan is never predicted slower than the best single processor.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import tvm_mulayer
+from tvm_mulayer.errors import MulayerError
+from tvm_mulayer.frontend import import_onnx
+from tvm_mulayer.partitioner import KernelTimes, auto_plan, layer_graph, partition, simulate
+from tvm_mulayer.predictor import Predictor, train
+from tvm_mulayer.processors import cpu_processor, gpu_processor
+from tvm_mulayer.profiler import config_key, zoo_configs
+
+from conftest import input_shape, ort_run, relative_error
+
+CPU = cpu_processor("host")
+
+
+def _synthetic_rows(cpu_rate: float, gpu_rate: float, launch: float = 20e-6, copy_per_byte: float = 1e-10):
+    rows = []
+    configs = zoo_configs(["googlenet", "squeezenet1_1", "vgg16"], fractions=(0.125, 0.25, 0.5, 0.75, 1.0),
+                          image_size=64, width=0.25)
+    for layer in configs:
+        for role, rate in (("cpu", cpu_rate), ("gpu", gpu_rate)):
+            rows.append({"kind": "kernel", "role": role, "config": config_key(layer), "device": "synthetic",
+                         "seconds": launch + layer.macs / rate, "bytes": ""})
+    for size in (1024, 65536, 1 << 20):
+        for direction in ("h2d", "d2h"):
+            rows.append({"kind": "copy", "role": "gpu", "config": direction, "bytes": size, "device": "synthetic",
+                         "seconds": 10e-6 + size * copy_per_byte})
+    return rows
+
+
+@pytest.fixture(scope="module")
+def balanced_async():
+    """CPU and an asynchronous GPU of equal speed."""
+    gpu = gpu_processor("cuda:sm_90", CPU)
+    return train(_synthetic_rows(2e9, 2e9), CPU, gpu), gpu
+
+
+def test_predictor_learns_and_round_trips(tmp_path, balanced_async):
+    predictor, gpu = balanced_async
+    for role in ("cpu", "gpu"):
+        accuracy = predictor.meta["accuracy"][role]
+        assert accuracy["samples"] > 10 and accuracy["median_error"] < 0.10
+    path = tmp_path / "p.json"
+    predictor.save(path)
+    loaded = Predictor.load(path)
+    layers = zoo_configs(["squeezenet1_1"], fractions=(0.5,), image_size=64, width=0.25)
+    np.testing.assert_allclose(loaded.kernel_times(layers, "gpu"), predictor.kernel_times(layers, "gpu"))
+    assert loaded.copy_time(1 << 20, "h2d") == pytest.approx(10e-6 + (1 << 20) * 1e-10, rel=1e-3)
+    assert "pickle" not in path.read_text()[:200]
+
+
+def test_predictor_refuses_other_processors_and_bad_files(tmp_path, balanced_async):
+    predictor, _ = balanced_async
+    with pytest.raises(MulayerError, match="mulayer profile"):
+        predictor.check_processors(CPU, gpu_processor("emulated", CPU))
+    (tmp_path / "bad.json").write_text(json.dumps({"format": "something else"}))
+    with pytest.raises(MulayerError, match="not a tvm-mulayer predictor"):
+        Predictor.load(tmp_path / "bad.json")
+
+
+@pytest.mark.parametrize("cpu_rate,gpu_rate,expected", [(1e9, 20e9, "gpu"), (20e9, 1e9, "cpu")])
+def test_a_much_faster_processor_gets_the_network(small_zoo, cpu_rate, gpu_rate, expected):
+    gpu = gpu_processor("emulated", CPU)
+    predictor = train(_synthetic_rows(cpu_rate, gpu_rate), CPU, gpu)
+    mod, info = import_onnx(small_zoo["vgg16"])
+    plan, choice, _, _ = auto_plan(mod["main"], CPU, gpu, predictor, info.sources, 8)
+    assert {lp.placement for lp in plan.layers} == {expected}
+    assert choice.latency <= min(choice.single.values()) * (1 + 1e-9)
+
+
+def test_auto_is_never_predicted_slower_than_a_single_processor(small_zoo, balanced_async):
+    predictor, _ = balanced_async
+    for name in ("googlenet", "squeezenet1_1", "mobilenet_v1"):
+        graph = layer_graph(import_onnx(small_zoo[name])[0]["main"])
+        choice = partition(graph, predictor, 8)
+        assert choice.latency <= min(choice.single.values()) * (1 + 1e-9)
+
+
+def test_branch_distribution_is_chosen_and_computes_the_right_answer(small_zoo, balanced_async):
+    predictor, gpu = balanced_async
+    model = small_zoo["googlenet"]
+    mod, info = import_onnx(model)
+    plan, choice, graph, _ = auto_plan(mod["main"], CPU, gpu, predictor, info.sources, 8)
+    assert choice.distributed, "an equal-speed async GPU should take whole Inception branches"
+    assert choice.latency < min(choice.single.values())
+    distributed = [lp for lp in plan.layers if lp.note.startswith("branch distribution")]
+    assert distributed and all(lp.placement in ("cpu", "gpu") for lp in distributed)
+    # the same plan, run on the emulated two-device machine, gives onnxruntime's answer
+    x = np.random.default_rng(2).standard_normal(input_shape(model)).astype("float32")
+    executable = tvm_mulayer.compile(model, gpu="emulated", split=plan)
+    assert [lp.gpu_channels for lp in executable.plan.layers] == [lp.gpu_channels for lp in plan.layers]
+    assert relative_error(executable.run(x)["logits"], ort_run(model, {"input": x})[0]) < 1e-4
+
+
+@pytest.mark.parametrize("name", ["vgg16", "squeezenet1_1", "mobilenet_v1"])
+def test_simulated_copies_are_the_split_pass_copies(small_zoo, balanced_async, name):
+    """The partitioner's model of data movement matches what SplitChannels emits."""
+    import tvm
+    from tvm import relax
+
+    from tvm_mulayer.layers import find_layers
+    from tvm_mulayer.passes import SplitChannels
+    from tvm_mulayer.plan import make_plan
+
+    predictor, _ = balanced_async
+    mod, _ = import_onnx(small_zoo[name])
+    graph = layer_graph(mod["main"])
+    rng = np.random.default_rng(len(name))
+    layers = find_layers(mod["main"])
+    plan = make_plan(layers, {"layers": {l.name: float(rng.choice([0, 0.25, 0.5, 1])) for l in layers}}, 8)
+    _, events = simulate(graph, {lp.name: lp.gpu_channels for lp in plan.layers},
+                         KernelTimes(graph, predictor, 8), predictor, timeline=True)
+    predicted = sum(e.nbytes for e in events if e.lane == "copy")
+    llvm = tvm.target.Target({"kind": "llvm"})
+    split = SplitChannels(plan, llvm, llvm)(mod)
+    emitted = 0
+    for binding in split["main"].body.blocks[0].bindings:
+        value = binding.value
+        if isinstance(value, relax.Call) and getattr(value.op, "name", "") == "relax.to_vdevice":
+            emitted += int(np.prod([int(d) for d in binding.var.ty.shape.values])) * 4
+    assert predicted == pytest.approx(emitted)
