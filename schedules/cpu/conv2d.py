@@ -156,7 +156,9 @@ class Conv2d(NamedRule):
         if info.depthwise:
             xi, pred_x = _pick_width_tile(info.ow, max(vl, 8))
             nvec = -(-xi // vl)
-            yi = best_divisor(info.oh, max(1, min(4, acc_budget // (2 * nvec)))) or 1
+            # several output rows per task: enough independent accumulators, and small planes
+            # (7x7, 14x14) are done in one or two tasks per channel
+            yi = best_divisor(info.oh, max(1, min(8, acc_budget // nvec))) or 1
             return {"mode": "dw", "FI": 1, "XI": xi, "YI": yi, "pred_x": pred_x, "lanes": vl,
                     "deinterleave": False}
         xi, pred_x = _pick_width_tile(info.ow, max(vl, 8))
@@ -169,9 +171,15 @@ class Conv2d(NamedRule):
             return xvec
         spatial = info.oh * info.ow
         eff_x = xi / (nvec * vl)
-        use_fvec = pred_x or spatial >= 2000 or (
+        use_fvec = pred_x or (spatial >= 2000 and (eff_x < 1 or info.kh * info.kw > 1)) or (
             spatial >= 400 and (info.stride_w > 1 or eff_x < 0.75)
         )
+        # OIHW rows a multiple of 4 KiB apart: the FI weights an x-vectorized step broadcasts
+        # all fall into one L1 set and evict each other (seen: 1024->1024 1x1 at 22 GF/s);
+        # the channel-vectorized schedule reads repacked, contiguous weights instead.
+        row_bytes = info.rc * info.kh * info.kw * dtype_bits(info.in_dtype) // 8
+        if row_bytes % 4096 == 0 and xvec["FI"] > 8:
+            use_fvec = True
         if not use_fvec:
             return xvec
         xu = best_divisor(info.ow, min(14, acc_budget // 2), lower=1)
