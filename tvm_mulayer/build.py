@@ -84,7 +84,7 @@ def compile_model(model, cpu="host", gpu=None, split=0.5, shapes=None, predictor
     cpu_proc, gpu_proc = resolve_processors(cpu, gpu)
     mod, info = import_onnx(model, shapes)
     layers = find_layers(mod["main"])
-    if not layers:
+    if not layers and split == "auto":  # otherwise the model simply runs whole on the CPU
         raise MulayerError("the model has no conv or dense layer with constant weights, so "
                            "there is nothing to split between the processors")
     multiple = max(cpu_proc.channel_multiple, gpu_proc.channel_multiple)
