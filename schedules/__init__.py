@@ -1,19 +1,42 @@
-"""Analytic schedule rules for the CPU and GPU halves of a split CNN.
+"""Analytic schedule rules for the CPU and GPU halves of a split CNN (no tuning).
 
-``ScheduleForTargets()`` is an IRModule pass: every ``tirx.PrimFunc`` that is not yet
-``tirx.is_scheduled`` gets the first rule of its target family (from the func's ``target``
-attribute) whose ``apply(func, target, tunable=False)`` returns a schedule.
+``ScheduleForTargets()`` is an IRModule pass (IRModule -> IRModule, no hidden state, modelled
+on dlight's ApplyDefaultSchedule): every ``tirx.PrimFunc`` that is not yet
+``tirx.is_scheduled`` is scheduled with the rules of the target in its ``target`` attribute
+(or ``Target.current()``), the first rule whose ``apply(func, target, tunable=False)`` returns
+a schedule wins, and the result is marked ``tirx.is_scheduled``. GPU targets (``"gpu"`` in
+the target keys: cuda, opencl, vulkan, ...) get ``gpu.default_rules()`` (ending in dlight's
+Fallback, so every kernel has threads bound); every other target, including a second llvm
+target standing in for a GPU, gets ``cpu.default_rules()``.
+
+CPU rules (llvm): ``Conv2d`` (NCHW conv2d of any kernel/stride/padding/groups, depthwise,
+fused bias/activation epilogue), ``Dense`` ([M<=16, K] x [K, N]), ``Pool`` (window and axis
+reductions: max/avg/adaptive/global pooling, mean, LRN's avg_pool3d), ``Injective``
+(elementwise, broadcast, concat, slices, reshape, LRN tail), dlight's cpu ``GEMV`` and
+``Reduction`` (softmax), ``Fallback`` (parallel outer loops of anything else).
+
+GPU rules: ``Conv2d`` (direct, shared-memory tiles), ``DepthwiseConv2d``, ``Dense`` (GEMV
+with cross-thread reduction), then dlight's ``Matmul`` (1x1 convs as implicit GEMM), ``GEMV``,
+``Reduction``, ``GeneralReduction`` and ``Fallback``.
+
+Tile sizes come from the target (mcpu features -> vector width and register count,
+num-cores; max threads per block), the shapes and the accumulator dtype, so float32, float16
+and uint8 x int8 -> int32 kernels go through the same rules.
 """
 
 from __future__ import annotations
 
-from tvm import s_tir, tirx
+import logging
+
+from tvm import tirx
 from tvm.ir import IRModule
 from tvm.ir.transform import PassContext, module_pass
 from tvm.target import Target
 
 from . import cpu, gpu
 from .common import is_gpu_target
+
+_LOG = logging.getLogger(__name__)
 
 __all__ = ["ScheduleForTargets", "schedule_rules", "apply_rules", "cpu", "gpu"]
 
@@ -28,12 +51,20 @@ def schedule_rules(target: Target) -> list:
 
 
 def apply_rules(func: tirx.PrimFunc, target: Target, rules=None):
-    """Apply the first matching rule; return ``(rule, schedule)`` or ``(None, None)``."""
+    """Apply the first matching rule; return ``(rule, schedule)`` or ``(None, None)``.
+
+    A rule that raises on an unexpected PrimFunc is skipped (with a warning) so that the
+    next rule, ultimately the fallback, still schedules the function.
+    """
     rules = schedule_rules(target) if rules is None else rules
     for rule in rules:
         if not rule.is_target_available(target):
             continue
-        space = rule.apply(func, target, False)
+        try:
+            space = rule.apply(func, target, False)
+        except Exception as err:  # pylint: disable=broad-except
+            _LOG.warning("schedule rule %r failed on a PrimFunc: %s", rule, str(err).splitlines()[-1:])
+            continue
         if space is None:
             continue
         if isinstance(space, (list, tuple)):
