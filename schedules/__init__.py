@@ -41,13 +41,13 @@ _LOG = logging.getLogger(__name__)
 __all__ = ["ScheduleForTargets", "schedule_rules", "apply_rules", "cpu", "gpu"]
 
 
-def schedule_rules(target: Target) -> list:
+def schedule_rules(target: Target, prepacked_weights: bool = False) -> list:
     """The rules tried, in order, for PrimFuncs of ``target``."""
     if isinstance(target, (str, dict)):
         target = Target(target)
     if is_gpu_target(target):
         return gpu.default_rules()
-    return cpu.default_rules()
+    return cpu.default_rules(prepacked_weights)
 
 
 def apply_rules(func: tirx.PrimFunc, target: Target, rules=None):
@@ -88,7 +88,16 @@ def _func_target(func: tirx.PrimFunc) -> Target | None:
 
 @module_pass(opt_level=0, name="ScheduleForTargets")
 class ScheduleForTargets:  # pylint: disable=too-few-public-methods
-    """Schedule every unscheduled PrimFunc with the rules of the target it carries."""
+    """Schedule every unscheduled PrimFunc with the rules of the target it carries.
+
+    ``prepacked_weights=True`` tells the CPU conv rule that the build runs
+    ``relax.transform.SplitLayoutRewritePreproc()`` after this pass and then folds/lifts the
+    resulting weight-repack PrimFuncs (FoldConstant on constant weights, LiftTransformParams
+    on weight parameters), so in-kernel weight repacking costs nothing at run time.
+    """
+
+    def __init__(self, prepacked_weights: bool = False):
+        self.prepacked_weights = prepacked_weights
 
     def transform_module(self, mod: IRModule, _ctx: PassContext) -> IRModule:
         updates = {}
@@ -98,7 +107,7 @@ class ScheduleForTargets:  # pylint: disable=too-few-public-methods
             target = _func_target(func)
             if target is None:
                 continue
-            _, sch = apply_rules(func, target)
+            _, sch = apply_rules(func, target, schedule_rules(target, self.prepacked_weights))
             if sch is None:
                 continue
             new_func = sch.mod["main"]

@@ -378,3 +378,20 @@ def test_gpu_fp16_compiles(target):
         rule, sch = schedules.apply_rules(the_func(mod, "conv2d"), target)
         assert rule_name(rule) == expect
         build_gpu(sch.mod["main"], target)
+
+
+def test_prepacked_weights_flow():
+    """ScheduleForTargets(prepacked_weights=True) + SplitLayoutRewritePreproc moves the conv's
+    weight repack into its own PrimFunc (foldable at build time); results unchanged."""
+    mod, w, b = conv_relax(32, 64, 20, 3, 1, 1)
+    for gv, f in list(mod.functions_items()):
+        if isinstance(f, tirx.PrimFunc):
+            mod[gv] = f.with_attr("target", CPU)
+    mod = schedules.ScheduleForTargets(prepacked_weights=True)(mod)
+    mod = relax.transform.SplitLayoutRewritePreproc()(mod)
+    names = [n for n, _ in prim_funcs(mod)]
+    assert any(n.endswith("_weight_prepack") for n in names), names
+    vm = relax.VirtualMachine(tvm.compile(mod, target=CPU), tvm.cpu())
+    x = RNG.standard_normal((1, 32, 20, 20)).astype("float32")
+    ref = conv_ref(x, w, b, 1, 1, 1, "relu")
+    np.testing.assert_allclose(vm["main"](tvm.runtime.tensor(x)).numpy(), ref, rtol=1e-5, atol=1e-4)

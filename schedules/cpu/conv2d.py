@@ -127,8 +127,11 @@ class Conv2d(NamedRule):
 
     family = "cpu"
 
-    def __init__(self, override: dict | None = None):
+    def __init__(self, override: dict | None = None, prepacked_weights: bool = False):
         self.override = override
+        # True when the build hoists the marked weight repack out of the kernel (see
+        # schedule_fvec): repacking is then free and the channel-vectorized form is preferred.
+        self.prepacked_weights = prepacked_weights
 
     def apply(self, func, target: Target, tunable: bool):  # pylint: disable=unused-argument
         if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
@@ -146,7 +149,7 @@ class Conv2d(NamedRule):
 
     # ------------------------------------------------------------------
     @staticmethod
-    def tiles(info: ConvInfo, target: Target) -> dict:
+    def tiles(info: ConvInfo, target: Target, prepacked_weights: bool = False) -> dict:
         """Analytic tile sizes for the conv (exposed for tests and benchmarks)."""
         vbits = vector_bits(target)
         acc_bits = dtype_bits(info.out_dtype)
@@ -178,7 +181,7 @@ class Conv2d(NamedRule):
         # all fall into one L1 set and evict each other (seen: 1024->1024 1x1 at 22 GF/s);
         # the channel-vectorized schedule reads repacked, contiguous weights instead.
         row_bytes = info.rc * info.kh * info.kw * dtype_bits(info.in_dtype) // 8
-        if row_bytes % 4096 == 0 and xvec["FI"] > 8:
+        if (row_bytes % 4096 == 0 and xvec["FI"] > 8) or prepacked_weights:
             use_fvec = True
         if not use_fvec:
             return xvec
@@ -188,7 +191,7 @@ class Conv2d(NamedRule):
         return {"mode": "fvec", "FV": fv, "XU": xu, "lanes": vl}
 
     def schedule(self, sch: s_tir.Schedule, conv, info: ConvInfo, target: Target):
-        t = dict(self.tiles(info, target))
+        t = dict(self.tiles(info, target, self.prepacked_weights))
         t.update(self.override or {})
         if t.get("mode") == "fvec":
             return self.schedule_fvec(sch, conv, info, target, t)
@@ -294,6 +297,10 @@ class Conv2d(NamedRule):
         producers = inline_producers(sch, conv, keep=("pad_temp",))
         pack = sch.cache_read(conv, info.weight_buffer, "global")
         sch.transform_layout(pack, ("write", 0), lambda f, c, y, x: (f // fv_, c, y, x, f % fv_))
+        # Marked as a layout-rewrite preprocessor: relax.transform.SplitLayoutRewritePreproc()
+        # can move the repack into its own PrimFunc, which FoldConstant / LiftTransformParams
+        # then run once at build/load time instead of every call.
+        sch.annotate(pack, "meta_schedule.layout_rewrite_preproc", True)
         n, ff, yy, xx, rc, ry, rx = sch.get_loops(conv)
         fo, fv = sch.split(ff, [None, fv_])
         xo, xu = sch.split(xx, [None, xu_])
