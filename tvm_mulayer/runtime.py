@@ -153,7 +153,8 @@ class Executable:
                 if not np.can_cast(array.dtype, dtype, casting="same_kind"):
                     raise MulayerError(f"input {name!r} has dtype {array.dtype}, the model wants {dtype}")
                 array = array.astype(dtype)
-            args.append(tvm.runtime.tensor(np.ascontiguousarray(array), self._devices[0]))
+            # reshape: np.ascontiguousarray makes a 0-d (scalar) input 1-d
+            args.append(tvm.runtime.tensor(np.ascontiguousarray(array).reshape(array.shape), self._devices[0]))
         return args
 
     def _invoke(self, args):
