@@ -106,6 +106,10 @@ def import_onnx(model, shapes: dict | None = None):
 
     proto = load_onnx(model)
     inputs = model_inputs(proto, shapes)
+    for node in proto.graph.node:  # TVM's importer would silently compute inference-mode BN
+        if node.op_type == "BatchNormalization" and any(a.name == "training_mode" and a.i for a in node.attribute):
+            raise MulayerError(f"BatchNormalization {node.name or node.output[0]!r} has training_mode=1; "
+                               "tvm-mulayer runs inference only: export the model in eval mode")
     try:
         mod = from_onnx(proto, shape_dict={n: s for n, (s, _) in inputs.items()},
                         keep_params_in_input=False)
