@@ -47,6 +47,8 @@ POOLS = {"relax.nn.max_pool2d", "relax.nn.avg_pool2d", "relax.nn.adaptive_avg_po
 # a halo of neighbouring channels instead of needing the whole tensor.
 CHANNEL_WINDOW_POOLS = {"relax.nn.avg_pool3d", "relax.nn.max_pool3d"}
 RESHAPING = {"relax.expand_dims", "relax.squeeze"}
+# Reductions over other axes than the channel one (GlobalAveragePool imports as mean over H, W)
+REDUCTIONS = {"relax.mean", "relax.sum", "relax.max", "relax.min"}
 BINARY = {
     "relax.add", "relax.subtract", "relax.multiply", "relax.divide", "relax.power",
     "relax.maximum", "relax.minimum",
@@ -233,6 +235,8 @@ class _Rewriter:
             return self._binary(value, call)
         if name in RESHAPING:
             return self._reshaping(value, call)
+        if name in REDUCTIONS:
+            return self._reduction(value, call)
         if name in CHANNEL_WINDOW_POOLS and value.axis == 2 and str(call.attrs.layout) == "NCDHW":
             return self._channel_window_pool(value, call)
         return None
@@ -260,6 +264,16 @@ class _Rewriter:
             if value.axis in removed:
                 return None
             axis = value.axis - sum(1 for a in removed if a < value.axis)
+        return self._partwise(value, lambda part: [part.expr], call, axis)
+
+    def _reduction(self, value: Value, call: relax.Call) -> Value | None:
+        if call.attrs.axis is None:
+            return None  # reduces every axis, the channel one too
+        rank = len(_shape(call.args[0]))
+        axes = {int(a) % rank for a in call.attrs.axis}
+        if value.axis in axes:
+            return None
+        axis = value.axis if call.attrs.keepdims else value.axis - sum(1 for a in axes if a < value.axis)
         return self._partwise(value, lambda part: [part.expr], call, axis)
 
     def _channel_window_pool(self, value: Value, call: relax.Call) -> Value | None:

@@ -71,7 +71,8 @@ def _shape(expr):
 
 def layer_graph(func: relax.Function) -> LayerGraph:
     """The node/provenance model of `func` (a `main` ready for SplitChannels)."""
-    from .passes.split_channels import BINARY, CHANNEL_WINDOW_POOLS, PER_CHANNEL_UNARY, POOLS, RESHAPING
+    from .passes.split_channels import (BINARY, CHANNEL_WINDOW_POOLS, PER_CHANNEL_UNARY, POOLS, REDUCTIONS,
+                                        RESHAPING)
 
     layers = layer_bindings(func)
     nodes: list[Node] = []
@@ -129,7 +130,9 @@ def layer_graph(func: relax.Function) -> LayerGraph:
                     if all(branches) and len(flat) == len(set(flat)):
                         modules.append(Module(f"{len(branches)} branches from {branches[0][0]}", branches))
             elif first in env and (op_name in PER_CHANNEL_UNARY or op_name in POOLS or op_name in BINARY
-                                   or op_name in RESHAPING or op_name in CHANNEL_WINDOW_POOLS):
+                                   or op_name in RESHAPING or op_name in CHANNEL_WINDOW_POOLS
+                                   or (op_name in REDUCTIONS and value.attrs.axis is not None
+                                       and 1 not in {int(a) % len(_shape(first)) for a in value.attrs.axis})):
                 env[var] = rebytes(segments_of(first), var)
                 ancestors[var] = deps
             else:
