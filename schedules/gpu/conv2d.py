@@ -13,6 +13,7 @@ padding inlined, accumulator in a register.
 
 from __future__ import annotations
 
+import tvm
 from tvm import s_tir, tirx
 from tvm.target import Target
 
@@ -76,6 +77,9 @@ def _cooperative_fetch(sch, blk, thread_extents, vec: int = 1):
         sch.vectorize(parts[-1])
 
 
+SHARED_LIMIT = 48 * 1024  # bytes of static shared memory per block (CUDA; OpenCL local memory is 32+ KiB)
+
+
 class Conv2d(NamedRule):
     """Direct conv2d with shared-memory input/weight tiles and register accumulators."""
 
@@ -110,7 +114,29 @@ class Conv2d(NamedRule):
         tf = _pow2_at_most(info.f, max(1, min(16, max_t // (tx * ty))))
         fi = 4 if info.f >= 4 * tf else (2 if info.f >= 2 * tf else 1)
         rc = best_divisor(info.rc, 8) or 1
-        return {"TX": tx, "TY": ty, "TF": tf, "FI": fi, "RC": rc}
+        tiles = {"TX": tx, "TY": ty, "TF": tf, "FI": fi, "RC": rc}
+        # The input patch and weight slab staged per reduction step must fit the 48 KiB of
+        # static shared memory (11x11 and 5x5 kernels overflowed it: ptxas "uses too much
+        # shared data"): give up reduction depth first, then filters, then rows.
+        while Conv2d.shared_bytes(info, tiles) > SHARED_LIMIT:
+            if tiles["RC"] > 1:
+                tiles["RC"] = best_divisor(info.rc, tiles["RC"] - 1) or 1
+            elif tiles["FI"] > 1:
+                tiles["FI"] //= 2
+            elif tiles["TF"] > 1:
+                tiles["TF"] //= 2
+            elif tiles["TY"] > 1:
+                tiles["TY"] //= 2
+            else:
+                raise ValueError("no tiling fits shared memory")
+        return tiles
+
+    @staticmethod
+    def shared_bytes(info: ConvInfo, t: dict) -> int:
+        rows = (t["TY"] - 1) * info.stride_h + info.kh
+        cols = (t["TX"] - 1) * info.stride_w + info.kw
+        elems = t["RC"] * rows * cols + t["TF"] * t["FI"] * t["RC"] * info.kh * info.kw
+        return elems * max(1, int(tvm.runtime.DataType(info.in_dtype).bits) // 8)
 
     def schedule(self, sch: s_tir.Schedule, conv, info: ConvInfo, target: Target):
         t = self.tiles(info, target)
