@@ -1,25 +1,31 @@
 #!/usr/bin/env python3
-"""Run tvm-mulayer artifacts on a GPU host that has only the TVM *runtime*.
+"""Run tvm-mulayer on a GPU host that has only the TVM *runtime* (one `device` call).
 
 Two halves, one file:
 
-  pack  (here, with the compiler)  compile zoo models for a CPU+GPU pair at several splits,
-        compute onnxruntime references, and put artifacts, references, the TVM runtime
-        package (without libtvm_compiler.so) and the tvm-ffi wheel for the host's Python
-        into one directory small enough to carry (the `device` tool carries 64 MiB).
-  run   (there)  load each artifact with `tvm_mulayer.load` (CUDA kernels JIT-compiled by
-        nvcc on load), check it against the reference, time it, write results.json.
+  pack  (here, with the compiler) compile zoo models for a CPU+GPU pair at several splits,
+        and optionally the profiler's kernels; add the TVM runtime package (without
+        libtvm_compiler.so) and the tvm-ffi wheel for the host's Python, all in one
+        directory small enough to carry (the `device` tool carries 64 MiB).
+          --check      carry weights and onnxruntime references: outputs are compared
+          (default)    latency only: weights are not carried (VGG-16 alone is 553 MB) but
+                       drawn at random on the host with the artifact's shapes — the
+                       latency of a dense network does not depend on the values
+          --peers      on the host, rebuild the zoo models (numpy + onnx) and time
+                       onnxruntime CPU and PyTorch fp16 (eager and CUDA graph) on them
+          --profile    also export the profiler's kernels for both processors
+  run   (there) load each artifact with `tvm_mulayer.load` (CUDA kernels compiled by nvcc on
+        load), time it, compare where references exist, run peers and the profiler; write
+        results.json (and profile.csv).
 
-    python scripts/gpu_host_run.py pack -o .carry --models squeezenet1_1 --splits 0 0.5 1
-    # on the host, from the repository root:
-    sh .carry/run.sh $OUT        # installs the runtime into /tmp/site, then `run`
+    python scripts/gpu_host_run.py pack -o .carry/host --models squeezenet1_1 --splits cpu gpu 0.5
+    sh .carry/host/run.sh $OUT      # on the host, from the repository root
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -47,11 +53,14 @@ def _runtime_tarball(out: Path) -> None:
 def _ffi_wheel(out_dir: Path, python: str) -> None:
     import tvm_ffi
 
-    version = tvm_ffi.__version__
     subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
                     "--python-version", python, "--implementation", "cp",
                     "--platform", "manylinux_2_28_x86_64", "--platform", "manylinux_2_24_x86_64",
-                    "-d", str(out_dir), f"apache-tvm-ffi=={version}"], check=True)
+                    "-d", str(out_dir), f"apache-tvm-ffi=={tvm_ffi.__version__}"], check=True)
+
+
+def _split_arg(text: str):
+    return text if text in ("cpu", "gpu", "auto") else float(text)
 
 
 def cmd_pack(args) -> int:
@@ -68,32 +77,86 @@ def cmd_pack(args) -> int:
     for name in args.models:
         kwargs = zoo.small(name) if args.small else {}
         model = zoo.build(name, **kwargs)
-        size = kwargs.get("image_size", 224)
-        x = np.random.default_rng(0).standard_normal((1, 3, size, size)).astype("float32")
-        import onnxruntime as ort
-
-        reference = ort.InferenceSession(model.SerializeToString()).run(None, {"input": x})[0]
         tag = f"{name}{'-small' if args.small else ''}"
-        np.savez(out / f"{tag}.npz", input=x, reference=reference)
+        if args.check:
+            import onnxruntime as ort
+
+            size = kwargs.get("image_size", 224)
+            x = np.random.default_rng(0).standard_normal((1, 3, size, size)).astype("float32")
+            np.savez(out / f"{tag}.npz", input=x, reference=ort.InferenceSession(model.SerializeToString()).run(
+                None, {"input": x})[0])
         for split in args.splits:
-            executable = tvm_mulayer.compile(model, cpu=args.cpu, gpu=args.gpu, split=split)
+            executable = tvm_mulayer.compile(model, cpu=args.cpu, gpu=args.gpu, split=split,
+                                             predictor=args.predictor)
             directory = out / "artifacts" / f"{tag}-{split}"
             executable.export(directory)
-            runs.append({"model": tag, "split": split, "artifact": str(directory.relative_to(out)),
-                         "reference": f"{tag}.npz"})
-            print(f"packed {directory}", flush=True)
-    (out / "runs.json").write_text(json.dumps({"repeat": args.repeat, "runs": runs}, indent=1))
+            if not args.check:
+                (directory / "weights.npz").unlink()
+            runs.append({"model": tag, "zoo": [name, kwargs], "split": split,
+                         "artifact": str(directory.relative_to(out)),
+                         "reference": f"{tag}.npz" if args.check else None})
+            print(f"packed {directory}: {executable.plan.description}", flush=True)
+    if args.profile:
+        from tvm_mulayer.build import resolve_processors
+        from tvm_mulayer.profiler import export_kernels, zoo_configs
+
+        cpu, gpu = resolve_processors(args.cpu, args.gpu)
+        export_kernels(out / "kernels", cpu, gpu, zoo_configs(args.profile_models))
+    (out / "runs.json").write_text(json.dumps({"repeat": args.repeat, "peers": args.peers, "runs": runs,
+                                               "profile": bool(args.profile)}, indent=1))
     _runtime_tarball(out / "tvm_runtime.tar.gz")
     _ffi_wheel(out, args.python)
+    here = out.as_posix()
     (out / "run.sh").write_text(
         "set -e\n"
-        "python3 -m pip install -q --upgrade --no-index --no-deps --target /tmp/site " + out.as_posix() + "/apache_tvm_ffi-*.whl\n"
-        "tar xzf " + out.as_posix() + "/tvm_runtime.tar.gz -C /tmp/site\n"
-        "export PYTHONPATH=/tmp/site:$PWD TVM_USE_RUNTIME_LIB=1 PYTHONUNBUFFERED=1\n"
-        "python3 scripts/gpu_host_run.py run " + out.as_posix() + " --results \"$1/results.json\"\n")
+        f"python3 -m pip install -q --upgrade --no-index --no-deps --target /tmp/site {here}/apache_tvm_ffi-*.whl\n"
+        f"tar xzf {here}/tvm_runtime.tar.gz -C /tmp/site\n"
+        "export PYTHONPATH=/tmp/site:$PWD:$PWD/scripts TVM_USE_RUNTIME_LIB=1 PYTHONUNBUFFERED=1\n"
+        f"python3 scripts/gpu_host_run.py run {here} --results \"$1\"\n")
     total = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     print(f"{out}: {total / 2**20:.1f} MiB")
     return 0
+
+
+def _random_weights(artifact: Path) -> list:
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    manifest = json.loads((artifact / "manifest.json").read_text())
+    return [(rng.standard_normal(shape) * 0.05).astype(dtype) for shape, dtype in manifest["weight_shapes"]]
+
+
+def _peers(name: str, kwargs: dict, repeat: int) -> dict:
+    import numpy as np
+    import onnxruntime as ort
+
+    from tvm_mulayer import zoo
+
+    model = zoo.build(name, **kwargs)
+    size = kwargs.get("image_size", 224)
+    x = np.random.default_rng(0).standard_normal((1, 3, size, size)).astype("float32")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 16
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    reference = session.run(None, {"input": x})[0]
+    import time
+
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        session.run(None, {"input": x})
+        times.append(time.perf_counter() - start)
+    row = {"onnxruntime_cpu_ms": float(np.median(times) * 1e3)}
+    try:
+        from torch_peer import time_torch
+
+        torch_result = time_torch(model, x, repeat)
+        out = torch_result.pop("output")
+        row.update({f"torch_fp16_{k}": v for k, v in torch_result.items()})
+        row["torch_fp16_rel_error"] = float(np.max(np.abs(out - reference)) / np.max(np.abs(reference)))
+    except Exception as err:  # report, keep the other numbers
+        row["torch_error"] = f"{type(err).__name__}: {err}"
+    return row
 
 
 def cmd_run(args) -> int:
@@ -103,20 +166,39 @@ def cmd_run(args) -> int:
 
     root = Path(args.directory)
     spec = json.loads((root / "runs.json").read_text())
-    results = []
+    results = {"runs": [], "peers": {}}
+    out_dir = Path(args.results) if args.results else None
+    if spec.get("profile"):
+        from tvm_mulayer.profiler import measure_exported
+
+        measure_exported(root / "kernels", out_dir / "profile.csv", quiet=True)
+        print("profile measured", flush=True)
     for run in spec["runs"]:
-        data = np.load(root / run["reference"])
-        executable = tvm_mulayer.load(root / run["artifact"])
-        output = next(iter(executable.run(data["input"]).values()))
-        ref = data["reference"].astype(np.float64)
-        rel = float(np.max(np.abs(output - ref)) / np.max(np.abs(ref)))
-        timing = executable.benchmark(data["input"], repeat=spec["repeat"])
-        row = {**run, "device": executable.gpu.device_type, "rel_error": rel,
-               "median_ms": timing["median"] * 1e3, "min_ms": timing["min"] * 1e3}
-        results.append(row)
-        print(f"{run['model']:22s} split {run['split']!s:5s} rel.err {rel:.2e}  median {row['median_ms']:.3f} ms", flush=True)
-    if args.results:
-        Path(args.results).write_text(json.dumps(results, indent=1))
+        artifact = root / run["artifact"]
+        if run["reference"]:
+            data = np.load(root / run["reference"])
+            executable, x = tvm_mulayer.load(artifact), data["input"]
+        else:
+            executable, data = tvm_mulayer.load(artifact, weights=_random_weights(artifact)), None
+            x = None
+        row = {k: run[k] for k in ("model", "split")}
+        if data is not None:
+            output = next(iter(executable.run(x).values()))
+            ref = data["reference"].astype(np.float64)
+            row["rel_error"] = float(np.max(np.abs(output - ref)) / np.max(np.abs(ref)))
+        timing = executable.benchmark(x, repeat=spec["repeat"])
+        row.update({"median_ms": timing["median"] * 1e3, "min_ms": timing["min"] * 1e3,
+                    "plan": executable.plan.description})
+        results["runs"].append(row)
+        print(json.dumps(row), flush=True)
+    if spec.get("peers"):
+        models = {r["zoo"][0]: r["zoo"][1] for r in spec["runs"]}
+        models.update({name: {} for name in spec.get("peer_models", [])})
+        for name, kwargs in models.items():
+            results["peers"][name] = _peers(name, kwargs, spec["repeat"])
+            print(name, json.dumps(results["peers"][name]), flush=True)
+    if out_dir:
+        (out_dir / "results.json").write_text(json.dumps(results, indent=1))
     return 0
 
 
@@ -124,10 +206,15 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("pack")
-    p.add_argument("-o", "--output", default=".carry")
-    p.add_argument("--models", nargs="+", default=["squeezenet1_1"])
-    p.add_argument("--splits", nargs="+", default=["0", "0.5", "1"], type=lambda s: float(s) if s[0].isdigit() else s)
-    p.add_argument("--small", action="store_true")
+    p.add_argument("-o", "--output", default=".carry/host")
+    p.add_argument("--models", nargs="*", default=["squeezenet1_1"])
+    p.add_argument("--splits", nargs="+", default=["cpu", "gpu", "0.5"], type=_split_arg)
+    p.add_argument("--small", action="store_true", help="the small zoo variants")
+    p.add_argument("--check", action="store_true", help="carry weights and references; compare outputs")
+    p.add_argument("--peers", action="store_true", help="time onnxruntime CPU and PyTorch fp16 on the host")
+    p.add_argument("--profile", action="store_true", help="also export and measure the profiler's kernels")
+    p.add_argument("--profile-models", nargs="+", help="zoo models whose layers to profile (default all)")
+    p.add_argument("--predictor", help="predictor JSON for 'auto' splits")
     p.add_argument("--cpu", default="x86-avx512")
     p.add_argument("--gpu", default="cuda:sm_90")
     p.add_argument("--repeat", type=int, default=50)
@@ -135,7 +222,7 @@ def main(argv=None) -> int:
     p.set_defaults(func=cmd_pack)
     p = sub.add_parser("run")
     p.add_argument("directory")
-    p.add_argument("--results")
+    p.add_argument("--results", help="directory for results.json (and profile.csv)")
     p.set_defaults(func=cmd_run)
     args = parser.parse_args(argv)
     return args.func(args)

@@ -90,6 +90,12 @@ def _nvcc_fatbin(code, target=None):
         return bytearray(out.read_bytes())
 
 
+def _manifest_digest(manifest: dict) -> str:
+    """SHA-256 of the manifest's content but this digest itself (so an edit is detected)."""
+    body = {key: value for key, value in manifest.items() if key != "manifest_sha256"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -154,6 +160,9 @@ class Executable:
                     raise MulayerError(f"input {name!r} has dtype {array.dtype}, the model wants {dtype}")
                 array = array.astype(dtype)
             # reshape: np.ascontiguousarray makes a 0-d (scalar) input 1-d
+            if array.dtype.kind in "fc" and not np.isfinite(array).all():
+                raise MulayerError(f"input {name!r} contains NaN or Inf; tvm-mulayer refuses non-finite inputs "
+                                   "(its Relu/Clip kernels map NaN to numbers where onnxruntime keeps NaN)")
             args.append(tvm.runtime.tensor(np.ascontiguousarray(array).reshape(array.shape), self._devices[0]))
         return args
 
@@ -226,7 +235,7 @@ class Executable:
         from . import __version__
 
         target = Path(directory)
-        if target.exists() and not (target / "manifest.json").exists() and any(target.iterdir()):
+        if target.exists() and (not target.is_dir() or not (target / "manifest.json").exists() and any(target.iterdir())):
             raise MulayerError(f"{target} exists and is not a tvm-mulayer artifact; choose a new directory")
         target.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
@@ -246,12 +255,24 @@ class Executable:
                 "outputs": self.outputs,
                 "sources": self.sources,
                 "weight_devices": self.weight_devices,
+                "weight_shapes": [[list(w.shape), str(w.dtype)] for w in self.weights],
                 "files": {name: _sha256(staging / name) for name in FILES},
             }
+            manifest["manifest_sha256"] = _manifest_digest(manifest)
             (staging / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
-            if target.exists():
-                shutil.rmtree(target)
-            os.replace(staging, target)
+            backup = None
+            if target.exists():  # set aside, not deleted, until the new artifact is in place
+                backup = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent)) / "previous"
+                os.rename(target, backup)
+            try:
+                os.replace(staging, target)
+            except BaseException:
+                if backup is not None:
+                    os.rename(backup, target)
+                raise
+            finally:
+                if backup is not None:
+                    shutil.rmtree(backup.parent, ignore_errors=True)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
@@ -259,8 +280,9 @@ class Executable:
         return target
 
 
-def read_manifest(directory) -> dict:
-    """The manifest of an artifact directory, after checking its format, TVM version and checksums."""
+def read_manifest(directory, unchecked=()) -> dict:
+    """The manifest of an artifact directory, after checking its format, TVM version and the
+    checksums of its files (but those named in `unchecked`)."""
     import tvm
 
     root = Path(directory)
@@ -270,34 +292,47 @@ def read_manifest(directory) -> dict:
                            "make one with `mulayer compile MODEL.onnx -o DIR`")
     try:
         manifest = json.loads(manifest_path.read_text())
-    except json.JSONDecodeError as err:
+    except ValueError as err:  # JSONDecodeError, UnicodeDecodeError
         raise MulayerError(f"{manifest_path} is corrupt ({err}); recompile the artifact") from None
+    if not isinstance(manifest, dict):
+        raise MulayerError(f"{manifest_path} is corrupt (not a JSON object); recompile the artifact")
     if manifest.get("format") != ARTIFACT_FORMAT:
         raise MulayerError(f"{root} has artifact format {manifest.get('format')!r}, this tvm-mulayer reads "
                            f"{ARTIFACT_FORMAT!r}; recompile it with this version")
     if manifest.get("tvm") != tvm.__version__:
         raise MulayerError(f"{root} was built with TVM {manifest.get('tvm')}, this runtime is TVM "
                            f"{tvm.__version__}; recompile it or use the matching runtime")
+    if manifest.get("manifest_sha256") != _manifest_digest(manifest):
+        raise MulayerError(f"{manifest_path} was edited or is damaged (its checksum does not match); "
+                           "recompile the artifact")
     for name in FILES:
         path = root / name
+        if name in unchecked:
+            continue
         if not path.is_file() or _sha256(path) != manifest["files"].get(name):
             raise MulayerError(f"{path} is missing or does not match its checksum; the artifact is "
                                "damaged — recompile it")
     return manifest
 
 
-def load_artifact(directory) -> Executable:
-    """Load an exported artifact, checking its format, version and file checksums."""
+def load_artifact(directory, weights: list | None = None) -> Executable:
+    """Load an exported artifact, checking its format, version and file checksums.
+
+    `weights` replaces the artifact's weights.npz with arrays of the same shapes and dtypes
+    (other trained values, or random ones where only latency matters)."""
     import tvm
 
     root = Path(directory)
-    manifest = read_manifest(root)
+    manifest = read_manifest(root, unchecked=("weights.npz",) if weights is not None else ())
     cpu = Processor.from_json(manifest["cpu"])
     gpu = Processor.from_json(manifest["gpu"])
     tvm_device(gpu, 1)  # fails clearly, before loading kernels, where the GPU is missing
     module = tvm.runtime.load_module(str(root / "model.so"))
-    with np.load(root / "weights.npz", allow_pickle=False) as data:
-        weights = [data[f"w{i}"] for i in range(len(data.files))]
+    if weights is None:
+        with np.load(root / "weights.npz", allow_pickle=False) as data:
+            weights = [data[f"w{i}"] for i in range(len(data.files))]
+    elif [[list(np.shape(w)), str(np.asarray(w).dtype)] for w in weights] != manifest.get("weight_shapes"):
+        raise MulayerError(f"the given weights do not match the shapes and dtypes {root} was built for")
     plan = Plan.from_json(json.loads((root / "plan.json").read_text()))
     inputs = {name: (tuple(v["shape"]), v["dtype"]) for name, v in manifest["inputs"].items()}
     return Executable(module, plan, cpu, gpu, inputs, manifest["outputs"], manifest.get("sources", {}),
