@@ -159,10 +159,10 @@ class Executable:
                 if not np.can_cast(array.dtype, dtype, casting="same_kind"):
                     raise MulayerError(f"input {name!r} has dtype {array.dtype}, the model wants {dtype}")
                 array = array.astype(dtype)
-            # reshape: np.ascontiguousarray makes a 0-d (scalar) input 1-d
             if array.dtype.kind in "fc" and not np.isfinite(array).all():
                 raise MulayerError(f"input {name!r} contains NaN or Inf; tvm-mulayer refuses non-finite inputs "
                                    "(its Relu/Clip kernels map NaN to numbers where onnxruntime keeps NaN)")
+            # reshape: np.ascontiguousarray makes a 0-d (scalar) input 1-d
             args.append(tvm.runtime.tensor(np.ascontiguousarray(array).reshape(array.shape), self._devices[0]))
         return args
 
