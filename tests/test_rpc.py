@@ -247,3 +247,23 @@ def test_remote_without_the_gpu(model, servers, tmp_path):
     path = executable.export(tmp_path / "opencl")
     with pytest.raises(MulayerError, match="remote has no opencl device"):
         deploy(path, connect(rpc=servers["rpc"].address), repeat=0)
+
+
+def test_profile_over_rpc_measures_both_remote_devices(servers, tmp_path, capsys):
+    """`mulayer profile --rpc` compiles the kernels here and times them on the server."""
+    from tvm_mulayer.cli import main
+    from tvm_mulayer.profiler import read_rows
+
+    csv_path = tmp_path / "remote.csv"
+    assert main(["profile", "--rpc", servers["rpc"].address, "--gpu", "emulated", "--models", "alexnet",
+                 "--image-size", "67", "--width", "0.1", "--fractions", "1.0", "-o", str(csv_path)]) == 0
+    assert "on the remote" in capsys.readouterr().out
+    rows = read_rows(csv_path)
+    kernels = {(r["role"], r["config"]) for r in rows if r["kind"] == "kernel"}
+    from tvm_mulayer.profiler import config_key, zoo_configs
+
+    expected = {config_key(c) for c in zoo_configs(["alexnet"], fractions=(1.0,), image_size=67, width=0.1)}
+    assert {c for _, c in kernels} == expected and len(expected) == 8  # AlexNet's 5 conv + 3 dense
+    assert {role for role, _ in kernels} == {"cpu", "gpu"}
+    assert all(float(r["seconds"]) > 0 for r in rows)
+    assert {r["config"] for r in rows if r["kind"] == "copy"} == {"h2d", "d2h"}

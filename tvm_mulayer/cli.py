@@ -148,8 +148,16 @@ def cmd_profile(args) -> int:
     cpu, gpu = resolve_processors(args.cpu, args.gpu)
     configs = zoo_configs(args.models, fractions=tuple(args.fractions or FRACTIONS),
                           image_size=args.image_size, width=args.width)
-    print(f"profiling {len(configs)} layer configurations on {cpu.label()} and {gpu.label()}")
-    path = profile(args.output, cpu, gpu, configs)
+    if args.rpc or args.tracker:
+        from .deploy import connect
+        from .profiler import profile_remote
+
+        session = connect(rpc=args.rpc, tracker=args.tracker, key=args.key)
+        print(f"profiling {len(configs)} layer configurations on the remote {cpu.label()} and {gpu.label()}")
+        path = profile_remote(session, args.output, cpu, gpu, configs)
+    else:
+        print(f"profiling {len(configs)} layer configurations on {cpu.label()} and {gpu.label()}")
+        path = profile(args.output, cpu, gpu, configs)
     print(f"measurements in {path}")
     return 0
 
@@ -225,6 +233,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fractions", nargs="+", type=float, help="output-channel fractions to measure")
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--width", type=float, default=1.0)
+    p.add_argument("--rpc", metavar="HOST:PORT", help="profile the devices of this TVM RPC server")
+    p.add_argument("--tracker", metavar="HOST:PORT", help="profile a device from this RPC tracker (with --key)")
+    p.add_argument("--key", help="the device key at the tracker")
     _add_processor_args(p)
     p.set_defaults(func=cmd_profile)
 

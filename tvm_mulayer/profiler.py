@@ -138,13 +138,13 @@ def measure_kernels(module, configs: list[Layer], device, *, min_repeat_ms: int 
     return times
 
 
-def measure_copies(device, sizes=COPY_SIZES, repeat: int = 20) -> list[tuple]:
+def measure_copies(device, sizes=COPY_SIZES, repeat: int = 20, host_device=None) -> list[tuple]:
     """(bytes, seconds host->device, seconds device->host) for each size."""
     import tvm
 
     rows = []
     for size in sizes:
-        host = tvm.runtime.tensor(np.zeros(size // 4, "float32"), tvm.cpu(0))
+        host = tvm.runtime.tensor(np.zeros(size // 4, "float32"), host_device or tvm.cpu(0))
         remote = tvm.runtime.empty((size // 4,), "float32", device)
         timings = []
         for src, dst in ((host, remote), (remote, host)):
@@ -196,13 +196,14 @@ def _kernel_row(role, processor, layer, seconds, stamp) -> dict:
             "tvm": tvm.__version__, "recorded": stamp}
 
 
-def _copy_rows(gpu, stamp) -> list:
+def _copy_rows(gpu, stamp, devices=None) -> list:
     import tvm
 
     from .runtime import tvm_device
 
     rows = []
-    for size, h2d, d2h in measure_copies(tvm_device(gpu, 1)):
+    device, host = (devices[1], devices[0]) if devices else (tvm_device(gpu, 1), None)
+    for size, h2d, d2h in measure_copies(device, host_device=host):
         for direction, seconds in (("h2d", h2d), ("d2h", d2h)):
             rows.append({"kind": "copy", "role": "gpu", "processor": gpu.label(), "config": direction, "bytes": size,
                          "seconds": f"{seconds:.9g}", "device": _device_description(gpu), "tvm": tvm.__version__,
@@ -240,6 +241,35 @@ def profile(csv_path, cpu, gpu, configs: list[Layer], *, copies: bool = True, qu
             handle.flush()
         if copies and ("copy", "gpu", "h2d") not in done:
             writer.writerows(_copy_rows(gpu, stamp))
+    return path
+
+
+def profile_remote(session, csv_path, cpu, gpu, configs: list[Layer], *, quiet: bool = False) -> Path:
+    """Like `profile`, on the devices of a TVM RPC session (`tvm_mulayer.deploy.connect`):
+    kernels are compiled here, uploaded, and timed there."""
+    import tempfile
+
+    from .deploy import remote_devices
+
+    devices = remote_devices(session, cpu, gpu)
+    path = Path(csv_path)
+    done = {(row["kind"], row["role"], row["config"]) for row in read_rows(path)}
+    handle, writer = _open_csv(path)
+    with handle, tempfile.TemporaryDirectory() as tmp:
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
+        for role, processor, device in (("cpu", cpu, devices[0]), ("gpu", gpu, devices[1])):
+            todo = [c for c in configs if ("kernel", role, config_key(c)) not in done]
+            if not todo:
+                continue
+            local = Path(tmp) / f"{role}-{stamp.replace(':', '')}.so"
+            build_kernels(todo, processor, cpu).export_library(str(local))
+            session.upload(str(local), local.name)
+            module = session.load_module(local.name)
+            times = measure_kernels(module, todo, device, progress=None if quiet else progress_bar(f"{role} kernels"))
+            writer.writerows(_kernel_row(role, processor, layer, t, stamp) for layer, t in zip(todo, times))
+            handle.flush()
+        if ("copy", "gpu", "h2d") not in done:
+            writer.writerows(_copy_rows(gpu, stamp, devices))
     return path
 
 
