@@ -109,8 +109,11 @@ class Conv2d(NamedRule):
     @staticmethod
     def tiles(info: ConvInfo, target: Target) -> dict:
         max_t = _max_threads(target)
-        tx = _pow2_at_most(info.ow, 16)
-        ty = _pow2_at_most(info.oh, max(1, 64 // tx))
+        # Tiles divide the output exactly: a predicated tail keeps TVM from compacting the
+        # shared-memory buffers to the tile (a 55x55 AlexNet output staged the whole padded
+        # input, 712 KB, in shared memory).
+        tx = best_divisor(info.ow, 16)
+        ty = best_divisor(info.oh, max(1, 64 // tx))
         tf = _pow2_at_most(info.f, max(1, min(16, max_t // (tx * ty))))
         fi = 4 if info.f >= 4 * tf else (2 if info.f >= 2 * tf else 1)
         rc = best_divisor(info.rc, 8) or 1
