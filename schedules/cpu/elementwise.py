@@ -73,6 +73,34 @@ def schedule_flat(sch: s_tir.Schedule, blk, target: Target, min_parallel: int = 
         sch.parallel(par)
 
 
+def schedule_planar(sch: s_tir.Schedule, blk, target: Target, min_parallel: int = PARALLEL_MIN_ELEMS):
+    """Blocks that select between inputs by an outer index (concat, padding): parallel over the
+    outer axes, the two innermost axes fused into one loop whose select is loop invariant
+    (LLVM unswitches and vectorizes it) instead of a per-lane select across planes."""
+    loops = sch.get_loops(blk)
+    exts = [loop_extent(sch, l) for l in loops]
+    if len(loops) < 3 or any(e is None for e in exts):
+        schedule_flat(sch, blk, target, min_parallel)
+        return
+    total = 1
+    for e in exts:
+        total *= e
+    outer = sch.fuse(*loops[:-2]) if len(loops) > 3 else loops[0]
+    inner = sch.fuse(*loops[-2:])
+    stmt = sch.get(blk)
+    bits = dtype_bits(stmt.writes[0].source.dtype) if stmt.writes else 32
+    vl = max(vector_bits(target) // bits, 1)
+    if (exts[-1] * exts[-2]) % vl == 0:
+        _, vec = sch.split(inner, [None, vl])
+        sch.vectorize(vec)
+    if total >= min_parallel:
+        sch.parallel(outer)
+
+
+def _selects_by_outer_axis(sch: s_tir.Schedule, blk) -> bool:
+    return "if_then_else" in str(sch.get(blk).body)
+
+
 class Injective(NamedRule):
     """Functions made only of spatial blocks: inline into one loop nest, vectorize, parallel."""
 
@@ -86,7 +114,10 @@ class Injective(NamedRule):
         if not blocks or not all(is_spatial(sch, b) for b in blocks):
             return None
         for blk in inline_all(sch):
-            schedule_flat(sch, blk, target)
+            if _selects_by_outer_axis(sch, blk):
+                schedule_planar(sch, blk, target)
+            else:
+                schedule_flat(sch, blk, target)
         return sch
 
 

@@ -9,6 +9,7 @@ relu, ...) fused into the register write-back; the padding block computed per pa
 from __future__ import annotations
 
 from tvm import s_tir, tirx
+from tvm.sym.pattern import detect_linear_equation
 from tvm.target import Target
 
 from ..common import (
@@ -16,16 +17,18 @@ from ..common import (
     best_divisor,
     block_name,
     child_blocks,
+    const_int,
     dtype_bits,
     inline_epilogue_chain,
     inline_producers,
     iter_kinds,
     is_spatial,
     loop_extent,
+    num_cores,
     try_reverse_compute_inline,
     vector_bits,
 )
-from .conv2d import schedule_injective_block
+from .conv2d import schedule_injective_block, schedule_pad_block
 from .elementwise import schedule_flat
 
 
@@ -33,6 +36,7 @@ class Pool(NamedRule):
     """One reduction block 'S..SR..R' (no multiply of two inputs) plus injective blocks."""
 
     family = "cpu"
+    plane_tasks = True  # parallel over whole planes (padding once per plane) when possible
 
     def apply(self, func, target: Target, tunable: bool):  # pylint: disable=unused-argument
         if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
@@ -63,7 +67,40 @@ class Pool(NamedRule):
         return sch
 
     @staticmethod
-    def _schedule(sch, red, loops, exts, ns, target):
+    def _deinterleave(sch, red, producers, ns):
+        """Strided window along the innermost axis: store the input de-interleaved by the
+        stride (as the conv rule does) so vector loads of the window are contiguous."""
+        stmt = sch.get(red)
+        out = stmt.writes[0].source
+        reads = [r for r in stmt.reads if not r.source.same_as(out)]
+        if len(reads) != 1 or len(reads[0].region) != ns:
+            return
+        x_var = stmt.iter_vars[ns - 1].var
+        coef = detect_linear_equation(reads[0].region[ns - 1].min, [x_var])
+        stride = const_int(coef[0]) if len(coef) else None
+        if not stride or stride <= 1:
+            return
+        src = reads[0].source
+        pads = [b for b in producers if block_name(sch, b) == "pad_temp"]
+        if pads:
+            blk = pads[0]
+        else:
+            blk = sch.cache_read(red, src, "global")
+            producers.append(blk)
+        rank = len(src.shape)
+
+        def index_map(*idx):
+            return (*idx[: rank - 1], idx[rank - 1] % stride, idx[rank - 1] // stride)
+
+        # slots past the (padded) width that the layout adds are never read by any window
+        pad_value = tirx.const(0, str(src.dtype))
+        try:
+            sch.transform_layout(blk, ("write", 0), index_map, pad_value=pad_value)
+        except Exception:  # pylint: disable=broad-except
+            pass
+
+    @staticmethod
+    def _schedule(sch, red, loops, exts, ns, target, deinterleave=False):
         epilogues = inline_epilogue_chain(sch, red)
         if epilogues is None:
             raise ValueError("non-injective consumer")
@@ -72,6 +109,11 @@ class Pool(NamedRule):
         vl = max(vector_bits(target) // bits, 1)
         s_loops, r_loops = loops[:ns], loops[ns:]
         x_ext = exts[ns - 1]
+        if deinterleave:  # measured slower than strided loads for 3x3/s2 pools: off
+            Pool._deinterleave(sch, red, producers, ns)
+        # Output axes that the window slides along (e.g. H, W for pooling, C for LRN).
+        win = Pool._window_axes(sch, red, ns)
+        first_win = min(win) if win else ns - 1
         xi_ext = best_divisor(x_ext, max(vl, 8), lower=1) if x_ext > 1 else 1
         if xi_ext < 4 and x_ext > 16:
             xi_ext = 1  # odd width: keep scalar
@@ -81,8 +123,18 @@ class Pool(NamedRule):
             outer = s_loops[:-1] + [xo]
         else:
             outer = s_loops
-        # parallel over leading outputs (all but the width tile loop when that has >1 iters)
-        par_loops = outer[:-1] if len(outer) > 1 else outer
+        # Parallel over the axes before the first window axis (whole planes per task, so the
+        # padding is computed once per plane inside the task); if those are too few, over
+        # all but the last output loop, with the padding done up front.
+        threads = num_cores(target)
+        n_par = first_win if 0 < first_win < len(outer) else 0
+        par_ext = 1
+        for e in exts[:n_par]:
+            par_ext *= e
+        pad_inside = n_par > 0 and par_ext >= 2 * threads and Pool.plane_tasks
+        if not pad_inside:
+            n_par = max(1, len(outer) - 1)
+        par_loops = outer[:n_par]
         sch.reorder(*outer, *r_loops, *([xi] if xi is not None else []))
         par = sch.fuse(*par_loops) if len(par_loops) > 1 else par_loops[0]
         sch.parallel(par)
@@ -99,9 +151,44 @@ class Pool(NamedRule):
         sch.decompose_reduction(red, r_loops[0])
         for blk in producers:
             if block_name(sch, blk) == "pad_temp":
-                try:
-                    sch.compute_at(blk, par, preserve_unit_loops=True)
-                    continue
-                except Exception:  # pylint: disable=broad-except
-                    pass
+                placed = False
+                if pad_inside:
+                    try:
+                        sch.compute_at(blk, par, preserve_unit_loops=True)
+                        placed = True
+                    except Exception:  # pylint: disable=broad-except
+                        placed = False
+                if not placed:
+                    try:  # row tasks: the rows of padding the task's window needs
+                        sch.compute_at(blk, par, preserve_unit_loops=True)
+                        placed = True
+                    except Exception:  # pylint: disable=broad-except
+                        placed = False
+                if placed and pad_inside:
+                    try:  # fill value and interior copy as two branch-free loops
+                        sch.decompose_padding(blk, sch.get_loops(blk)[1])
+                    except Exception:  # pylint: disable=broad-except
+                        pass
+                if not placed:
+                    schedule_pad_block(sch, blk, target)
+                continue
             schedule_injective_block(sch, blk, target)
+
+    @staticmethod
+    def _window_axes(sch, red, ns) -> set:
+        stmt = sch.get(red)
+        out = stmt.writes[0].source
+        reads = [r for r in stmt.reads if not r.source.same_as(out)]
+        rvars = [iv.var for iv in stmt.iter_vars[ns:]]
+        axes = set()
+        if len(reads) != 1:
+            return axes
+        region = reads[0].region
+        for i, rng in enumerate(region[:ns] if len(region) >= ns else region):
+            for rv in rvars:
+                coef = detect_linear_equation(rng.min, [rv])
+                if not len(coef) or const_int(coef[0]) != 0:
+                    axes.add(i)
+                    break
+        return axes
+
