@@ -27,6 +27,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -89,11 +90,13 @@ def op_specs(name: str):
     schedules = _schedules()
     ConvInfo, find_conv_block = schedules.cpu.conv2d.ConvInfo, schedules.cpu.conv2d.find_conv_block
     mod, _ = model_relax(name)
+    main_text = mod["main"].script()
     out = []
     for gv, func in mod.functions_items():
         if not isinstance(func, tirx.PrimFunc):
             continue
         fname = gv.name_hint
+        calls = len(re.findall(r"call_tir\((?:cls\.)?" + re.escape(fname) + r"[,)]", main_text))
         shapes = [[int(s) for s in p.ty.shape] for p in func.params]
         act = "relu" if "relu" in fname else ("clip" if "clip" in fname else None)
         bias = "_add" in fname
@@ -113,7 +116,7 @@ def op_specs(name: str):
             groups = shapes[0][1] // info.rc
             flops = 2 * info.f * info.rc * info.kh * info.kw * info.oh * info.ow
             spec = dict(kind="conv", x=shapes[0], w=shapes[1], stride=info.stride_h, pads=pads,
-                        groups=groups, bias=bias, act=act, out=shapes[-1], flops=flops)
+                        groups=groups, bias=bias, act=act, out=shapes[-1], flops=flops, calls=calls)
             desc = (f"conv {shapes[1][1] * groups}->{shapes[1][0]} {shapes[0][2]}x{shapes[0][3]} "
                     f"k{info.kh} s{info.stride_h}" + (f" g{groups}" if groups > 1 else ""))
             out.append((fname, func, spec, desc))
@@ -122,7 +125,7 @@ def op_specs(name: str):
             if len(shapes[0]) == 2 and len(shapes[1]) == 2 and shapes[0][0] == 1:
                 k, n = shapes[1]
                 spec = dict(kind="dense", x=shapes[0], w=shapes[1], bias=bias, act=act,
-                            out=shapes[-1], flops=2 * k * n)
+                            out=shapes[-1], flops=2 * k * n, calls=calls)
                 out.append((fname, func, spec, f"dense {k}->{n}"))
     return out
 
@@ -302,7 +305,7 @@ def worker_pair(models, threads, rounds):
     return res
 
 
-def worker_e2e_tvm(model, threads):
+def worker_e2e_tvm(model, threads, prepack=False):
     import numpy as np  # pylint: disable=import-outside-toplevel
     import tvm  # pylint: disable=import-outside-toplevel
     from tvm import relax, tirx  # pylint: disable=import-outside-toplevel
@@ -314,7 +317,11 @@ def worker_e2e_tvm(model, threads):
     for gv, f in list(mod.functions_items()):
         if isinstance(f, tirx.PrimFunc):
             mod[gv] = f.with_attr("target", target)
-    mod = schedules.ScheduleForTargets()(mod)
+    mod = schedules.ScheduleForTargets(prepacked_weights=prepack)(mod)
+    if prepack:
+        # move the marked weight repacks into their own PrimFuncs and run them at build time
+        mod = relax.transform.SplitLayoutRewritePreproc()(mod)
+        mod = relax.transform.FoldConstant()(mod)
     t1 = time.perf_counter()
     ex = tvm.compile(mod, target=target)
     t2 = time.perf_counter()
@@ -369,6 +376,9 @@ def main():
     ap.add_argument("--max-unscheduled-gflop", type=float, default=1.0,
                     help="skip unscheduled timing of bigger ops (they take seconds each)")
     ap.add_argument("--e2e", action="store_true", help="also time whole models CPU-only")
+    ap.add_argument("--prepack", action="store_true",
+                    help="with --e2e: also time ScheduleForTargets(prepacked_weights=True) + "
+                         "SplitLayoutRewritePreproc + FoldConstant (weight repacks done at build time)")
     ap.add_argument("--clock", choices=["auto", "wall", "cpu"], default="auto",
                     help="cpu: per-thread CPU time (only with --threads 1); auto: cpu for 1 thread")
     ap.add_argument("--out", help="write the markdown table here too")
@@ -387,7 +397,7 @@ def main():
         elif kind == "ort":
             res = worker_ort(models, threads)
         elif kind == "e2e-tvm":
-            res = worker_e2e_tvm(models[0], threads)
+            res = worker_e2e_tvm(models[0], threads, prepack=len(rest) > 2 and rest[2] == "prepack")
         elif kind == "e2e-ort":
             res = worker_e2e_ort(models[0], threads)
         else:
@@ -423,8 +433,9 @@ def main():
                  f"clock: {'thread CPU time' if CLOCK['name'] == 'cpu' else 'wall'}; best of {args.rounds} "
                  f"alternating rounds; python {platform.python_version()}; date {time.strftime('%Y-%m-%d')}.")
     lines.append("")
-    lines.append("| model | op | GFLOP | unscheduled ms | scheduled ms | onnxruntime ms | sched / ORT | unsched / sched | rule |")
-    lines.append("|---|---|---:|---:|---:|---:|---:|---:|---|")
+    lines.append("| model | op | calls | GFLOP | unscheduled ms | scheduled ms | onnxruntime ms | sched / ORT | "
+                 "unsched / sched | rule |")
+    lines.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---|")
     totals = {}
     for model in models:
         for fname, _, spec, desc in op_specs(model):
@@ -434,12 +445,12 @@ def main():
             u = unsched.get(key, {}).get("ms") if unsched else None
             rule = sched.get(key, {}).get("rule") or "–"
             tot = totals.setdefault(model, [0.0, 0.0])
-            tot[0] += s or 0
-            tot[1] += o or 0
-            lines.append(f"| {model} | {desc} | {spec['flops'] / 1e9:.3f} | {_fmt(u)} | {_fmt(s)} | {_fmt(o)} | "
+            tot[0] += (s or 0) * spec["calls"]
+            tot[1] += (o or 0) * spec["calls"]
+            lines.append(f"| {model} | {desc} | {spec['calls']} | {spec['flops'] / 1e9:.3f} | {_fmt(u)} | {_fmt(s)} | {_fmt(o)} | "
                          f"{_fmt(s / o if s and o else None, 2)} | {_fmt(u / s if u and s else None, 1)} | {rule} |")
     lines.append("")
-    lines.append("| model | sum of scheduled conv/dense ms | sum of onnxruntime single-op ms | ratio |")
+    lines.append("| model | scheduled conv/dense ms (x calls) | onnxruntime single ops ms (x calls) | ratio |")
     lines.append("|---|---:|---:|---:|")
     for model, (s, o) in totals.items():
         lines.append(f"| {model} | {s:.2f} | {o:.2f} | {s / o:.2f} |")
@@ -448,10 +459,13 @@ def main():
         lines.append("")
         lines.append("Whole model, CPU only (all PrimFuncs scheduled), batch 1, 224x224:")
         lines.append("")
-        lines.append("| model | TVM scheduled ms | onnxruntime ms | ratio | schedule s | tvm.compile s |")
-        lines.append("|---|---:|---:|---:|---:|---:|")
+        head = "| model | TVM scheduled ms | onnxruntime ms | ratio | schedule s | tvm.compile s |"
+        if args.prepack:
+            head += " TVM prepacked ms | ratio |"
+        lines.append(head)
+        lines.append("|---|---:|---:|---:|---:|---:|" + ("---:|---:|" if args.prepack else ""))
         for model in models:
-            tv, ov = {}, {}
+            tv, ov, pv = {}, {}, {}
             for _ in range(args.rounds):
                 o = _run_worker(["e2e-ort", th, model], args.threads)
                 t = _run_worker(["e2e-tvm", th, model], args.threads)
@@ -459,8 +473,15 @@ def main():
                     ov = o
                 if not tv or t["ms"] < tv["ms"]:
                     tv = t
-            lines.append(f"| {model} | {tv['ms']:.2f} | {ov['ms']:.2f} | {tv['ms'] / ov['ms']:.2f} | "
-                         f"{tv['schedule_s']:.1f} | {tv['compile_s']:.1f} |")
+                if args.prepack:
+                    p = _run_worker(["e2e-tvm", th, model, "prepack"], args.threads)
+                    if not pv or p["ms"] < pv["ms"]:
+                        pv = p
+            line = (f"| {model} | {tv['ms']:.2f} | {ov['ms']:.2f} | {tv['ms'] / ov['ms']:.2f} | "
+                    f"{tv['schedule_s']:.1f} | {tv['compile_s']:.1f} |")
+            if args.prepack:
+                line += f" {pv['ms']:.2f} | {pv['ms'] / ov['ms']:.2f} |"
+            lines.append(line)
     text = "\n".join(lines)
     print(text)
     if args.out:
