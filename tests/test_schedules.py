@@ -395,3 +395,23 @@ def test_prepacked_weights_flow():
     x = RNG.standard_normal((1, 32, 20, 20)).astype("float32")
     ref = conv_ref(x, w, b, 1, 1, 1, "relu")
     np.testing.assert_allclose(vm["main"](tvm.runtime.tensor(x)).numpy(), ref, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("case", [(3, 64, 224, 11, 4, 2), (32, 96, 28, 5, 1, 2), (48, 128, 7, 5, 1, 2),
+                                  (64, 192, 27, 5, 1, 2), (3, 64, 224, 7, 2, 3), (512, 512, 14, 3, 1, 1)],
+                         ids=lambda c: "x".join(map(str, c)))
+def test_gpu_conv2d_shared_memory_fits(case):
+    """nvcc refuses kernels with more than 48 KiB of static shared memory (seen on the H100
+    host for 11x11 / 5x5 kernels and predicated 55x55 tiles): check the generated CUDA."""
+    import re
+
+    mod, _, _ = conv_relax(*case)
+    rule, sch = schedules.apply_rules(the_func(mod, "conv2d"), CUDA)
+    assert rule_name(rule) == "Conv2d"
+    lib = build_gpu(sch.mod["main"], CUDA)
+    src = lib.imports[0].inspect_source()
+    sizes = {"float": 4, "half": 2, "int": 4, "signed char": 1, "unsigned char": 1}
+    total = 0
+    for dtype, n in re.findall(r"__shared__(?: alignas\(\d+\))? ([a-z ]+?) \w+\[(\d+)\];", src):
+        total += sizes.get(dtype.strip(), 4) * int(n)
+    assert 0 < total <= 48 * 1024, total
