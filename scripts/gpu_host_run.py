@@ -101,7 +101,7 @@ def cmd_pack(args) -> int:
         from tvm_mulayer.profiler import export_kernels, zoo_configs
 
         cpu, gpu = resolve_processors(args.cpu, args.gpu)
-        export_kernels(out / "kernels", cpu, gpu, zoo_configs(args.profile_models))
+        export_kernels(out / "kernels", cpu, gpu, zoo_configs(args.profile_models, fractions=tuple(args.profile_fractions)))
     (out / "runs.json").write_text(json.dumps({"repeat": args.repeat, "peers": args.peers, "runs": runs,
                                                "profile": bool(args.profile)}, indent=1))
     _runtime_tarball(out / "tvm_runtime.tar.gz")
@@ -214,6 +214,8 @@ def main(argv=None) -> int:
     p.add_argument("--peers", action="store_true", help="time onnxruntime CPU and PyTorch fp16 on the host")
     p.add_argument("--profile", action="store_true", help="also export and measure the profiler's kernels")
     p.add_argument("--profile-models", nargs="+", help="zoo models whose layers to profile (default all)")
+    p.add_argument("--profile-fractions", nargs="+", type=float, default=[0.25, 0.5, 0.75, 1.0],
+                   help="output-channel fractions to profile")
     p.add_argument("--predictor", help="predictor JSON for 'auto' splits")
     p.add_argument("--cpu", default="x86-avx512")
     p.add_argument("--gpu", default="cuda:sm_90")

@@ -21,8 +21,9 @@ def compile(model, cpu="host", gpu=None, split=0.5, shapes=None, predictor=None,
                          verify=verify, log=print)
 
 
-def load(artifact_dir):
-    """Load an exported artifact directory into an `Executable` ready to `.run()`."""
+def load(artifact_dir, weights=None):
+    """Load an exported artifact directory into an `Executable` ready to `.run()`;
+    `weights` (arrays of the artifact's shapes) replaces its weights.npz."""
     from .runtime import load_artifact
 
-    return load_artifact(artifact_dir)
+    return load_artifact(artifact_dir, weights=weights)
