@@ -83,6 +83,7 @@ class _Builder:
                 groups = 1
         if out_c is None:
             out_c = d(st.sampled_from(CHANNELS))
+        free = kernel is None  # a free-form conv may also get dilation and asymmetric padding
         if kernel is None:
             kernel = d(st.sampled_from([1, 3, 5, 7]))
         if stride is None:
@@ -95,6 +96,14 @@ class _Builder:
                 kernel, pad = 1, 0
         if "strided-unpadded-conv" in self.avoid and stride > 1 and pad == 0 and not groups == c == out_c > 1:
             pad = 1
+        dilation, extra = 1, [0, 0]
+        if free and kernel > 1 and d(st.integers(0, 3)) == 0:
+            dilation = 2
+        if free and d(st.integers(0, 3)) == 0:
+            extra = [d(st.integers(0, 1)), d(st.integers(0, 1))]  # more padding at the bottom/right
+        span = dilation * (kernel - 1) + 1
+        if h + 2 * pad + extra[0] < span or w + 2 * pad + extra[1] < span:
+            dilation, span = 1, kernel
         if bias is None:
             bias = d(st.booleans())
         fan_in = (c // groups) * kernel * kernel
@@ -103,10 +112,11 @@ class _Builder:
         if bias:
             inputs.append(self.const(self.rng.standard_normal(out_c) * 0.1, "b"))
         out = self.node("Conv", inputs, kernel_shape=[kernel, kernel], strides=[stride, stride],
-                        pads=[pad] * 4, group=groups)
+                        pads=[pad, pad, pad + extra[0], pad + extra[1]], group=groups, dilations=[dilation] * 2)
         self.convs += 1
-        self.ops.append(f"conv{kernel}x{kernel}/s{stride}p{pad}g{groups}:{c}->{out_c}")
-        oh, ow = (h + 2 * pad - kernel) // stride + 1, (w + 2 * pad - kernel) // stride + 1
+        self.ops.append(f"conv{kernel}x{kernel}/s{stride}p{pad}{'+' + str(extra) if any(extra) else ''}"
+                        f"{'d' + str(dilation) if dilation > 1 else ''}g{groups}:{c}->{out_c}")
+        oh, ow = (h + 2 * pad + extra[0] - span) // stride + 1, (w + 2 * pad + extra[1] - span) // stride + 1
         return out, out_c, oh, ow
 
     def activation(self, t):
@@ -145,8 +155,18 @@ class _Builder:
         attrs = {"kernel_shape": [kernel, kernel], "strides": [stride, stride], "pads": [pad] * 4}
         if op == "AveragePool":
             attrs["count_include_pad"] = d(st.sampled_from([0, 1]))
-        self.ops.append(f"{op}{kernel}/s{stride}p{pad}")
-        oh, ow = (h + 2 * pad - kernel) // stride + 1, (w + 2 * pad - kernel) // stride + 1
+        ceil = stride > 1 and d(st.integers(0, 3)) == 0
+        if ceil:
+            attrs["ceil_mode"] = 1
+        self.ops.append(f"{op}{kernel}/s{stride}p{pad}{'c' if ceil else ''}")
+
+        def size(n):
+            if not ceil:
+                return (n + 2 * pad - kernel) // stride + 1
+            out = -(-(n + 2 * pad - kernel) // stride) + 1
+            return out - 1 if (out - 1) * stride >= n + pad else out  # the last window starts inside
+
+        oh, ow = size(h), size(w)
         return self.node(op, [name], **attrs), c, oh, ow
 
     # ---- blocks ------------------------------------------------------------------
