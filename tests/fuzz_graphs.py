@@ -357,14 +357,18 @@ def ort_outputs(model: onnx.ModelProto, inputs: dict) -> dict:
 
 
 def relative_error(actual, expected) -> float:
-    """max |a - e| / max |e| in float64 (inf when shapes differ or a NaN appears)."""
+    """max |a - e| / max(max |e|, 1e-2) in float64 (inf when shapes differ or a NaN appears).
+
+    The floor: an output whose largest value is tiny is a cancellation (seen: GAP -> Gemm
+    4->1 giving -0.00147 from terms ~0.1; TVM and onnxruntime differ by 1.4e-7 at every
+    ratio, 0 and 1 included, i.e. float32 summation order); it is held to 1e-6 absolute."""
     actual = np.asarray(actual, dtype=np.float64)
     expected = np.asarray(expected, dtype=np.float64)
     if actual.shape != expected.shape or np.isnan(actual).any() != np.isnan(expected).any():
         return float("inf")
     if actual.size == 0:
         return 0.0
-    return float(np.max(np.abs(actual - expected)) / max(np.max(np.abs(expected)), 1e-30))
+    return float(np.max(np.abs(actual - expected)) / max(np.max(np.abs(expected)), 1e-2))
 
 
 def run_case(model: onnx.ModelProto, plan, x: np.ndarray) -> dict:
