@@ -132,3 +132,18 @@ def test_simulated_copies_are_the_split_pass_copies(small_zoo, balanced_async, n
         if isinstance(value, relax.Call) and getattr(value.op, "name", "") == "relax.to_vdevice":
             emitted += int(np.prod([int(d) for d in binding.var.ty.shape.values])) * 4
     assert predicted == pytest.approx(emitted)
+
+
+def test_shipped_predictor_for_the_gpu_host_is_found_and_plans(small_zoo):
+    """The predictor measured on the H100 host (16-core Xeon + H100) ships with the package."""
+    from tvm_mulayer.partitioner import default_predictor
+
+    cpu = cpu_processor("x86-avx512")
+    gpu = gpu_processor("cuda:sm_90", cpu)
+    predictor = default_predictor(cpu, gpu)
+    assert predictor.gpu_async and "H100" in " ".join(predictor.meta["devices"]["gpu"])
+    mod, info = import_onnx(small_zoo["squeezenet1_1"])
+    plan, choice, _, _ = auto_plan(mod["main"], cpu, gpu, None, info.sources, 16)
+    assert choice.latency <= min(choice.single.values()) * (1 + 1e-9)
+    with pytest.raises(MulayerError, match="no latency predictor"):
+        default_predictor(cpu_processor("arm64-android"), gpu_processor("adreno", cpu_processor("arm64-android")))

@@ -101,7 +101,7 @@ class Predictor:
                 "`mulayer train` for these processors")
 
 
-def train(rows: list[dict], cpu, gpu, *, holdout: float = 0.2, seed: int = 0, rounds: int = 600) -> Predictor:
+def train(rows: list[dict], cpu, gpu, *, holdout: float = 0.2, seed: int = 0, rounds: int = 300) -> Predictor:
     """Fit per-processor boosters on profiler rows; accuracy is measured on held-out configs."""
     import xgboost as xgb
 
@@ -119,7 +119,7 @@ def train(rows: list[dict], cpu, gpu, *, holdout: float = 0.2, seed: int = 0, ro
         x = np.array([features(layer_from_key(r["config"])) for r in kernel_rows])
         y = np.log(np.array([float(r["seconds"]) for r in kernel_rows]))
         test = rng.random(len(y)) < holdout
-        params = {"max_depth": 6, "eta": 0.05, "subsample": 0.9, "colsample_bytree": 0.9,
+        params = {"max_depth": 6, "eta": 0.1, "subsample": 0.9, "colsample_bytree": 0.9,
                   "min_child_weight": 1, "objective": "reg:squarederror", "seed": seed}
         held = xgb.train(params, xgb.DMatrix(x[~test], y[~test], feature_names=list(FEATURES)), rounds)
         predicted = np.exp(held.predict(xgb.DMatrix(x[test], feature_names=list(FEATURES))))
