@@ -205,7 +205,6 @@ def worker_tvm(models, threads, scheduled: bool, max_unsched_gflop: float):
 
 def _onnx_single(spec):
     import numpy as np  # pylint: disable=import-outside-toplevel
-    import onnx  # pylint: disable=import-outside-toplevel
     from onnx import TensorProto, helper, numpy_helper  # pylint: disable=import-outside-toplevel
 
     rng = np.random.default_rng(0)

@@ -38,7 +38,6 @@ from ..common import (
     loop_extent,
     num_cores,
     num_vector_registers,
-    try_compute_inline,
     try_reverse_compute_inline,
     vector_bits,
 )
