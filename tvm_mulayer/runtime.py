@@ -125,6 +125,10 @@ class Executable:
     # ---- running -----------------------------------------------------------------
     def _setup(self):
         if self._vm is None:
+            # TVM's thread pool defaults to half the logical CPUs on x86 (1 of 2 here, 8 of 16
+            # on the GPU host); the CPU side of a plan should use every core it was built for.
+            # The pool reads this once, when the first parallel kernel runs.
+            os.environ.setdefault("TVM_NUM_THREADS", str(self.cpu.target.get("num-cores") or os.cpu_count() or 1))
             import tvm
             import tvm.runtime.vm  # not imported by `import tvm` in runtime-only mode
 
