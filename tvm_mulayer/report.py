@@ -10,6 +10,18 @@ def _shape(shape) -> str:
     return "x".join(str(d) for d in shape)
 
 
+def _render(rows: list, cpu: Processor, gpu: Processor, plan: Plan) -> list:
+    """A header naming the processors and plan, then `rows` (the first is the heading) as
+    aligned columns."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = [f"CPU: {cpu.label()}   GPU: {gpu.label()}   plan: {plan.description}"]
+    for index, row in enumerate(rows):
+        lines.append("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
+        if index == 0:
+            lines.append("  ".join("-" * width for width in widths))
+    return lines
+
+
 def plan_table(plan: Plan, cpu: Processor, gpu: Processor) -> str:
     rows = [("layer", "onnx node", "op", "input -> output", "placement", "ratio", "gpu ch", "cpu ch", "note")]
     for lp in plan.layers:
@@ -18,12 +30,7 @@ def plan_table(plan: Plan, cpu: Processor, gpu: Processor) -> str:
             ratio += f"->{lp.effective_ratio:.2f}"
         rows.append((lp.name, lp.source or "-", lp.op, f"{_shape(lp.input_shape)} -> {_shape(lp.output_shape)}",
                      lp.placement, ratio, str(lp.gpu_channels), str(lp.channels - lp.gpu_channels), lp.note))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = [f"CPU: {cpu.label()}   GPU: {gpu.label()}   plan: {plan.description}"]
-    for index, row in enumerate(rows):
-        lines.append("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
-        if index == 0:
-            lines.append("  ".join("-" * width for width in widths))
+    lines = _render(rows, cpu, gpu, plan)
     counts = {p: sum(1 for lp in plan.layers if lp.placement == p) for p in ("gpu", "split", "cpu")}
     lines.append(f"{len(plan.layers)} layers: {counts['split']} split, {counts['gpu']} whole on the GPU, "
                  f"{counts['cpu']} whole on the CPU")
@@ -47,12 +54,7 @@ def predicted_table(plan: Plan, graph, times, predictor, cpu: Processor, gpu: Pr
         rows.append((lp.name, lp.source or "-", ms("cpu", lp.channels), ms("gpu", lp.channels), lp.placement,
                      f"{lp.effective_ratio:.2f}", ms("gpu", lp.gpu_channels), ms("cpu", lp.channels - lp.gpu_channels),
                      f"{moved.get(lp.name, 0):.0f}", lp.note))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = [f"CPU: {cpu.label()}   GPU: {gpu.label()}   plan: {plan.description}"]
-    for index, row in enumerate(rows):
-        lines.append("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
-        if index == 0:
-            lines.append("  ".join("-" * width for width in widths))
+    lines = _render(rows, cpu, gpu, plan)
     total = sum(moved.values())
     lines.append(f"bytes copied between the processors per inference (predicted): {total:.0f}")
     return "\n".join(lines)

@@ -85,6 +85,21 @@ class ConvInfo:  # pylint: disable=too-few-public-methods,too-many-instance-attr
         self.input_bytes = self.in_c * self.in_h * self.in_w * dtype_bits(self.in_dtype) // 8
 
 
+def match_conv(rule, func, target: Target):
+    """(schedule, conv block, ConvInfo) when `func` is a static-shape NCHW conv2d for a
+    target `rule` serves, else None: the common start of every conv rule's `apply`."""
+    if not isinstance(func, tirx.PrimFunc) or not rule.is_target_available(target):
+        return None
+    sch = s_tir.Schedule(func)
+    conv = find_conv_block(sch)
+    if conv is None:
+        return None
+    try:
+        return sch, conv, ConvInfo(sch, conv)
+    except ValueError:
+        return None
+
+
 def find_conv_block(sch: s_tir.Schedule):
     """The single conv2d NCHW reduction block of the function, or None."""
     blocks = child_blocks(sch)
@@ -133,16 +148,10 @@ class Conv2d(NamedRule):
         self.prepacked_weights = prepacked_weights
 
     def apply(self, func, target: Target, tunable: bool):  # pylint: disable=unused-argument
-        if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
+        matched = match_conv(self, func, target)
+        if matched is None:
             return None
-        sch = s_tir.Schedule(func)
-        conv = find_conv_block(sch)
-        if conv is None:
-            return None
-        try:
-            info = ConvInfo(sch, conv)
-        except ValueError:
-            return None
+        sch, conv, info = matched
         self.schedule(sch, conv, info, target)
         return sch
 

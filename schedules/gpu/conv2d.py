@@ -26,7 +26,7 @@ from ..common import (
     try_compute_inline,
     try_reverse_compute_inline,
 )
-from ..cpu.conv2d import ConvInfo, find_conv_block
+from ..cpu.conv2d import ConvInfo, match_conv
 
 
 def _max_threads(target: Target) -> int:
@@ -86,16 +86,10 @@ class Conv2d(NamedRule):
     family = "gpu"
 
     def apply(self, func, target: Target, tunable: bool):  # pylint: disable=unused-argument
-        if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
+        matched = match_conv(self, func, target)
+        if matched is None:
             return None
-        sch = s_tir.Schedule(func)
-        conv = find_conv_block(sch)
-        if conv is None:
-            return None
-        try:
-            info = ConvInfo(sch, conv)
-        except ValueError:
-            return None
+        sch, conv, info = matched
         if info.depthwise:
             return None
         if info.kh == 1 and info.kw == 1 and info.stride_h == 1 and info.stride_w == 1:
@@ -196,16 +190,10 @@ class DepthwiseConv2d(NamedRule):
     family = "gpu"
 
     def apply(self, func, target: Target, tunable: bool):  # pylint: disable=unused-argument
-        if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
+        matched = match_conv(self, func, target)
+        if matched is None:
             return None
-        sch = s_tir.Schedule(func)
-        conv = find_conv_block(sch)
-        if conv is None:
-            return None
-        try:
-            info = ConvInfo(sch, conv)
-        except ValueError:
-            return None
+        sch, conv, info = matched
         if not info.depthwise:
             return None
         try:
