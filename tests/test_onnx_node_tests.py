@@ -26,7 +26,6 @@ from __future__ import annotations
 import collections
 import glob
 import importlib
-import os
 from pathlib import Path
 
 import numpy as np

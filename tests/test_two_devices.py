@@ -9,7 +9,6 @@ import tvm
 from tvm import relax
 
 import tvm_mulayer
-from tvm_mulayer import zoo
 from tvm_mulayer.build import lower
 from tvm_mulayer.frontend import import_onnx
 from tvm_mulayer.layers import find_layers

@@ -212,7 +212,7 @@ def simulate(graph: LayerGraph, gpu_channels: dict, times: KernelTimes, predicto
 
     def bring(segments, device, label):
         """Copy the channels of `segments` that `device` lacks; returns when all are there."""
-        nonlocal host, gpu
+        nonlocal host
         arrival = 0.0
         for src, lo, hi, per in segments:
             missing = held_on(src, lo, hi, 1 - device)

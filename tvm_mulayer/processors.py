@@ -113,11 +113,10 @@ def cpu_processor(spec: str | dict = "host") -> Processor:
 def gpu_processor(spec: str | dict, cpu: Processor) -> Processor:
     """The GPU side from a preset name (`cuda` or `cuda:sm_80`, ...) or a TVM target JSON."""
     target = _parse_json_spec(spec)
-    emulated = False
     if target is None:
         preset, _, option = str(spec).partition(":")
         if preset == "emulated":
-            target, emulated = dict(cpu.target), True
+            target = dict(cpu.target)
         elif preset == "cuda":
             target = {"kind": "cuda", "arch": option or "sm_90"}
         elif preset == "opencl":
