@@ -204,3 +204,21 @@ def num_cores(target: Target) -> int:
     import os  # pylint: disable=import-outside-toplevel
 
     return os.cpu_count() or 1
+
+
+def spatial_loops(sch: s_tir.Schedule, blk, target: Target):
+    """(loops, extents, total elements, vector lanes) of a spatial block, or None when it has
+    no loops or a dynamic extent (then its outer loop is just parallelized)."""
+    loops = sch.get_loops(blk)
+    if not loops:
+        return None
+    exts = [loop_extent(sch, l) for l in loops]
+    if any(e is None for e in exts):
+        sch.parallel(loops[0])
+        return None
+    total = 1
+    for e in exts:
+        total *= e
+    stmt = sch.get(blk)
+    bits = dtype_bits(stmt.writes[0].source.dtype) if stmt.writes else 32
+    return loops, exts, total, max(vector_bits(target) // bits, 1)

@@ -40,6 +40,7 @@ from ..common import (
     num_vector_registers,
     try_reverse_compute_inline,
     vector_bits,
+    spatial_loops,
 )
 
 
@@ -343,19 +344,10 @@ def schedule_injective_block(
     sch: s_tir.Schedule, blk, target: Target, min_parallel: int = 4096, vectorize: bool = True
 ):
     """Parallel outer / vectorized inner for one spatial block at root level."""
-    loops = sch.get_loops(blk)
-    if not loops:
+    shape = spatial_loops(sch, blk, target)
+    if shape is None:
         return
-    exts = [loop_extent(sch, l) for l in loops]
-    if any(e is None for e in exts):
-        sch.parallel(loops[0])
-        return
-    total = 1
-    for e in exts:
-        total *= e
-    stmt = sch.get(blk)
-    bits = dtype_bits(stmt.writes[0].source.dtype) if stmt.writes else 32
-    vl = max(vector_bits(target) // bits, 1)
+    loops, exts, total, vl = shape
     inner = loops[-1]
     inner_ext = exts[-1]
     outer = loops[:-1]

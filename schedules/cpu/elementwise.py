@@ -15,6 +15,7 @@ from ..common import (
     try_compute_inline,
     try_reverse_compute_inline,
     vector_bits,
+    spatial_loops,
 )
 
 PARALLEL_MIN_ELEMS = 16384  # below this a parallel launch costs more than it saves
@@ -43,19 +44,10 @@ def inline_all(sch: s_tir.Schedule) -> list:
 
 def schedule_flat(sch: s_tir.Schedule, blk, target: Target, min_parallel: int = PARALLEL_MIN_ELEMS):
     """Fuse all loops of a spatial block, vectorize by whole registers, parallelize chunks."""
-    loops = sch.get_loops(blk)
-    if not loops:
+    shape = spatial_loops(sch, blk, target)
+    if shape is None:
         return
-    exts = [loop_extent(sch, l) for l in loops]
-    if any(e is None for e in exts):
-        sch.parallel(loops[0])
-        return
-    total = 1
-    for e in exts:
-        total *= e
-    stmt = sch.get(blk)
-    bits = dtype_bits(stmt.writes[0].source.dtype) if stmt.writes else 32
-    vl = max(vector_bits(target) // bits, 1)
+    loops, exts, total, vl = shape
     fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
     if total % vl == 0 and total >= vl:
         outer, vec = sch.split(fused, [None, vl])

@@ -14,7 +14,7 @@ padding inlined, accumulator in a register.
 from __future__ import annotations
 
 import tvm
-from tvm import s_tir, tirx
+from tvm import s_tir
 from tvm.target import Target
 
 from ..common import (
