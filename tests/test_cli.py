@@ -152,6 +152,6 @@ def test_unsplittable_layer_runs_whole_and_the_table_says_so(tmp_path, capsys):
 
 def test_console_script_exit_code_and_message(tmp_path):
     result = subprocess.run([sys.executable, "-m", "tvm_mulayer.cli", "run", str(tmp_path / "missing.onnx")],
-                            capture_output=True, text=True)
+                            capture_output=True, text=True, cwd=tmp_path)
     assert result.returncode == 2
     assert "no such file" in result.stderr and "Traceback" not in result.stderr

@@ -4,7 +4,16 @@
 model; `load(artifact_dir)` loads an exported one (with only the TVM runtime, too).
 """
 
+import os as _os
+
 from .errors import MulayerError
+
+# In a source checkout passes/ and schedules/ sit beside this package; installing maps them in
+# as tvm_mulayer.passes and tvm_mulayer.schedules (pyproject's package-dir). Let a checkout on
+# sys.path (`python -m pytest`, `python -m tvm_mulayer.cli` from the repository) find them too.
+_checkout = _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)))
+if _os.path.isfile(_os.path.join(_checkout, "pyproject.toml")) and _os.path.isdir(_os.path.join(_checkout, "passes")):
+    __path__.append(_checkout)
 
 __version__ = "0.1.0"
 __all__ = ["MulayerError", "compile", "load", "__version__"]
