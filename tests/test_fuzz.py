@@ -6,8 +6,7 @@ depthwise convolutions with kernels 1/3/5/7, strides 1/2 and padding, pools, Rel
 BatchNormalization, LRN, a Flatten+Gemm head — under global, placement-word and per-layer
 plans, and compares every output within relative error 1e-4 (both devices are float32).
 `scripts/fuzz.py --cases N` is the long mode. Shrunk failing cases the fuzzer found are the
-explicit regression tests below; those still failing inside a schedule rule (another
-engineer's schedules/) are xfail(strict=True), naming the rule.
+explicit regression tests below.
 """
 
 from __future__ import annotations
@@ -103,7 +102,7 @@ def _strided_conv(c, f, k, groups, pad=0, hw=7):
 def test_strided_convs(args, split):
     """Shrunk fuzz case x[1,1,7,7] -> Conv 1x1 stride 2 (and neighbours): failed to compile
     ("Could not find buffer 'pad_temp'") until schedules skipped a raising rule (b5f0347);
-    it now runs on the fallback schedule — the rule itself is the xfail below."""
+    then on the fallback schedule; now on the Conv2d rule (see the test below)."""
     model, shape = _strided_conv(*args)
     _check(model, split, shape)
 
@@ -122,13 +121,10 @@ def _conv_prim_func(c, f, k, groups, pad=0, hw=7):
     return next(func for _, func in mod.functions_items() if isinstance(func, tirx.PrimFunc))
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="schedules/cpu/conv2d.py Conv2d rule (strided de-interleave): a stride-2 conv "
-                   "without padding raises \"Could not find buffer 'pad_temp' in block 'conv2d_nchw'\" "
-                   "(or 'group_conv2d_nchw' for a grouped one); compile survives on the fallback "
-                   "schedule since b5f0347, but the rule's fast kernel is lost")
 @pytest.mark.parametrize("args", [(1, 1, 1, 1), (4, 8, 3, 1), (4, 8, 3, 4)], ids=["1x1", "3x3", "dw-multiplier-2"])
 def test_cpu_conv2d_rule_schedules_strided_unpadded_conv(args):
+    """The CPU Conv2d rule (not the fallback) schedules an unpadded stride-2 conv: its
+    strided de-interleave read a pad_temp buffer that had been inlined away."""
     from tvm.target import Target
 
     from tvm_mulayer.schedules.cpu.conv2d import Conv2d

@@ -229,7 +229,11 @@ class Conv2d(NamedRule):
             if pads:
                 phase = pads[0]
             else:
-                phase = sch.cache_read(conv, info.data_buffer, "global")
+                # the buffer the conv reads now: a zero-width pad_temp may have been inlined
+                # since ConvInfo was taken (an unpadded strided conv then reads its input)
+                reads = [r.source for r in sch.get(conv).reads]
+                data = next(b for b in reads if not b.same_as(info.weight_buffer))
+                phase = sch.cache_read(conv, data, "global")
                 producers.append(phase)
             sch.transform_layout(
                 phase, ("write", 0), lambda n_, c, h, w: (n_, c, h, w % sw, w // sw),
