@@ -147,3 +147,25 @@ def test_shipped_predictor_for_the_gpu_host_is_found_and_plans(small_zoo):
     assert choice.latency <= min(choice.single.values()) * (1 + 1e-9)
     with pytest.raises(MulayerError, match="no latency predictor"):
         default_predictor(cpu_processor("arm64-android"), gpu_processor("adreno", cpu_processor("arm64-android")))
+
+
+def test_plan_command_prints_the_table_and_writes_plan_and_timeline(small_zoo, balanced_async, tmp_path, capsys):
+    """`mulayer plan`: per-layer predicted times, the chosen split, bytes, a plan JSON that
+    `--split` accepts, and a PNG timeline."""
+    from tvm_mulayer.cli import main
+    from tvm_mulayer.plan import Plan
+
+    predictor, _ = balanced_async
+    predictor.save(tmp_path / "p.json")
+    model_path = tmp_path / "g.onnx"
+    import onnx
+
+    onnx.save(small_zoo["googlenet"], model_path)
+    assert main(["plan", str(model_path), "--cpu", "host", "--gpu", "cuda:sm_90", "--predictor", str(tmp_path / "p.json"),
+                 "-o", str(tmp_path / "plan.json"), "--timeline", str(tmp_path / "t.png")]) == 0
+    out = capsys.readouterr().out
+    assert "cpu only ms" in out and "branch distribution" in out and "bytes copied" in out
+    assert (tmp_path / "t.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    plan = Plan.from_json(json.loads((tmp_path / "plan.json").read_text()))
+    executable = tvm_mulayer.compile(small_zoo["googlenet"], gpu="emulated", split=str(tmp_path / "plan.json"))
+    assert [lp.gpu_channels for lp in executable.plan.layers] == [lp.gpu_channels for lp in plan.layers]
