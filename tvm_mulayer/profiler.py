@@ -196,14 +196,11 @@ def _kernel_row(role, processor, layer, seconds, stamp) -> dict:
             "tvm": tvm.__version__, "recorded": stamp}
 
 
-def _copy_rows(gpu, stamp, devices=None) -> list:
+def _copy_rows(gpu, stamp, devices) -> list:
     import tvm
 
-    from .runtime import tvm_device
-
     rows = []
-    device, host = (devices[1], devices[0]) if devices else (tvm_device(gpu, 1), None)
-    for size, h2d, d2h in measure_copies(device, host_device=host):
+    for size, h2d, d2h in measure_copies(devices[1], host_device=devices[0]):
         for direction, seconds in (("h2d", h2d), ("d2h", d2h)):
             rows.append({"kind": "copy", "role": "gpu", "processor": gpu.label(), "config": direction, "bytes": size,
                          "seconds": f"{seconds:.9g}", "device": _device_description(gpu), "tvm": tvm.__version__,
@@ -220,28 +217,37 @@ def _open_csv(path: Path):
     return handle, writer
 
 
-def profile(csv_path, cpu, gpu, configs: list[Layer], *, copies: bool = True, quiet: bool = False) -> Path:
-    """Measure `configs` on both processors and copies between them; append to `csv_path`,
-    skipping what it already holds (so an interrupted run resumes)."""
-    from .runtime import tvm_device
-
+def _measure_into(csv_path, cpu, gpu, configs: list[Layer], devices: list, kernels, *, resume: bool = True,
+                  quiet: bool = False) -> Path:
+    """Time `configs` on devices [cpu, gpu] and copies between them, appending rows to
+    `csv_path`. `kernels(role, processor, todo)` gives the module holding `todo`'s kernels;
+    with `resume`, configurations the CSV already holds are skipped."""
     path = Path(csv_path)
-    done = {(row["kind"], row["role"], row["config"]) for row in read_rows(path)}
+    done = {(row["kind"], row["role"], row["config"]) for row in read_rows(path)} if resume else set()
     handle, writer = _open_csv(path)
     with handle:
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
-        for role, processor, index in (("cpu", cpu, 0), ("gpu", gpu, 1)):
+        for role, processor, device in (("cpu", cpu, devices[0]), ("gpu", gpu, devices[1])):
             todo = [c for c in configs if ("kernel", role, config_key(c)) not in done]
             if not todo:
                 continue
-            module = build_kernels(todo, processor, cpu)
-            times = measure_kernels(module, todo, tvm_device(processor, index),
-                                    progress=None if quiet else progress_bar(f"{role} kernels"))
+            module = kernels(role, processor, todo)
+            times = measure_kernels(module, todo, device, progress=None if quiet else progress_bar(f"{role} kernels"))
             writer.writerows(_kernel_row(role, processor, layer, t, stamp) for layer, t in zip(todo, times))
             handle.flush()
-        if copies and ("copy", "gpu", "h2d") not in done:
-            writer.writerows(_copy_rows(gpu, stamp))
+        if ("copy", "gpu", "h2d") not in done:
+            writer.writerows(_copy_rows(gpu, stamp, devices))
     return path
+
+
+def profile(csv_path, cpu, gpu, configs: list[Layer], *, quiet: bool = False) -> Path:
+    """Measure `configs` on both processors of this machine and copies between them; append
+    to `csv_path`, skipping what it already holds (so an interrupted run resumes)."""
+    from .runtime import tvm_device
+
+    devices = [tvm_device(cpu, 0), tvm_device(gpu, 1)]
+    return _measure_into(csv_path, cpu, gpu, configs, devices,
+                         lambda role, processor, todo: build_kernels(todo, processor, cpu), quiet=quiet)
 
 
 def profile_remote(session, csv_path, cpu, gpu, configs: list[Layer], *, quiet: bool = False) -> Path:
@@ -251,26 +257,14 @@ def profile_remote(session, csv_path, cpu, gpu, configs: list[Layer], *, quiet: 
 
     from .deploy import remote_devices
 
-    devices = remote_devices(session, cpu, gpu)
-    path = Path(csv_path)
-    done = {(row["kind"], row["role"], row["config"]) for row in read_rows(path)}
-    handle, writer = _open_csv(path)
-    with handle, tempfile.TemporaryDirectory() as tmp:
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
-        for role, processor, device in (("cpu", cpu, devices[0]), ("gpu", gpu, devices[1])):
-            todo = [c for c in configs if ("kernel", role, config_key(c)) not in done]
-            if not todo:
-                continue
-            local = Path(tmp) / f"{role}-{stamp.replace(':', '')}.so"
+    with tempfile.TemporaryDirectory() as tmp:
+        def upload(role, processor, todo):
+            local = Path(tmp) / f"{role}-{time.strftime('%Y%m%dT%H%M%S')}.so"
             build_kernels(todo, processor, cpu).export_library(str(local))
             session.upload(str(local), local.name)
-            module = session.load_module(local.name)
-            times = measure_kernels(module, todo, device, progress=None if quiet else progress_bar(f"{role} kernels"))
-            writer.writerows(_kernel_row(role, processor, layer, t, stamp) for layer, t in zip(todo, times))
-            handle.flush()
-        if ("copy", "gpu", "h2d") not in done:
-            writer.writerows(_copy_rows(gpu, stamp, devices))
-    return path
+            return session.load_module(local.name)
+
+        return _measure_into(csv_path, cpu, gpu, configs, remote_devices(session, cpu, gpu), upload, quiet=quiet)
 
 
 def export_kernels(directory, cpu, gpu, configs: list[Layer]) -> Path:
@@ -296,14 +290,7 @@ def measure_exported(directory, csv_path, *, quiet: bool = False) -> Path:
     spec = json.loads((src / "configs.json").read_text())
     cpu, gpu = Processor.from_json(spec["cpu"]), Processor.from_json(spec["gpu"])
     configs = [layer_from_key(key) for key in spec["configs"]]
-    handle, writer = _open_csv(Path(csv_path))
-    with handle:
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
-        for role, processor, index in (("cpu", cpu, 0), ("gpu", gpu, 1)):
-            device = tvm_device(processor, index)
-            module = tvm.runtime.load_module(str(src / f"{role}.so"))
-            times = measure_kernels(module, configs, device, progress=None if quiet else progress_bar(f"{role} kernels"))
-            writer.writerows(_kernel_row(role, processor, layer, t, stamp) for layer, t in zip(configs, times))
-            handle.flush()
-        writer.writerows(_copy_rows(gpu, stamp))
-    return Path(csv_path)
+    # no resume: the exported modules hold kernels for exactly these configurations, by index
+    return _measure_into(csv_path, cpu, gpu, configs, [tvm_device(cpu, 0), tvm_device(gpu, 1)],
+                         lambda role, processor, todo: tvm.runtime.load_module(str(src / f"{role}.so")),
+                         resume=False, quiet=quiet)
