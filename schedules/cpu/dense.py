@@ -26,6 +26,23 @@ from ..common import (
 from .elementwise import schedule_flat
 
 
+def match_matmul(rule, func, target: Target, max_rows: int):
+    """(schedule, matmul block, its loops, their extents) when `func` is a static-shape
+    [M<=max_rows, K] x [K, N] matmul for a target `rule` serves, else None: the common
+    start of the dense rules' `apply`."""
+    if not isinstance(func, tirx.PrimFunc) or not rule.is_target_available(target):
+        return None
+    sch = s_tir.Schedule(func)
+    blk, transposed = find_matmul(sch)
+    if blk is None or transposed:
+        return None
+    loops = sch.get_loops(blk)
+    exts = [loop_extent(sch, l) for l in loops]
+    if any(e is None for e in exts) or (len(exts) == 3 and exts[0] > max_rows):
+        return None
+    return sch, blk, loops, exts
+
+
 def find_matmul(sch: s_tir.Schedule):
     """(block, transposed) for a single 'S..SR' x@W block, else (None, None)."""
     blocks = child_blocks(sch)
@@ -63,19 +80,11 @@ class Dense(NamedRule):
         self.split_k = split_k  # None: decide from the weight size
 
     def apply(self, func, target: Target, tunable: bool):  # pylint: disable=unused-argument
-        if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
+        matched = match_matmul(self, func, target, max_rows=16)
+        if matched is None:
             return None
-        sch = s_tir.Schedule(func)
-        blk, transposed = find_matmul(sch)
-        if blk is None or transposed:
-            return None
-        loops = sch.get_loops(blk)
-        exts = [loop_extent(sch, l) for l in loops]
-        if any(e is None for e in exts):
-            return None
+        sch, blk, loops, exts = matched
         m = exts[0] if len(exts) == 3 else 1
-        if m > 16:
-            return None
         k, n = exts[-1], exts[-2]
         bits = dtype_bits(sch.get(blk).writes[0].source.dtype)
         threads = num_cores(target)

@@ -7,11 +7,10 @@ activation row x is read through the cache. Bias/activation fused in the write-b
 
 from __future__ import annotations
 
-from tvm import s_tir, tirx
 from tvm.target import Target
 
-from ..common import NamedRule, inline_epilogue_chain, inline_producers, loop_extent
-from ..cpu.dense import find_matmul
+from ..common import NamedRule, inline_epilogue_chain, inline_producers
+from ..cpu.dense import match_matmul
 from .conv2d import _finish_epilogue, _max_threads, bind_flat
 
 
@@ -21,16 +20,10 @@ class Dense(NamedRule):
     family = "gpu"
 
     def apply(self, func, target: Target, tunable: bool):  # pylint: disable=unused-argument
-        if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
+        matched = match_matmul(self, func, target, max_rows=8)
+        if matched is None:
             return None
-        sch = s_tir.Schedule(func)
-        blk, transposed = find_matmul(sch)
-        if blk is None or transposed:
-            return None
-        loops = sch.get_loops(blk)
-        exts = [loop_extent(sch, l) for l in loops]
-        if any(e is None for e in exts) or (len(exts) == 3 and exts[0] > 8):
-            return None
+        sch, blk, loops, exts = matched
         try:
             epilogues = inline_epilogue_chain(sch, blk)
             for p in inline_producers(sch, blk):
