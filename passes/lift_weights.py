@@ -16,6 +16,7 @@ import tvm
 from tvm import relax
 from tvm_mulayer.layers import is_tensor_constant
 
+from ._functions import replace_function
 from ._vdevice import first_vdevice
 
 
@@ -57,10 +58,4 @@ class LiftWeights:
         attrs.setdefault("num_input", len(func.params))
         if values:
             attrs["params"] = list(attrs.get("params", [])) + values
-        new_func = relax.Function(list(func.params) + list(lifted.values()),
-                                  relax.SeqExpr(new_blocks, func.body.body), func.ret_ty,
-                                  func.is_pure).with_attrs(attrs)
-        new_mod = mod.clone()
-        new_mod.update_func(mod.get_global_var(self.func_name), new_func)
-        # Fill in the new function's inferred types, as BlockBuilder-made functions have.
-        return relax.transform.Normalize()(new_mod)
+        return replace_function(mod, self.func_name, list(func.params) + list(lifted.values()), new_blocks, attrs)

@@ -22,6 +22,7 @@ import heapq
 import tvm
 from tvm import relax
 
+from ._functions import replace_function
 from ._vdevice import first_vdevice, vdevice_key
 
 TO_VDEVICE = tvm.ir.Op.get("relax.to_vdevice")
@@ -80,8 +81,4 @@ class OrderForOverlap:
             if isinstance(block, relax.DataflowBlock):
                 block = relax.DataflowBlock(order_bindings(list(block.bindings), host))
             blocks.append(block)
-        new_func = relax.Function(func.params, relax.SeqExpr(blocks, func.body.body), func.ret_ty,
-                                  func.is_pure).with_attrs(dict(func.attrs) if func.attrs else {})
-        new_mod = mod.clone()
-        new_mod.update_func(mod.get_global_var(self.func_name), new_func)
-        return relax.transform.Normalize()(new_mod)
+        return replace_function(mod, self.func_name, func.params, blocks, dict(func.attrs) if func.attrs else {})

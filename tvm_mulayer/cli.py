@@ -115,7 +115,7 @@ def cmd_run(args) -> int:
 def cmd_plan(args) -> int:
     from .build import resolve_processors
     from .frontend import import_onnx
-    from .partitioner import auto_plan, simulate, KernelTimes
+    from .partitioner import auto_plan, simulate
     from .report import predicted_table
     from .timeline import write_timeline
 
@@ -123,12 +123,11 @@ def cmd_plan(args) -> int:
     mod, info = import_onnx(args.model, _parse_shapes(args.shape))
     multiple = max(cpu.channel_multiple, gpu.channel_multiple)
     plan, choice, graph, predictor = auto_plan(mod["main"], cpu, gpu, args.predictor, info.sources, multiple)
-    times = KernelTimes(graph, predictor, multiple)
-    print(predicted_table(plan, graph, times, predictor, cpu, gpu))
+    _, events = simulate(graph, choice.gpu_channels, choice.times, predictor, timeline=True)
+    print(predicted_table(plan, choice.times, events, cpu, gpu))
     if args.output:
         plan.save(args.output)
         print(f"plan written to {args.output}")
-    _, events = simulate(graph, choice.gpu_channels, times, predictor, timeline=True)
     lanes = {"predicted": events}
     if args.measure:
         from . import compile as compile_model
@@ -136,7 +135,7 @@ def cmd_plan(args) -> int:
 
         executable = compile_model(args.model, cpu=cpu, gpu=gpu, split=plan, shapes=_parse_shapes(args.shape))
         lanes["measured"] = measured_events(executable)
-    write_timeline(args.timeline, lanes, f"{Path(args.model).stem}: {plan.description}")
+    write_timeline(args.timeline, lanes)
     print(f"timeline written to {args.timeline}")
     return 0
 

@@ -304,6 +304,7 @@ class Choice:
     latency: float
     single: dict  # "cpu"/"gpu" -> predicted latency of the single-processor plans
     distributed: list  # names of modules placed by branch distribution
+    times: KernelTimes  # the predicted kernel times the search used
 
 
 def partition(graph: LayerGraph, predictor, channel_multiple: int, ratios=RATIOS, sweeps: int = 3) -> Choice:
@@ -341,7 +342,7 @@ def partition(graph: LayerGraph, predictor, channel_multiple: int, ratios=RATIOS
     # A module is distributed when each branch runs whole on one processor and both are used
     # (whichever stage of the search got there).
     distributed = [m.name for m in graph.modules if _distributed(m, best, layers)]
-    return Choice(best, best_time, single, distributed)
+    return Choice(best, best_time, single, distributed, times)
 
 
 def _distributed(module: Module, gpu_channels: dict, layers: dict) -> bool:

@@ -37,12 +37,10 @@ def plan_table(plan: Plan, cpu: Processor, gpu: Processor) -> str:
     return "\n".join(lines)
 
 
-def predicted_table(plan: Plan, graph, times, predictor, cpu: Processor, gpu: Processor) -> str:
-    """The partitioner's view per layer: whole-layer times on each processor, the chosen
-    split's part times, and the bytes copied in for it."""
-    from .partitioner import simulate
-
-    _, events = simulate(graph, {lp.name: lp.gpu_channels for lp in plan.layers}, times, predictor, timeline=True)
+def predicted_table(plan: Plan, times, events: list, cpu: Processor, gpu: Processor) -> str:
+    """The partitioner's view per layer: whole-layer times on each processor (`times`, a
+    KernelTimes), the chosen split's part times, and the bytes copied in for it (from the
+    plan's simulated `events`)."""
     moved: dict = {}
     for event in events:
         if event.lane == "copy":

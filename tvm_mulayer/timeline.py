@@ -47,7 +47,7 @@ def _png(path, image):
                            + chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b""))
 
 
-def write_timeline(path, panels: dict, title: str = "") -> None:
+def write_timeline(path, panels: dict) -> None:
     """One panel per entry of `panels` (name -> list of Event), three lanes each, on a shared
     time axis in milliseconds."""
     end = max((e.end for events in panels.values() for e in events), default=1e-3) or 1e-3
