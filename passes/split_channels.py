@@ -16,6 +16,13 @@ GPU — and rewrites `main` so that:
 * any other op runs whole, on the processor that already holds most of its input bytes;
 * data crosses processors only through `R.to_vdevice` (sliced first, so only the missing
   channels move), each transfer emitted once and reused;
+* each slice computes in the precision the plan gives it (see `tvm_mulayer.quantization`):
+  an int8 CPU slice quantizes its input to uint8 with the calibrated range, multiplies
+  int8 weights into int32, adds an int32 bias and dequantizes to float32 with one scale
+  per channel; an fp16 GPU slice reads float16 input and weights and accumulates in float32.
+  A conv's bias add (its only use) is folded into the slices so the int8 bias is int32;
+* what crosses to a slice crosses in the form the slice reads — uint8 or float16,
+  converted on the sending side — so a compact slice also makes the copy compact;
 * inputs arrive on, and outputs are returned from, the CPU.
 
 Weights stay constants here; `LiftWeights` turns them into device-resident parameters.
@@ -32,6 +39,7 @@ from tvm.relax import op as ops
 
 from tvm_mulayer.layers import is_tensor_constant, layer_bindings
 from tvm_mulayer.plan import Plan
+from tvm_mulayer.quantization import UINT8_MAX, activation_qparams, quantize_weights, weight_axis
 
 CPU, GPU = 0, 1
 DEVICE_INDEX = {"cpu": CPU, "gpu": GPU}
@@ -63,6 +71,19 @@ class Part:
     hi: int
     dev: int
     expr: relax.Expr
+
+
+@dataclass(frozen=True)
+class Form:
+    """How a slice reads its input: float32 as computed, float16, or uint8 with a scale
+    and zero point (x ≈ (q - zero_point) · scale)."""
+
+    dtype: str = "float32"
+    scale: float = 0.0
+    zero_point: int = 0
+
+
+FLOAT32 = Form()
 
 
 @dataclass(frozen=True)
@@ -100,11 +121,99 @@ def _channel_split_ok(expr) -> bool:
     return shape is not None and len(shape) >= 2
 
 
+def _input_form(precision: str, input_range) -> Form:
+    if precision == "int8":
+        return Form("uint8", *activation_qparams(*input_range))
+    return Form("float16") if precision == "fp16" else FLOAT32
+
+
+def _convert(expr, form: Form):
+    if form.dtype == "float16":
+        return ops.astype(expr, "float16")
+    # relax.quantize would do, but its result type drops the vdevice (TVM 0.27)
+    scaled = ops.add(ops.round(ops.divide(expr, relax.const(form.scale, "float32"))),
+                     relax.const(float(form.zero_point), "float32"))
+    return ops.astype(ops.clip(scaled, 0, UINT8_MAX), "uint8")
+
+
+def _channel_vector(vector: np.ndarray, rank: int) -> np.ndarray:
+    """A per-channel vector shaped to broadcast along axis 1 of a rank-`rank` tensor."""
+    return np.ascontiguousarray(vector).reshape((1, -1) + (1,) * (rank - 2))
+
+
+def _slice_layer(call: relax.Call, layer, channels: int, x, weight: np.ndarray, bias, precision: str, form: Form,
+                 padding):
+    """One slice of a conv2d/dense layer computing `channels` output channels from input `x`
+    (already in `form`, padded unless `padding` says) in `precision`, its bias included;
+    float32 out (the layer's dtype for fp32)."""
+    rank = 2 if layer.op == "dense" else 4
+    if precision == "int8":
+        qweight, wscale = quantize_weights(weight, weight_axis(layer.op))
+        out = _layer_call(call, layer, channels, x, relax.const(qweight), padding, "int32")
+        # sum((q - zp) w) = sum(q w) - zp * sum(w): the zero point folds into the int32 bias
+        offset = -form.zero_point * qweight.astype(np.int64).sum(axis=tuple(
+            a for a in range(qweight.ndim) if a != weight_axis(layer.op)))
+        scale = form.scale * wscale.astype(np.float64)
+        if bias is not None:
+            offset = offset + np.round(bias.astype(np.float64) / scale).astype(np.int64)
+        if np.any(offset):
+            out = ops.add(out, relax.const(_channel_vector(offset.astype(np.int32), rank)))
+        return ops.multiply(ops.astype(out, "float32"),
+                            relax.const(_channel_vector(scale.astype(np.float32), rank)))
+    if precision == "fp16":
+        out = _layer_call(call, layer, channels, x, relax.const(weight.astype(np.float16)), padding, "float32")
+    else:
+        out = _layer_call(call, layer, channels, x, relax.const(np.ascontiguousarray(weight)), padding,
+                          call.attrs.out_dtype)
+    if bias is not None:
+        out = ops.add(out, relax.const(_channel_vector(bias.astype(str(call.ty.dtype)), rank)))
+    return out
+
+
+def _layer_call(call: relax.Call, layer, channels: int, x, weight, padding, out_dtype):
+    if layer.op == "dense":
+        return ops.matmul(x, weight, out_dtype=out_dtype)
+    attrs = call.attrs
+    return ops.nn.conv2d(
+        x, weight, strides=attrs.strides, padding=padding, dilation=attrs.dilation,
+        groups=channels // layer.channels_per_unit if layer.groups > 1 else 1, data_layout=attrs.data_layout,
+        kernel_layout=attrs.kernel_layout, out_layout=attrs.out_layout, out_dtype=out_dtype,
+    )
+
+
+def _folded_biases(func, layers: dict) -> dict:
+    """layer var -> (var of its bias add, bias per channel) for each splittable layer whose
+    only use is `add(layer, constant)` with one value per output channel (NCHW / [N, C])."""
+    bindings = [b for block in func.body.blocks for b in block.bindings]
+    uses: dict = {}
+    for expr in [b.value for b in bindings] + [func.body.body]:
+        for var in relax.analysis.free_vars(expr):
+            uses[var] = uses.get(var, 0) + 1
+    found = {}
+    for binding in bindings:
+        call = binding.value
+        if not (isinstance(call, relax.Call) and isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.add"):
+            continue
+        source, bias = call.args
+        layer = layers.get(source)
+        if layer is None or not layer.splittable or uses.get(source) != 1 or not is_tensor_constant(bias):
+            continue
+        data = bias.value.numpy()
+        rank = len(layer.output_shape)
+        padded = (1,) * (rank - data.ndim) + data.shape
+        if (len(padded) == rank and padded[1] == layer.channels
+                and all(d == 1 for axis, d in enumerate(padded) if axis != 1) and _shape(call) == tuple(layer.output_shape) and bias.ty.dtype == call.ty.dtype):
+            found[source] = (binding.var, data.reshape(-1))
+    return found
+
+
 class _Rewriter:
-    def __init__(self, bb: relax.BlockBuilder, plan: Plan, vdevices: list):
+    def __init__(self, bb: relax.BlockBuilder, plan: Plan, vdevices: list, biases: dict):
         self.bb = bb
         self.plan = plan
         self.vdevices = vdevices
+        self.biases = biases  # layer var -> (its bias add's var, bias per channel)
+        self.folded = {add_var: layer_var for layer_var, (add_var, _) in biases.items()}
         self.env: dict = {}
         self.cache: dict = {}
 
@@ -114,11 +223,13 @@ class _Rewriter:
             self.cache[key] = self.bb.emit(make())
         return self.cache[key]
 
-    def whole(self, value: Value, dev: int):
-        return self.gather(value, 0, value.channels, dev)
+    def whole(self, value: Value, dev: int, form: Form = FLOAT32):
+        return self.gather(value, 0, value.channels, dev, form)
 
-    def gather(self, value: Value, lo: int, hi: int, dev: int):
-        """Channels [lo, hi) of `value` as one tensor on `dev` (slices, copies, concat)."""
+    def gather(self, value: Value, lo: int, hi: int, dev: int, form: Form = FLOAT32):
+        """Channels [lo, hi) of `value` as one tensor in `form` on `dev` (slices, conversions
+        on the holding device — before any copy, so copies carry the compact form —, copies,
+        concat)."""
         pieces = []
         for part in value.parts:
             a, b = max(lo, part.lo), min(hi, part.hi)
@@ -131,6 +242,8 @@ class _Rewriter:
                     lambda e=expr, s=a - part.lo, t=b - part.lo: ops.strided_slice(
                         e, axes=[value.axis], begin=[s], end=[t]),
                 )
+            if form != FLOAT32:
+                expr = self._emit_cached(("convert", expr, form), lambda e=expr: _convert(e, form))
             if part.dev != dev:
                 expr = self._emit_cached(
                     ("move", expr, dev), lambda e=expr: ops.to_vdevice(e, self.vdevices[dev])
@@ -175,8 +288,12 @@ class _Rewriter:
         if isinstance(value, relax.Var) and value in self.env:
             self.env[var] = self.env[value]
             return
+        if var in self.folded:  # a bias add the layer's slices already did
+            self.env[var] = self.env[self.folded[var]]
+            return
         if layer is not None:
-            self.env[var] = self._layer(value, self.plan[layer.name], layer)
+            bias = self.biases.get(var, (None, None))[1]
+            self.env[var] = self._layer(value, self.plan[layer.name], layer, bias)
             return
         if isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op):
             rewritten = self._per_channel(value)
@@ -185,36 +302,40 @@ class _Rewriter:
                 return
         self.env[var] = self._whole_op(value)
 
-    def _layer(self, call: relax.Call, layer_plan, layer) -> Value:
+    def _layer(self, call: relax.Call, layer_plan, layer, bias) -> Value:
         data = self.env[call.args[0]]
         weight = call.args[1].value.numpy()
         parts = []
         for lo, hi, processor in layer_plan.parts():
             dev = DEVICE_INDEX[processor]
-            if layer.op == "dense":
-                x = self.whole(data, dev)
-                w = relax.const(np.ascontiguousarray(weight[:, lo:hi]))
-                out = ops.matmul(x, w, out_dtype=call.attrs.out_dtype)
-            elif not layer.splittable:
-                x = self.whole(data, dev)
-                out = relax.Call(call.op, [x, call.args[1]], call.attrs, call.ty_args)
-            else:
-                attrs = call.attrs
+            if not layer.splittable:
+                out = relax.Call(call.op, [self.whole(data, dev), call.args[1]], call.attrs, call.ty_args)
+                parts.append(Part(lo, hi, dev, self.bb.emit(out)))
+                continue
+            precision = layer_plan.precision(processor)
+            form = _input_form(precision, layer_plan.input_range)
+            if layer.op != "dense" and layer.groups > 1:
                 per_group_in = layer.input_shape[1] // layer.groups
                 g0, g1 = lo // layer.channels_per_unit, hi // layer.channels_per_unit
-                if layer.groups > 1:
-                    x = self.gather(data, g0 * per_group_in, g1 * per_group_in, dev)
-                else:
-                    x = self.whole(data, dev)
-                w = relax.const(np.ascontiguousarray(weight[lo:hi]))
-                out = ops.nn.conv2d(
-                    x, w, strides=attrs.strides, padding=attrs.padding, dilation=attrs.dilation,
-                    groups=(g1 - g0) if layer.groups > 1 else 1, data_layout=attrs.data_layout,
-                    kernel_layout=attrs.kernel_layout, out_layout=attrs.out_layout,
-                    out_dtype=attrs.out_dtype,
-                )
+                x = self.gather(data, g0 * per_group_in, g1 * per_group_in, dev, form)
+            else:
+                x = self.whole(data, dev, form)
+            axis = weight_axis(layer.op)
+            w = np.take(weight, range(lo, hi), axis=axis)
+            b = None if bias is None else bias[lo:hi]
+            padding = None if layer.op == "dense" else [int(p) for p in call.attrs.padding]
+            if form.zero_point and any(padding or []):
+                x, padding = self._pad(x, padding, form.zero_point, dev), [0, 0, 0, 0]
+            out = _slice_layer(call, layer, hi - lo, x, w, b, precision, form, padding)
             parts.append(Part(lo, hi, dev, self.bb.emit(out)))
         return Value(tuple(parts))
+
+    def _pad(self, x, padding, value: int, dev: int):
+        """`x` padded with `value` — for uint8 data, the zero point is the quantized 0."""
+        top, left, bottom, right = padding
+        padded = self.bb.emit(ops.nn.pad(x, [0, 0, 0, 0, top, bottom, left, right], pad_value=float(value)))
+        ty = padded.ty  # nn.pad's type inference drops the vdevice (TVM 0.27): restore it
+        return self.bb.match_cast(padded, relax.TensorType(ty.shape, ty.dtype, self.vdevices[dev]))
 
     def _per_channel(self, call: relax.Call) -> Value | None:
         name = call.op.name
@@ -387,7 +508,7 @@ class SplitChannels:
                              "the module's layers; make the plan from this module")
         vdevices = self.vdevices()
         bb = relax.BlockBuilder()
-        rewriter = _Rewriter(bb, self.plan, vdevices)
+        rewriter = _Rewriter(bb, self.plan, vdevices, _folded_biases(func, layers))
         params = []
         for param in func.params:
             ty = param.ty

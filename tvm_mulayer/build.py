@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import tvm
 from tvm import relax
 
+from .calibration import DEFAULT_PERCENTILE, obtain_calibration
 from .errors import MulayerError
 from .frontend import import_onnx
-from .layers import find_layers
+from .layers import layer_bindings, layer_weights
 from .passes._vdevice import vdevice_index
 from .passes import LiftWeights, OrderForOverlap, PropagateDevices, SplitChannels
 from .deploy import add_rpc_entry
 from .plan import Plan, make_plan
 from .processors import Processor, cpu_processor, default_gpu, gpu_processor
+from .quantization import assign_precision, parse_precision, requested_precisions
 from .schedules import ScheduleForTargets
 
 
@@ -76,29 +81,52 @@ def resolve_processors(cpu="host", gpu=None) -> tuple:
 
 
 def compile_model(model, cpu="host", gpu=None, split=0.5, shapes=None, predictor=None, verify=False,
-                  log=None):
+                  log=None, precision=None, calib=None, calib_method="percentile",
+                  calib_percentile=DEFAULT_PERCENTILE):
     """Build an `Executable` for `model` (ONNX path or ModelProto) split per `split`:
     a ratio, 'cpu', 'gpu', a per-layer spec or Plan, or 'auto' (the partitioner, with
     `predictor`; `verify` then measures the auto plan against both single-processor
-    plans and keeps the fastest, reporting through `log`)."""
+    plans and keeps the fastest, reporting through `log`).
+
+    `precision`: "native" (default: int8 CPU slices, fp16 GPU slices), "fp32", or
+    overrides such as "native,gpu=fp32" (see `tvm_mulayer.quantization`); a per-layer plan
+    may also set `cpu_precision`/`gpu_precision` per layer. int8 slices need `calib`
+    (see `tvm_mulayer.calibration`); without it they are calibrated on random inputs,
+    with a warning through `log`."""
     cpu_proc, gpu_proc = resolve_processors(cpu, gpu)
+    mode = parse_precision(precision)
+    overrides = requested_precisions(_plan_spec(split))
     mod, info = import_onnx(model, shapes)
-    layers = find_layers(mod["main"])
+    bindings = layer_bindings(mod["main"])
+    layers = list(bindings.values())
     if not layers and split == "auto":  # otherwise the model simply runs whole on the CPU
         raise MulayerError("the model has no conv or dense layer with constant weights, so "
                            "there is nothing to split between the processors")
     multiple = max(cpu_proc.channel_multiple, gpu_proc.channel_multiple)
+    calibration = []  # computed once, when the first plan with an int8 slice needs it
+
+    def build(plan: Plan):
+        wants_int8 = any(lp.gpu_channels < lp.channels for lp in plan.layers) and (
+            mode["cpu"] == "int8" or any(o.get("cpu") == "int8" for o in overrides.values()))
+        if wants_int8 and not calibration:
+            calibration.append(obtain_calibration(mod, info, calib, calib_method, calib_percentile, log))
+        ranges = calibration[0].ranges if calibration else None
+        assign_precision(plan, {l.name: l for l in layers}, layer_weights(mod["main"], bindings), mode, ranges,
+                         overrides)
+        executable = _build(mod, info, plan, cpu_proc, gpu_proc)
+        executable.calibration = calibration[0] if calibration else None
+        return executable
+
     if split != "auto":
-        return _build(mod, info, make_plan(layers, split, multiple, info.sources), cpu_proc, gpu_proc)
+        return build(make_plan(layers, split, multiple, info.sources))
     from .partitioner import auto_plan
 
-    plan = auto_plan(mod["main"], cpu_proc, gpu_proc, predictor, info.sources, multiple)[0]
-    chosen = _build(mod, info, plan, cpu_proc, gpu_proc)
+    chosen = build(auto_plan(mod["main"], cpu_proc, gpu_proc, predictor, info.sources, multiple)[0])
     if not verify:
         return chosen
     candidates = {"auto": chosen}
     for single in ("cpu", "gpu"):
-        candidates[single] = _build(mod, info, make_plan(layers, single, multiple, info.sources), cpu_proc, gpu_proc)
+        candidates[single] = build(make_plan(layers, single, multiple, info.sources))
     measured = {name: exe.benchmark(repeat=10)["median"] for name, exe in candidates.items()}
     best = min(measured, key=measured.get)
     if log:
@@ -106,6 +134,20 @@ def compile_model(model, cpu="host", gpu=None, split=0.5, shapes=None, predictor
         log(f"--verify measured {times}: keeping the {best} plan")
     candidates[best].plan.description += f" [verified: {best} fastest of {sorted(measured)}]"
     return candidates[best]
+
+
+def _plan_spec(split):
+    """The per-layer plan dict behind `split`, when it is one (else None)."""
+    if isinstance(split, Plan):
+        return split.to_json()
+    if isinstance(split, dict):
+        return split
+    if isinstance(split, (str, Path)) and str(split).endswith(".json") and Path(split).is_file():
+        try:
+            return json.loads(Path(split).read_text())
+        except json.JSONDecodeError:
+            return None  # make_plan reports it
+    return None
 
 
 def _build(mod, info, plan: Plan, cpu_proc: Processor, gpu_proc: Processor):

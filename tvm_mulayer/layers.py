@@ -147,5 +147,12 @@ def layer_bindings(func) -> dict:
     return found
 
 
+def layer_weights(func, bindings: dict | None = None) -> dict:
+    """Layer name -> its weight array (the constant second argument)."""
+    bindings = layer_bindings(func) if bindings is None else bindings
+    return {bindings[b.var].name: b.value.args[1].value.numpy()
+            for block in func.body.blocks for b in block.bindings if b.var in bindings}
+
+
 def find_layers(func) -> list[Layer]:
     return list(layer_bindings(func).values())

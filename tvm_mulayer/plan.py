@@ -38,10 +38,16 @@ class LayerPlan:
     gpu_channels: int  # resolved: the GPU computes output channels [0, gpu_channels)
     source: str = ""  # ONNX node name, when known
     note: str = ""
+    cpu_precision: str = "fp32"  # "int8" or "fp32": the data type the CPU slice computes in
+    gpu_precision: str = "fp32"  # "fp16" or "fp32"
+    input_range: list | None = None  # calibrated [lo, hi] of the input, for the int8 slice
 
     @property
     def effective_ratio(self) -> float:
         return self.gpu_channels / self.channels if self.channels else 0.0
+
+    def precision(self, processor: str) -> str:
+        return self.cpu_precision if processor == "cpu" else self.gpu_precision
 
     def parts(self) -> list[tuple[int, int, str]]:
         """(first channel, end channel, processor) of each non-empty part, GPU first."""

@@ -121,6 +121,7 @@ class Executable:
         self.manifest = manifest
         self._vm = None
         self._weight_args = None
+        self.calibration = None  # the int8 slices' Calibration, saved with the artifact
 
     # ---- running -----------------------------------------------------------------
     def _setup(self):
@@ -249,6 +250,12 @@ class Executable:
             self.module.export_library(str(staging / "model.so"), fcompile=export_fcompile(self.cpu))
             np.savez(staging / "weights.npz", **{f"w{i}": w for i, w in enumerate(self.weights)})
             self.plan.save(staging / "plan.json")
+            files = list(FILES)
+            if self.calibration is not None:
+                from .calibration import CALIBRATION_FILE
+
+                self.calibration.save(staging / CALIBRATION_FILE)
+                files.append(CALIBRATION_FILE)
             manifest = {
                 "format": ARTIFACT_FORMAT,
                 "tvm_mulayer": __version__,
@@ -260,7 +267,7 @@ class Executable:
                 "sources": self.sources,
                 "weight_devices": self.weight_devices,
                 "weight_shapes": [[list(w.shape), str(w.dtype)] for w in self.weights],
-                "files": {name: _sha256(staging / name) for name in FILES},
+                "files": {name: _sha256(staging / name) for name in files},
             }
             manifest["manifest_sha256"] = _manifest_digest(manifest)
             (staging / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
@@ -309,7 +316,7 @@ def read_manifest(directory, unchecked=()) -> dict:
     if manifest.get("manifest_sha256") != _manifest_digest(manifest):
         raise MulayerError(f"{manifest_path} was edited or is damaged (its checksum does not match); "
                            "recompile the artifact")
-    for name in FILES:
+    for name in dict.fromkeys([*FILES, *manifest.get("files", {})]):
         path = root / name
         if name in unchecked:
             continue
@@ -339,5 +346,10 @@ def load_artifact(directory, weights: list | None = None) -> Executable:
         raise MulayerError(f"the given weights do not match the shapes and dtypes {root} was built for")
     plan = Plan.from_json(json.loads((root / "plan.json").read_text()))
     inputs = {name: (tuple(v["shape"]), v["dtype"]) for name, v in manifest["inputs"].items()}
-    return Executable(module, plan, cpu, gpu, inputs, manifest["outputs"], manifest.get("sources", {}),
-                      weights, manifest["weight_devices"], manifest)
+    executable = Executable(module, plan, cpu, gpu, inputs, manifest["outputs"], manifest.get("sources", {}),
+                            weights, manifest["weight_devices"], manifest)
+    if "calibration.json" in manifest["files"]:
+        from .calibration import Calibration
+
+        executable.calibration = Calibration.load(root / "calibration.json")
+    return executable
