@@ -41,7 +41,7 @@ def test_lowered_kernels_carry_the_target_of_their_device(small_zoo):
     gpu = gpu_processor("cuda:sm_90", cpu)
     mod, info = import_onnx(small_zoo["googlenet"])
     plan = make_plan(find_layers(mod["main"]), 0.5, 8, info.sources)
-    lowered, weights, devices = lower(mod, plan, cpu, gpu)
+    lowered, weights, devices, _ = lower(mod, plan, cpu, gpu)
     kinds = {f.attrs["target"].kind.name for _, f in lowered.functions_items() if isinstance(f, tvm.tirx.PrimFunc)}
     assert kinds == {"llvm", "cuda"}
     # Weights live where they are used: both devices hold some.

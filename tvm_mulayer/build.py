@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import tvm
@@ -47,11 +48,30 @@ def vm_pipeline() -> tvm.transform.Pass:
     ], name="mulayer_vm_pipeline")
 
 
+def crossing_bytes(split_mod: tvm.IRModule) -> dict:
+    """Bytes copied between the processors per inference, by direction ("to_gpu",
+    "to_cpu") and dtype, from the `to_vdevice` calls of a module SplitChannels wrote."""
+    from .passes._vdevice import vdevice_index
+
+    declared = split_mod.global_infos["vdevice"]
+    moved = {"to_gpu": {}, "to_cpu": {}}
+    for block in split_mod["main"].body.blocks:
+        for binding in block.bindings:
+            value = binding.value
+            if isinstance(value, relax.Call) and getattr(value.op, "name", "") == "relax.to_vdevice":
+                ty = binding.var.ty
+                nbytes = math.prod(int(d) for d in ty.shape.values) * tvm.runtime.DataType(ty.dtype).bits // 8
+                side = moved["to_gpu" if vdevice_index(declared, ty.vdevice) == 1 else "to_cpu"]
+                side[str(ty.dtype)] = side.get(str(ty.dtype), 0) + nbytes
+    return moved
+
+
 def lower(mod: tvm.IRModule, plan: Plan, cpu: Processor, gpu: Processor) -> tuple:
-    """(IRModule ready for tvm.compile, weights in parameter order, device index per weight)."""
-    split = SplitChannels(plan, cpu.tvm_target(), gpu.tvm_target(host=cpu))
+    """(IRModule ready for tvm.compile, weights in parameter order, device index per weight,
+    bytes crossing per inference — see `crossing_bytes`)."""
+    mod = SplitChannels(plan, cpu.tvm_target(), gpu.tvm_target(host=cpu))(mod)
+    crossing = crossing_bytes(mod)
     mod = tvm.transform.Sequential([
-        split,
         LiftWeights(),
         relax.transform.LegalizeOps(),
         relax.transform.AnnotateTIROpPattern(),
@@ -68,7 +88,7 @@ def lower(mod: tvm.IRModule, plan: Plan, cpu: Processor, gpu: Processor) -> tupl
     declared = mod.global_infos["vdevice"]
     devices = [vdevice_index(declared, p.ty.vdevice) for p in func.params[num_inputs:]]
     mod.update_func(mod.get_global_var("main"), func.without_attr("params"))
-    return mod, weights, devices
+    return mod, weights, devices, crossing
 
 
 def resolve_processors(cpu="host", gpu=None) -> tuple:
@@ -153,8 +173,10 @@ def _plan_spec(split):
 def _build(mod, info, plan: Plan, cpu_proc: Processor, gpu_proc: Processor):
     from .runtime import Executable
 
-    lowered, weights, devices = lower(mod, plan, cpu_proc, gpu_proc)
+    lowered, weights, devices, crossing = lower(mod, plan, cpu_proc, gpu_proc)
     lowered = add_rpc_entry(lowered)  # weights from the remote's tensor cache: `mulayer deploy`
     executable = tvm.compile(lowered, target=None, relax_pipeline=vm_pipeline())
-    return Executable(executable, plan, cpu_proc, gpu_proc, info.inputs, info.outputs, info.sources,
-                      weights, devices)
+    result = Executable(executable, plan, cpu_proc, gpu_proc, info.inputs, info.outputs, info.sources,
+                        weights, devices)
+    result.crossing = crossing
+    return result

@@ -67,11 +67,30 @@ def _add_processor_args(parser):
                         help="static shape for a dynamic model input (repeatable)")
 
 
+def _add_precision_args(parser):
+    parser.add_argument("--precision", default="native",
+                        help="'native' (int8 CPU slices + fp16 GPU slices), 'fp32', or per-processor overrides "
+                             "such as 'native,gpu=fp32' or 'cpu=int8,gpu=fp32' (default: native)")
+    parser.add_argument("--calib", metavar="SAMPLES",
+                        help="calibration inputs for the int8 slices: an .npz (one array per input, samples "
+                             "stacked on the batch axis), a directory of .npy, or a saved calibration.json / "
+                             "artifact to reuse; default: seeded random inputs, with a warning")
+    parser.add_argument("--calib-method", default="percentile", choices=("percentile", "minmax"),
+                        help="how an input range is read from the samples (default: percentile)")
+    parser.add_argument("--calib-percentile", type=float, default=99.99,
+                        help="with --calib-method percentile: the share of values inside the range (default 99.99)")
+
+
+def _compile_args(args) -> dict:
+    return dict(cpu=args.cpu, gpu=args.gpu, split=args.split, shapes=_parse_shapes(args.shape),
+                predictor=args.predictor, verify=args.verify, precision=args.precision, calib=args.calib,
+                calib_method=args.calib_method, calib_percentile=args.calib_percentile)
+
+
 def cmd_compile(args) -> int:
     from . import compile as compile_model
 
-    executable = compile_model(args.model, cpu=args.cpu, gpu=args.gpu, split=args.split,
-                               shapes=_parse_shapes(args.shape), predictor=args.predictor, verify=args.verify)
+    executable = compile_model(args.model, **_compile_args(args))
     _print_plan(executable)
     path = executable.export(args.output)
     print(f"artifact written to {path}")
@@ -81,7 +100,7 @@ def cmd_compile(args) -> int:
 def _print_plan(executable) -> None:
     from .report import plan_table
 
-    print(plan_table(executable.plan, executable.cpu, executable.gpu))
+    print(plan_table(executable.plan, executable.cpu, executable.gpu, executable.crossing))
 
 
 def cmd_run(args) -> int:
@@ -92,8 +111,7 @@ def cmd_run(args) -> int:
     if source.is_dir():
         executable = load(source)
     else:
-        executable = compile_model(source, cpu=args.cpu, gpu=args.gpu, split=args.split,
-                                   shapes=_parse_shapes(args.shape), predictor=args.predictor, verify=args.verify)
+        executable = compile_model(source, **_compile_args(args))
     _print_plan(executable)
     inputs = _load_inputs(args.input, executable)
     if inputs is None:
@@ -205,12 +223,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("compile", help="compile an ONNX model into a two-device artifact")
+    _add_precision_args(p)
     p.add_argument("model", help="ONNX model file")
     p.add_argument("-o", "--output", required=True, help="artifact directory to write")
     _add_processor_args(p)
     p.set_defaults(func=cmd_compile)
 
     p = sub.add_parser("run", help="run an artifact (or compile and run an ONNX model)")
+    _add_precision_args(p)
     p.add_argument("target", metavar="ARTIFACT_DIR|MODEL.onnx")
     p.add_argument("--input", action="append", metavar="NAME=FILE.npy", help="input data (repeatable)")
     p.add_argument("-o", "--output", help="write outputs to this .npz, keyed by ONNX output names")

@@ -22,18 +22,35 @@ def _render(rows: list, cpu: Processor, gpu: Processor, plan: Plan) -> list:
     return lines
 
 
-def plan_table(plan: Plan, cpu: Processor, gpu: Processor) -> str:
-    rows = [("layer", "onnx node", "op", "input -> output", "placement", "ratio", "gpu ch", "cpu ch", "note")]
+def _precisions(lp) -> str:
+    """The data type of each slice present, GPU/CPU ("-" where a processor has none)."""
+    present = {processor for _, _, processor in lp.parts()}
+    return "/".join(lp.precision(p) if p in present else "-" for p in ("gpu", "cpu"))
+
+
+def plan_table(plan: Plan, cpu: Processor, gpu: Processor, crossing: dict | None = None) -> str:
+    """The plan per layer; `crossing` (see build.crossing_bytes) adds the bytes copied
+    between the processors per inference."""
+    rows = [("layer", "onnx node", "op", "input -> output", "placement", "ratio", "gpu ch", "cpu ch",
+             "gpu/cpu dtype", "note")]
     for lp in plan.layers:
         ratio = f"{lp.ratio:.2f}"
         if abs(lp.effective_ratio - lp.ratio) > 1e-9:
             ratio += f"->{lp.effective_ratio:.2f}"
         rows.append((lp.name, lp.source or "-", lp.op, f"{_shape(lp.input_shape)} -> {_shape(lp.output_shape)}",
-                     lp.placement, ratio, str(lp.gpu_channels), str(lp.channels - lp.gpu_channels), lp.note))
+                     lp.placement, ratio, str(lp.gpu_channels), str(lp.channels - lp.gpu_channels),
+                     _precisions(lp), lp.note))
     lines = _render(rows, cpu, gpu, plan)
     counts = {p: sum(1 for lp in plan.layers if lp.placement == p) for p in ("gpu", "split", "cpu")}
     lines.append(f"{len(plan.layers)} layers: {counts['split']} split, {counts['gpu']} whole on the GPU, "
                  f"{counts['cpu']} whole on the CPU")
+    if crossing is not None:
+        sides = []
+        for side, label in (("to_gpu", "to the GPU"), ("to_cpu", "to the CPU")):
+            by_dtype = crossing.get(side, {})
+            detail = ", ".join(f"{dtype} {nbytes}" for dtype, nbytes in sorted(by_dtype.items()))
+            sides.append(f"{sum(by_dtype.values())} {label}" + (f" ({detail})" if detail else ""))
+        lines.append(f"bytes crossing per inference: {'; '.join(sides)}")
     return "\n".join(lines)
 
 

@@ -53,6 +53,17 @@ def tvm_device(processor: Processor, index: int):
     return device
 
 
+def cpu_threads(cpu: Processor, gpu: Processor) -> int:
+    """Size of the CPU side's thread pool, set in TVM_NUM_THREADS unless already set (TVM's
+    pool reads it once, at its first parallel kernel; its own default is half the logical
+    CPUs on x86). Every core the CPU target was built for, but one where a real GPU's
+    kernels are issued from the same host thread: with a pool on every core, mixed plans ran
+    up to 4.6x slower on the GPU host (the issuing thread starved)."""
+    cores = int(cpu.target.get("num-cores") or os.cpu_count() or 1)
+    os.environ.setdefault("TVM_NUM_THREADS", str(cores - 1 if not gpu.emulated and cores > 2 else cores))
+    return int(os.environ["TVM_NUM_THREADS"])
+
+
 def enable_cuda_runtime() -> None:
     """Make CUDA kernels loadable on a host with only the TVM runtime.
 
@@ -74,12 +85,14 @@ def enable_cuda_runtime() -> None:
     tvm.register_global_func("tvm_callback_cuda_compile", _nvcc_fatbin, override=True)
 
 
-def _nvcc_fatbin(code, target=None):
+def fatbin_name(code: str, arch: str) -> str:
+    """File name of the fatbin of CUDA source `code` for `arch` in TVM_MULAYER_FATBIN_DIR."""
+    return f"{hashlib.sha256(code.encode()).hexdigest()}-{arch}.fatbin"
+
+
+def nvcc_fatbin(code: str, arch: str) -> bytes:
     import subprocess
 
-    import tvm
-
-    arch = "sm_" + tvm.cuda(0).compute_version.replace(".", "") if tvm.cuda(0).exist else "sm_90"
     with tempfile.TemporaryDirectory() as tmp:
         src, out = Path(tmp) / "kernels.cu", Path(tmp) / "kernels.fatbin"
         src.write_text(code)
@@ -87,7 +100,19 @@ def _nvcc_fatbin(code, target=None):
         result = subprocess.run(cmd, capture_output=True, text=True)
         if result.returncode != 0:
             raise RuntimeError(f"nvcc failed compiling the CUDA kernels:\n{result.stderr[-2000:]}")
-        return bytearray(out.read_bytes())
+        return out.read_bytes()
+
+
+def _nvcc_fatbin(code, target=None):
+    import tvm
+
+    arch = "sm_" + tvm.cuda(0).compute_version.replace(".", "") if tvm.cuda(0).exist else "sm_90"
+    # kernels compiled ahead of time (scripts/gpu_host_run.py pack), named by source and arch
+    fatbins = os.environ.get("TVM_MULAYER_FATBIN_DIR")
+    cached = Path(fatbins or ".") / fatbin_name(str(code), arch)
+    if fatbins and cached.is_file():
+        return bytearray(cached.read_bytes())
+    return bytearray(nvcc_fatbin(str(code), arch))
 
 
 def _manifest_digest(manifest: dict) -> str:
@@ -122,14 +147,12 @@ class Executable:
         self._vm = None
         self._weight_args = None
         self.calibration = None  # the int8 slices' Calibration, saved with the artifact
+        self.crossing = (manifest or {}).get("crossing_bytes")  # see build.crossing_bytes
 
     # ---- running -----------------------------------------------------------------
     def _setup(self):
         if self._vm is None:
-            # TVM's thread pool defaults to half the logical CPUs on x86 (1 of 2 here, 8 of 16
-            # on the GPU host); the CPU side of a plan should use every core it was built for.
-            # The pool reads this once, when the first parallel kernel runs.
-            os.environ.setdefault("TVM_NUM_THREADS", str(self.cpu.target.get("num-cores") or os.cpu_count() or 1))
+            cpu_threads(self.cpu, self.gpu)
             import tvm
             import tvm.runtime.vm  # not imported by `import tvm` in runtime-only mode
 
@@ -267,6 +290,7 @@ class Executable:
                 "sources": self.sources,
                 "weight_devices": self.weight_devices,
                 "weight_shapes": [[list(w.shape), str(w.dtype)] for w in self.weights],
+                "crossing_bytes": self.crossing,
                 "files": {name: _sha256(staging / name) for name in files},
             }
             manifest["manifest_sha256"] = _manifest_digest(manifest)
