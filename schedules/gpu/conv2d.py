@@ -1,6 +1,9 @@
-"""GPU rules for NCHW conv2d: direct convolution with shared-memory tiles, and depthwise.
+"""GPU rules for NCHW conv2d: tensor-core implicit GEMM, direct convolution with shared-memory
+tiles, and depthwise.
 
-Conv2d (regular / grouped, k > 1 or strided): each thread block computes a tile of
+Conv2d: float16 x float16 -> float32 convs (the quantized GPU slices) with groups 1 on CUDA
+sm_70+ go to ``tensor_core.TensorCoreGemm`` (wmma, any kernel size, stride, channel count).
+Otherwise (float32, OpenCL, grouped; k > 1 or strided) each thread block computes a tile of
 TF*FI output channels x TY rows x TX columns; each thread FI channels of one pixel in
 registers. The reduction walks input channels in chunks of RC: per chunk the block stages the
 (padded) input patch and the weight slab in shared memory cooperatively, then every thread
@@ -27,6 +30,7 @@ from ..common import (
     try_reverse_compute_inline,
 )
 from ..cpu.conv2d import ConvInfo, match_conv
+from .tensor_core import TensorCoreGemm
 
 
 def _max_threads(target: Target) -> int:
@@ -81,17 +85,21 @@ SHARED_LIMIT = 48 * 1024  # bytes of static shared memory per block (CUDA; OpenC
 
 
 class Conv2d(NamedRule):
-    """Direct conv2d with shared-memory input/weight tiles and register accumulators."""
+    """Tensor-core implicit GEMM where it applies, else direct conv2d with shared-memory
+    input/weight tiles and register accumulators."""
 
     family = "gpu"
 
-    def apply(self, func, target: Target, tunable: bool):  # pylint: disable=unused-argument
+    def apply(self, func, target: Target, tunable: bool):
         matched = match_conv(self, func, target)
         if matched is None:
             return None
         sch, conv, info = matched
         if info.depthwise:
             return None
+        tensor_core = TensorCoreGemm().apply(func, target, tunable)
+        if tensor_core is not None:
+            return tensor_core
         if info.kh == 1 and info.kw == 1 and info.stride_h == 1 and info.stride_w == 1:
             return None  # a plain GEMM: dlight's Matmul (implicit GEMM) handles it better
         try:

@@ -1,17 +1,30 @@
 """GPU rule for dense with few rows, W laid out [K, N] (Relax matmul / folded ONNX Gemm).
 
-out[m, n] = sum_k x[m, k] W[k, n]. Threads along x own consecutive columns (coalesced reads
-of each W row); TY threads along y split K and combine with a cross-thread reduction; the
-activation row x is read through the cache. Bias/activation fused in the write-back.
+out[m, n] = sum_k x[m, k] W[k, n], with float32 or float16 W and a float32 (or float16)
+accumulator. At batch 1 this is a GEMV bound by reading W once (VGG's 25088x4096 layer:
+205 MB in float16), so the schedule is about memory parallelism:
+
+* each thread loads VEC consecutive columns of a W row at once (16 bytes: 8 float16 or
+  4 float32) and keeps VEC x M accumulators in registers; LANES threads along N cover a
+  row segment of LANES * VEC columns (64-128 contiguous bytes);
+* TK threads along K of the same block take rows k = ko * TK + tk, so a 4096-column layer
+  still has 128 blocks (LANES * VEC = 32 columns each) for the GPU's SMs; their partial sums
+  are added by a cross-thread reduction (``rfactor`` over tk, then a reduction bound to
+  threadIdx.y) and the bias/activation epilogue is applied once per output.
+
+Column counts that 16-byte vectors do not divide (a split's odd tail: 13, 37 columns) use
+scalar loads (VEC = 1); a partial last block is predicated.
 """
 
 from __future__ import annotations
 
 from tvm.target import Target
 
-from ..common import NamedRule, inline_epilogue_chain, inline_producers
+from ..common import NamedRule, dtype_bits, inline_epilogue_chain, inline_producers
 from ..cpu.dense import match_matmul
 from .conv2d import _finish_epilogue, _max_threads, bind_flat
+
+LOAD_BYTES = 16  # one 128-bit load per thread and row
 
 
 class Dense(NamedRule):
@@ -19,31 +32,64 @@ class Dense(NamedRule):
 
     family = "gpu"
 
+    @staticmethod
+    def tiles(n: int, k: int, w_bits: int, max_threads: int) -> dict:
+        """VEC columns per load, LANES threads along N, TK threads along K."""
+        vec = LOAD_BYTES * 8 // w_bits
+        if n % vec:
+            vec = 1
+        lanes = 4 if vec > 1 else 32
+        tk = max(1, min(64, max_threads // lanes, k // 8))
+        return {"VEC": vec, "LANES": lanes, "TK": tk}
+
     def apply(self, func, target: Target, tunable: bool):  # pylint: disable=unused-argument
         matched = match_matmul(self, func, target, max_rows=8)
         if matched is None:
             return None
         sch, blk, loops, exts = matched
         try:
+            w_bits = dtype_bits(sch.get(blk).reads[-1].source.dtype)
+            t = self.tiles(exts[-2], exts[-1], w_bits, _max_threads(target))
             epilogues = inline_epilogue_chain(sch, blk)
-            for p in inline_producers(sch, blk):
-                bind_flat(sch, p, target)
-            tx_n = 32
-            ty_n = max(1, min(8, _max_threads(target) // tx_n))
+            for producer in inline_producers(sch, blk):
+                bind_flat(sch, producer, target)
             if len(loops) == 3:
                 mm, nn, kk = loops
             else:
                 mm, (nn, kk) = None, loops
-            bx, tx = sch.split(nn, [None, tx_n])
-            ko, ty = sch.split(kk, [None, ty_n])
-            order = [bx, tx] + ([mm] if mm is not None else []) + [ty, ko]
-            sch.reorder(*order)
+            bx, lane, vec = sch.split(nn, [None, t["LANES"], t["VEC"]])
+            ko, tk = sch.split(kk, [None, t["TK"]])
+            sch.reorder(bx, lane, tk, ko, *([mm] if mm is not None else []), vec)
+            partial = sch.rfactor(tk, factor_axis=0)
+            # partial[tk, m, n] (each thread's sums, in registers) is computed inside the
+            # loops of the write-back block, which sums over tk across threads
+            bx, lane, tk_sum, *outputs = sch.get_loops(blk)
+            sch.compute_at(partial, lane, preserve_unit_loops=True)
             sch.bind(bx, "blockIdx.x")
-            sch.bind(tx, "threadIdx.x")
-            sch.bind(ty, "threadIdx.y")  # cross-thread reduction over K
+            sch.bind(lane, "threadIdx.x")
+            sch.set_scope(partial, 0, "local")
+            tk, *columns, ko = sch.get_loops(partial)[2:]
+            sch.reorder(ko, *columns)
+            sch.bind(tk, "threadIdx.y")
             if mm is not None:
-                sch.unroll(mm)
-            _finish_epilogue(sch, None, epilogues, target)
+                sch.unroll(columns[0])
+            if t["VEC"] > 1:
+                sch.vectorize(columns[-1])
+            sch.decompose_reduction(partial, ko)
+            # several rows' loads in flight per thread
+            sch.annotate(ko, "pragma_auto_unroll_max_step", 8)
+            sch.annotate(ko, "pragma_unroll_explicit", 1)
+            sch.reorder(*outputs, tk_sum)
+            sch.bind(tk_sum, "threadIdx.y")
+            # The reduced sums reach every thread of the block, so the epilogue runs in the same
+            # kernel from registers (each of the TK threads writes the same values: a few KiB
+            # of redundant stores against MiBs of weights read).
+            if epilogues:
+                sch.set_scope(blk, 0, "local")
+                for epilogue in epilogues:
+                    sch.reverse_compute_at(epilogue, lane, preserve_unit_loops=True)
+            else:
+                _finish_epilogue(sch, None, epilogues, target)
         except Exception:  # pylint: disable=broad-except
             return None
         return sch
