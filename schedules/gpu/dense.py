@@ -4,8 +4,8 @@ out[m, n] = sum_k x[m, k] W[k, n], with float32 or float16 W and a float32 (or f
 accumulator. At batch 1 this is a GEMV bound by reading W once (VGG's 25088x4096 layer:
 205 MB in float16), so the schedule is about memory parallelism:
 
-* each thread loads VEC consecutive columns of a W row at once (16 bytes: 8 float16 or
-  4 float32) and keeps VEC x M accumulators in registers; LANES threads along N cover a
+* each thread loads VEC consecutive columns of a W row at once (one 16-byte load: 8 float16
+  or 4 float32) and keeps VEC x M float32 accumulators in registers; LANES threads along N cover a
   row segment of LANES * VEC columns (64-128 contiguous bytes);
 * TK threads along K of the same block take rows k = ko * TK + tk, so a 4096-column layer
   still has 128 blocks (LANES * VEC = 32 columns each) for the GPU's SMs; their partial sums
@@ -73,8 +73,13 @@ class Dense(NamedRule):
             sch.bind(tk, "threadIdx.y")
             if mm is not None:
                 sch.unroll(columns[0])
+            sch.unroll(columns[-1])
             if t["VEC"] > 1:
-                sch.vectorize(columns[-1])
+                # one 16-byte load of the row segment into registers; the multiply-adds stay
+                # scalar (CUDA codegen cannot zero-initialise float32x8 accumulators)
+                w_row = sch.cache_read(partial, 1, "local")
+                sch.compute_at(w_row, ko, preserve_unit_loops=True)
+                sch.vectorize(sch.get_loops(w_row)[-1])
             sch.decompose_reduction(partial, ko)
             # several rows' loads in flight per thread
             sch.annotate(ko, "pragma_auto_unroll_max_step", 8)
