@@ -376,7 +376,7 @@ def run_case(model: onnx.ModelProto, plan, x: np.ndarray) -> dict:
     import tvm_mulayer
 
     expected = ort_outputs(model, {"x": x})
-    executable = tvm_mulayer.compile(model, cpu="host", gpu="emulated", split=plan)
+    executable = tvm_mulayer.compile(model, cpu="host", gpu="emulated", split=plan, precision="fp32")
     actual = executable.run({"x": x})
     assert list(actual) == list(expected), f"outputs {list(actual)} != {list(expected)}"
     return {name: relative_error(actual[name], expected[name]) for name in expected}

@@ -45,7 +45,8 @@ def test_zoo_list_names_every_model(capsys):
 
 def test_compile_then_run_matches_onnxruntime(small_model, tmp_path, capsys):
     artifact = tmp_path / "art"
-    assert main(["compile", str(small_model), "-o", str(artifact), "--gpu", "emulated", "--split", "0.6"]) == 0
+    assert main(["compile", str(small_model), "-o", str(artifact), "--gpu", "emulated", "--split", "0.6",
+                 "--precision", "fp32"]) == 0
     printed = capsys.readouterr().out
     assert "emulated" in printed and "conv2d_0" in printed and "fire2/squeeze1x1" in printed
     x = np.random.default_rng(5).standard_normal((1, 3, 47, 47)).astype("float32")
@@ -66,7 +67,7 @@ def test_run_onnx_directly_with_a_per_layer_plan_file(small_model, tmp_path, cap
     x = np.random.default_rng(1).standard_normal((1, 3, 47, 47)).astype("float32")
     np.save(tmp_path / "x.npy", x)
     assert main(["run", str(small_model), "--split", str(tmp_path / "plan.json"), "--input",
-                 str(tmp_path / "x.npy"), "-o", str(tmp_path / "o.npz")]) == 0
+                 str(tmp_path / "x.npy"), "-o", str(tmp_path / "o.npz"), "--precision", "fp32"]) == 0
     table = capsys.readouterr().out
     rows = {line.split()[0]: line for line in table.splitlines() if line.startswith("conv2d_")}
     assert " gpu " in rows["conv2d_1"] and " split " in rows["conv2d_3"] and " cpu " in rows["conv2d_2"]
@@ -142,7 +143,8 @@ def test_unsplittable_layer_runs_whole_and_the_table_says_so(tmp_path, capsys):
     onnx.save(model, path)
     x = rng.standard_normal((1, 3, 8, 8)).astype("float32")
     np.save(tmp_path / "x.npy", x)
-    assert main(["run", str(path), "--split", "0.5", "--input", str(tmp_path / "x.npy"), "-o", str(tmp_path / "o.npz")]) == 0
+    assert main(["run", str(path), "--split", "0.5", "--input", str(tmp_path / "x.npy"), "-o", str(tmp_path / "o.npz"),
+                 "--precision", "fp32"]) == 0
     table = capsys.readouterr().out
     row = next(line for line in table.splitlines() if line.startswith("conv2d_transpose_0"))
     assert "not split" in row and "whole on the" in row

@@ -143,7 +143,7 @@ def test_onnx_node_case(name, form):
     else:
         model = _with_weights_as_initializers(model, inputs)
     try:
-        executable = tvm_mulayer.compile(model, cpu="host", gpu="emulated", split=SPLIT)
+        executable = tvm_mulayer.compile(model, cpu="host", gpu="emulated", split=SPLIT, precision="fp32")
     except tvm_mulayer.MulayerError as err:  # a clean refusal: that is all we ask of it
         RESULTS["rejected with a clean MulayerError"] += 1
         pytest.skip(f"tvm_mulayer refuses it cleanly: {err}")

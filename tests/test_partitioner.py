@@ -100,7 +100,7 @@ def test_branch_distribution_is_chosen_and_computes_the_right_answer(small_zoo, 
     assert distributed and all(lp.placement in ("cpu", "gpu") for lp in distributed)
     # the same plan, run on the emulated two-device machine, gives onnxruntime's answer
     x = np.random.default_rng(2).standard_normal(input_shape(model)).astype("float32")
-    executable = tvm_mulayer.compile(model, gpu="emulated", split=plan)
+    executable = tvm_mulayer.compile(model, gpu="emulated", split=plan, precision="fp32")
     assert [lp.gpu_channels for lp in executable.plan.layers] == [lp.gpu_channels for lp in plan.layers]
     assert relative_error(executable.run(x)["logits"], ort_run(model, {"input": x})[0]) < 1e-4
 

@@ -21,7 +21,7 @@ RATIOS = [0.0, 0.25, 0.5, 0.73, 1.0]
 def _check(model, split):
     x = np.random.default_rng(7).standard_normal(input_shape(model)).astype("float32")
     expected = ort_run(model, {"input": x})[0]
-    executable = tvm_mulayer.compile(model, cpu="host", gpu="emulated", split=split)
+    executable = tvm_mulayer.compile(model, cpu="host", gpu="emulated", split=split, precision="fp32")
     actual = executable.run({"input": x})["logits"]
     assert actual.shape == expected.shape
     assert relative_error(actual, expected) < 1e-4

@@ -32,7 +32,8 @@ def test_gpu_presets_build_one_module_with_both_targets(small_zoo, gpu, tmp_path
     device_module = [m for m in executable.module.mod.imports[0].imports if m.kind == gpu][0]
     assert "__global__" in device_module.inspect_source() if gpu == "cuda" else "__kernel" in device_module.inspect_source()
     artifact = executable.export(tmp_path / "artifact")
-    assert sorted(p.name for p in artifact.iterdir()) == ["manifest.json", "model.so", "plan.json", "weights.npz"]
+    assert sorted(p.name for p in artifact.iterdir()) == ["calibration.json", "manifest.json", "model.so", "plan.json",
+                                                          "weights.npz"]
     assert (artifact / "model.so").stat().st_size > 0
 
 
