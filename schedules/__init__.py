@@ -35,10 +35,11 @@ from tvm.target import Target
 
 from . import cpu, gpu
 from .common import is_gpu_target
+from .cpu.prepack import PrepackWeights
 
 _LOG = logging.getLogger(__name__)
 
-__all__ = ["ScheduleForTargets", "schedule_rules", "apply_rules", "cpu", "gpu"]
+__all__ = ["ScheduleForTargets", "PrepackWeights", "schedule_rules", "apply_rules", "cpu", "gpu"]
 
 
 def schedule_rules(target: Target, prepacked_weights: bool = False) -> list:

@@ -10,5 +10,5 @@ from .pool import Pool
 
 def default_rules(prepacked_weights: bool = False):
     """CPU rules in the order they are tried."""
-    return [Conv2d(prepacked_weights=prepacked_weights), Dense(), Pool(), Injective(), dl.cpu.GEMV(),
-            dl.cpu.Reduction(), Fallback()]
+    return [Conv2d(prepacked_weights=prepacked_weights), Dense(prepacked_weights=prepacked_weights), Pool(),
+            Injective(), dl.cpu.GEMV(), dl.cpu.Reduction(), Fallback()]

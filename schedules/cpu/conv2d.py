@@ -16,6 +16,8 @@ inner loop is FMA bound when FI * ceil(XI/lanes) accumulators fill the register 
 Output channel counts that the tile does not divide (split layers: 13, 37, ...) get a
 predicated tail; widths get a dividing tile when one exists.
 The accumulation dtype is the conv block's output dtype (float32, or int32 for int8 inputs).
+A uint8 x int8 -> int32 conv that fits the target's exact dot-product instruction (VNNI) is
+scheduled by conv2d_int8 instead.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from tvm import s_tir, tirx
 from tvm.sym.pattern import detect_linear_equation
 from tvm.target import Target
 
+from . import conv2d_int8
+from .dot_intrin import dot_product_for
 from ..common import (
     NamedRule,
     best_divisor,
@@ -153,6 +157,9 @@ class Conv2d(NamedRule):
         if matched is None:
             return None
         sch, conv, info = matched
+        dot = dot_product_for(target)
+        if dot is not None and conv2d_int8.fits(sch, conv, info):
+            return conv2d_int8.schedule(sch, conv, info, target, dot)
         self.schedule(sch, conv, info, target)
         return sch
 

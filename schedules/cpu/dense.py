@@ -23,6 +23,8 @@ from ..common import (
     try_reverse_compute_inline,
     vector_bits,
 )
+from . import dense_int8
+from .dot_intrin import dot_product_for
 from .elementwise import schedule_flat
 
 
@@ -76,14 +78,20 @@ class Dense(NamedRule):
 
     family = "cpu"
 
-    def __init__(self, split_k: bool | None = None):
+    def __init__(self, split_k: bool | None = None, prepacked_weights: bool = False):
         self.split_k = split_k  # None: decide from the weight size
+        # True when the build hoists marked weight repacks (see prepack.py): u8 x i8 -> i32
+        # dense then runs on the dot-product instruction (dense_int8), if the target has one
+        self.prepacked_weights = prepacked_weights
 
     def apply(self, func, target: Target, tunable: bool):  # pylint: disable=unused-argument
         matched = match_matmul(self, func, target, max_rows=16)
         if matched is None:
             return None
         sch, blk, loops, exts = matched
+        dot = dot_product_for(target) if self.prepacked_weights else None
+        if dot is not None and dense_int8.schedule(sch, blk, loops, exts, target, dot) is not None:
+            return sch
         m = exts[0] if len(exts) == 3 else 1
         k, n = exts[-1], exts[-2]
         bits = dtype_bits(sch.get(blk).writes[0].source.dtype)

@@ -1,0 +1,105 @@
+"""u8 x i8 -> i32 dot-product tensor intrinsics for the CPU int8 rules.
+
+One instruction updates LANES int32 accumulators, each with the sum of 4 products of an
+unsigned byte and a signed byte:
+
+    C[i] += A[0]*B[i,0] + A[1]*B[i,1] + A[2]*B[i,2] + A[3]*B[i,3]     i < LANES
+
+A is 4 consecutive reduction elements of the activation (broadcast to every lane), B the
+matching 4 x LANES weights, laid out lane-major so that they are one vector load. That is
+x86's vpdpbusd (AVX512-VNNI: 16 lanes; AVX-VNNI: 8 lanes). It is exact: products and sums
+are formed in 32 bits (the AVX-512BW pmaddubsw route saturates at int16 and is not).
+
+TVM ships a VNNI intrinsic (s_tir.tensor_intrin.x86), but it passes the operands as
+<16 x i32> while LLVM 22 (the wheel's) declares vpdpbusd on <64 x i8>, so the module fails
+LLVM verification; its accumulator is also a global-scope buffer, ours is the register tile
+(local scope).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tvm.s_tir import TensorIntrin
+from tvm.script import tirx as T
+from tvm.target import Target
+
+from ..common import cpu_features
+
+DEPTH = 4  # products summed into each lane per instruction
+
+
+@dataclass(frozen=True)
+class DotProduct:
+    """A registered dot-product intrinsic: its name and int32 lanes per instruction."""
+
+    name: str
+    lanes: int
+
+
+def _llvm_declares_byte_operands() -> bool:
+    """LLVM 22 (checked) takes vpdpbusd's multiplicands as byte vectors; older versions
+    declared them <N x i32>. Only the form we have verified is emitted."""
+    from tvm.target import codegen  # pylint: disable=import-outside-toplevel
+
+    return codegen.llvm_version_major() >= 22
+
+
+def _vpdpbusd(lanes: int):
+    """(description, implementation) PrimFuncs of vpdpbusd on `lanes` int32 accumulators."""
+    nbytes = lanes * DEPTH
+    llvm_name = f"llvm.x86.avx512.vpdpbusd.{lanes * 32}"
+
+    @T.prim_func(s_tir=True)
+    def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
+        A = T.match_buffer(a, (DEPTH,), "uint8", offset_factor=1)
+        B = T.match_buffer(b, (lanes, DEPTH), "int8", offset_factor=1)
+        C = T.match_buffer(c, (lanes,), "int32", offset_factor=1, scope="local")
+        with T.sblock("root"):
+            T.reads(C[0:lanes], A[0:DEPTH], B[0:lanes, 0:DEPTH])
+            T.writes(C[0:lanes])
+            for i, k in T.grid(lanes, DEPTH):
+                with T.sblock("update"):
+                    vi, vk = T.axis.remap("SR", [i, k])
+                    C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
+
+    @T.prim_func(s_tir=True)
+    def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
+        A = T.match_buffer(a, (DEPTH,), "uint8", offset_factor=1)
+        B = T.match_buffer(b, (lanes, DEPTH), "int8", offset_factor=1)
+        C = T.match_buffer(c, (lanes,), "int32", offset_factor=1, scope="local")
+        with T.sblock("root"):
+            T.reads(C[0:lanes], A[0:DEPTH], B[0:lanes, 0:DEPTH])
+            T.writes(C[0:lanes])
+            quad = T.reinterpret(A.vload([0], f"uint8x{DEPTH}"), dtype="int32")
+            C[T.ramp(T.int32(0), 1, lanes)] = T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id(llvm_name),
+                C.vload([0], dtype=f"int32x{lanes}"),
+                T.reinterpret(T.broadcast(quad, lanes), dtype=f"uint8x{nbytes}"),
+                B.vload([0, 0], dtype=f"int8x{nbytes}"),
+                dtype=f"int32x{lanes}",
+            )
+
+    return desc, impl
+
+
+_REGISTERED: dict = {}
+
+
+def _registered(name: str, lanes: int) -> DotProduct:
+    if name not in _REGISTERED:
+        TensorIntrin.register(name, *_vpdpbusd(lanes), override=True)
+        _REGISTERED[name] = DotProduct(name, lanes)
+    return _REGISTERED[name]
+
+
+def dot_product_for(target: Target) -> DotProduct | None:
+    """The widest exact u8 x i8 dot product the target's mcpu/mattr has, else None."""
+    feats = cpu_features(target)
+    if not _llvm_declares_byte_operands():
+        return None
+    if "avx512vnni" in feats and "avx512bw" in feats:
+        return _registered("mulayer_vpdpbusd_16x4", 16)
+    if "avxvnni" in feats:
+        return _registered("mulayer_vpdpbusd_8x4", 8)
+    return None
