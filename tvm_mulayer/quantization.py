@@ -32,10 +32,11 @@ GPU_PRECISIONS = ("fp16", "fp32")
 MODES = {"native": {"cpu": "int8", "gpu": "fp16"}, "fp32": {"cpu": "fp32", "gpu": "fp32"}}
 DEFAULT_MODE = "native"
 
-# Per-output-channel symmetric int8 leaves ~0.3-1% relative RMS error on trained conv
-# weights; above this a channel has an outlier that squeezes its other weights into a few
-# levels, and the layer stays float32 on the CPU.
-MAX_WEIGHT_ERROR = 0.02
+# Per-output-channel symmetric int8 leaves ~0.5-1.5% relative RMS error on conv weights
+# (a step of peak/127 against weights of a few standard deviations); above this some
+# channel has an outlier that squeezes its other weights into a few levels, and the layer
+# stays float32 on the CPU.
+MAX_WEIGHT_ERROR = 0.03
 UINT8_MAX = 255
 INT8_MAX = 127
 
@@ -86,13 +87,16 @@ def quantize_weights(weight: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndar
 
 
 def weight_error(weight: np.ndarray, axis: int) -> float:
-    """Relative RMS error of the int8 weights, ||w - q·s|| / ||w||."""
+    """Relative RMS error of the int8 weights, ||w - q·s|| / ||w||, with each channel's
+    largest magnitude left out of ||w||: that one is exact by construction, and an
+    outlier would otherwise hide the damage it does to the rest of its channel."""
     q, scale = quantize_weights(weight, axis)
-    shape = [1] * np.ndim(weight)
-    shape[axis] = -1
-    w = np.asarray(weight, dtype=np.float64)
-    norm = float(np.linalg.norm(w))
-    return float(np.linalg.norm(w - q * scale.reshape(shape).astype(np.float64)) / norm) if norm else 0.0
+    w = np.moveaxis(np.asarray(weight, dtype=np.float64), axis, 0).reshape(q.shape[axis], -1)
+    approx = np.moveaxis(q, axis, 0).reshape(w.shape) * scale.astype(np.float64)[:, None]
+    rest = np.abs(w)
+    rest[np.arange(len(w)), np.argmax(rest, axis=1)] = 0.0
+    norm = float(np.linalg.norm(rest))
+    return float(np.linalg.norm(w - approx) / norm) if norm else 0.0
 
 
 def weight_axis(op: str) -> int:
