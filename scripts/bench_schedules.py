@@ -340,6 +340,417 @@ def worker_e2e_ort(model, threads):
     return {"ms": _time_ort(sess, {name: x}, budget_s=2.0)}
 
 
+# ----------------------------------------------------------------------------- GPU: float16 forms
+# The quantized GPU slices compute conv2d/matmul(astype(x, float16), float16 w, out_dtype=float32)
+# followed by a float32 bias/activation. `--gpu-pack DIR` builds (here, with the compiler) every
+# zoo layer shape in that form with the current rules and with a baseline revision's rules, the
+# same layers in float32 with the baseline rules, and whole models GPU-only in float16 (new
+# rules) and float32 (baseline rules); CUDA sources are compiled to fatbins here (nvcc 13.0, as
+# on the host). `sh DIR/run.sh $OUT` then runs on the GPU host with only the TVM runtime:
+# PyTorch fp16 eager peers first (fresh processes), every kernel checked against a float64
+# numpy reference and timed, then the models.
+GPU_ARCH = "sm_90"
+GPU_TAILS = (  # split tails: (model, layer index among the zoo's layers, channels kept)
+    ("vgg16", 1, 37), ("alexnet", 0, 13), ("googlenet", 2, 13), ("squeezenet1_1", 3, 37),
+    ("mobilenet_v1", 1, 37), ("vgg16", 13, 37), ("alexnet", 6, 13))
+
+
+def gpu_target():
+    import tvm  # pylint: disable=import-outside-toplevel
+
+    return tvm.target.Target({"kind": "cuda", "arch": GPU_ARCH}, host={"kind": "llvm"})
+
+
+def gpu_layers(models):
+    """(tag, Layer) for every zoo layer shape at full width, plus the split tails above."""
+    _setup_path()
+    from tvm_mulayer.frontend import import_onnx  # pylint: disable=import-outside-toplevel
+    from tvm_mulayer.layers import find_layers  # pylint: disable=import-outside-toplevel
+    from tvm_mulayer.profiler import config_key  # pylint: disable=import-outside-toplevel
+
+    seen, out = set(), []
+    for model in models:
+        layers = [l for l in find_layers(import_onnx(model_onnx(model))[0]["main"]) if l.splittable]
+        keep = [(l, f"{model}") for l in layers]
+        keep += [(layers[i].part(ch), f"{model} tail") for m, i, ch in GPU_TAILS if m == model]
+        for layer, tag in keep:
+            key = config_key(layer)
+            if key not in seen:
+                seen.add(key)
+                out.append((tag, layer))
+    return out
+
+
+def layer_desc(layer) -> str:
+    if layer.op == "dense":
+        return f"dense {layer.weight_shape[0]}->{layer.weight_shape[1]}"
+    cin, hw = layer.input_shape[1], f"{layer.input_shape[2]}x{layer.input_shape[3]}"
+    return (f"conv {cin}->{layer.channels} {hw} k{layer.weight_shape[2]} s{layer.strides[0]}"
+            + (f" g{layer.groups}" if layer.groups > 1 else ""))
+
+
+def layer_flops(layer) -> int:
+    w = layer.weight_shape
+    if layer.op == "dense":
+        return 2 * w[0] * w[1]
+    return 2 * w[0] * w[1] * w[2] * w[3] * layer.output_shape[2] * layer.output_shape[3]
+
+
+def precision_layer(bb, x, w, layer, precision):
+    """The layer as the quantization pass emits it: float16 operands, float32 accumulator."""
+    from tvm.relax import op  # pylint: disable=import-outside-toplevel
+
+    if precision == "fp16":
+        x = bb.emit(op.astype(x, "float16"))
+    out_dtype = "float32"
+    if layer.op == "conv2d":
+        return bb.emit(op.nn.conv2d(x, w, strides=layer.strides, padding=layer.padding, dilation=layer.dilation,
+                                    groups=layer.groups, out_dtype=out_dtype))
+    return bb.emit(op.matmul(x, w, out_dtype=out_dtype))
+
+
+def layer_kernel(layer, precision):
+    """The fused conv/dense PrimFunc (bias + relu fused in) of one layer in one precision."""
+    from tvm import relax, tirx  # pylint: disable=import-outside-toplevel
+    from tvm.relax import op  # pylint: disable=import-outside-toplevel
+
+    w_dtype = "float16" if precision == "fp16" else "float32"
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType(layer.input_shape, "float32"))
+    w = relax.Var("w", relax.TensorType(layer.weight_shape, w_dtype))
+    b = relax.Var("b", relax.TensorType((1, layer.channels, 1, 1) if layer.op == "conv2d" else (1, layer.channels),
+                                        "float32"))
+    with bb.function("main", [x, w, b]):
+        with bb.dataflow():
+            y = precision_layer(bb, x, w, layer, precision)
+            out = bb.emit_output(op.nn.relu(op.add(y, b)))
+        bb.emit_func_output(out)
+    mod = _fuse(bb.get())
+    return next(f for gv, f in mod.functions_items()
+                if isinstance(f, tirx.PrimFunc) and gv.name_hint.startswith(("fused_conv2d", "fused_matmul")))
+
+
+def _fuse(mod):
+    from tvm import relax  # pylint: disable=import-outside-toplevel
+
+    for transform in (relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(),
+                      relax.transform.FuseOps(), relax.transform.FuseTIR()):
+        mod = transform(mod)
+    return mod
+
+
+def schedules_at(rev: str | None, package: str):
+    """The `schedules` package as committed at `rev`, imported as `package`, so that two
+    revisions' rules build the same kernels (and others' uncommitted edits stay out). rev None:
+    the revision before schedules/gpu/tensor_core.py was added (the rules without tensor cores)."""
+    import importlib  # pylint: disable=import-outside-toplevel
+    import io  # pylint: disable=import-outside-toplevel
+    import tarfile  # pylint: disable=import-outside-toplevel
+    import tempfile  # pylint: disable=import-outside-toplevel
+
+    if rev is None:
+        added = subprocess.run(["git", "-C", ROOT, "log", "--diff-filter=A", "--format=%H", "--",
+                                "schedules/gpu/tensor_core.py"], capture_output=True, text=True, check=True)
+        rev = added.stdout.split()[-1] + "~1"
+    rev = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", rev], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    tmp = tempfile.mkdtemp(prefix=f"{package}-")
+    archive = subprocess.run(["git", "-C", ROOT, "archive", rev, "schedules"], capture_output=True, check=True)
+    with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
+        tar.extractall(tmp)
+    os.rename(os.path.join(tmp, "schedules"), os.path.join(tmp, package))
+    sys.path.insert(0, tmp)
+    return importlib.import_module(package), rev
+
+
+def _cuda_sources(module):
+    """CUDA source of every CUDA module inside a built module."""
+    found = []
+    if module.kind == "cuda":
+        found.append(module.inspect_source())
+    for sub in module.imports:
+        found += _cuda_sources(sub)
+    return found
+
+
+def _export_gpu(lib, path, fatbins):
+    """Export a built module; compile its CUDA source to a fatbin here, keyed by the source's
+    SHA-256 (the host's load-time callback looks it up instead of running nvcc)."""
+    import hashlib  # pylint: disable=import-outside-toplevel
+    import tempfile  # pylint: disable=import-outside-toplevel
+
+    lib.export_library(str(path))
+    for code in _cuda_sources(lib):
+        digest = hashlib.sha256(code.encode()).hexdigest()
+        with tempfile.TemporaryDirectory() as tmp:
+            src = os.path.join(tmp, "k.cu")
+            with open(src, "w", encoding="utf-8") as fh:
+                fh.write(code)
+            subprocess.run(["nvcc", "-fatbin", "-O3", f"-arch={GPU_ARCH}", "-o",
+                            os.path.join(fatbins, digest + ".fatbin"), src], check=True)
+
+
+def gpu_pack(out_dir, models, rules_rev="HEAD", baseline_rev=None):
+    import tvm  # pylint: disable=import-outside-toplevel
+    from tvm import tirx  # pylint: disable=import-outside-toplevel
+
+    schedules, new_rev = schedules_at(rules_rev, "rules_new")
+    old, rev = schedules_at(baseline_rev, "rules_old")
+    target = gpu_target()
+    fatbins = os.path.join(out_dir, "fatbins")
+    os.makedirs(fatbins, exist_ok=True)
+    cases = gpu_layers(models)
+    kernels = []
+    variants = {"fp16_new": (schedules, "fp16"), "fp16_old": (old, "fp16"), "fp32_old": (old, "fp32")}
+    for variant, (package, precision) in variants.items():
+        funcs = {}
+        for index, (tag, layer) in enumerate(cases):
+            func = layer_kernel(layer, precision)
+            rule, sch = package.apply_rules(func, target)
+            funcs[f"k{index}"] = sch.mod["main"].with_attr("global_symbol", f"k{index}")
+            if variant == "fp16_new":
+                kernels.append({"name": f"k{index}", "tag": tag, "desc": layer_desc(layer), "op": layer.op,
+                                "x": list(layer.input_shape), "w": list(layer.weight_shape),
+                                "out": list(layer.output_shape), "strides": list(layer.strides),
+                                "padding": list(layer.padding), "groups": layer.groups,
+                                "flops": layer_flops(layer), "rules": {}})
+            kernels[index]["rules"][variant] = repr(rule)
+        lib = tirx.build(tvm.IRModule(funcs), target=target)
+        if variant == "fp16_new":
+            source = "\n".join(_cuda_sources(lib))
+            for index, kernel in enumerate(kernels):  # which kernels run on tensor cores
+                body = source.split(f"k{index}_kernel(")[-1].split("extern \"C\"")[0]
+                kernel["tensor_core"] = "wmma::mma_sync" in body
+        _export_gpu(lib, os.path.join(out_dir, f"ops_{variant}.so"), fatbins)
+        print(f"packed {len(funcs)} kernels ({variant})", file=sys.stderr, flush=True)
+    model_runs = []
+    for model in models:
+        for precision, package in (("fp16", schedules), ("fp32", old)):
+            t0 = time.perf_counter()
+            ex, weights = gpu_model(model, precision, package, target)
+            path = f"model_{model}_{precision}.so"
+            _export_gpu(ex, os.path.join(out_dir, path), fatbins)
+            model_runs.append({"model": model, "precision": precision, "lib": path, "weights": weights,
+                               "rules": rev if package is old else new_rev,
+                               "build_s": time.perf_counter() - t0})
+            print(f"packed {path}", file=sys.stderr, flush=True)
+    with open(os.path.join(out_dir, "gpu_bench.json"), "w", encoding="utf-8") as fh:
+        json.dump({"kernels": kernels, "models": model_runs, "baseline": rev, "rules": new_rev, "arch": GPU_ARCH,
+                   "date": time.strftime("%Y-%m-%d")}, fh, indent=1)
+    _setup_path()
+    sys.path.insert(0, os.path.join(ROOT, "scripts"))
+    import gpu_host_run  # pylint: disable=import-outside-toplevel
+
+    gpu_host_run._runtime_tarball(os.path.join(out_dir, "tvm_runtime.tar.gz"))  # pylint: disable=protected-access
+    from pathlib import Path  # pylint: disable=import-outside-toplevel
+
+    gpu_host_run._ffi_wheel(Path(out_dir), "3.12")  # pylint: disable=protected-access
+    here = os.path.relpath(out_dir, ROOT)
+    with open(os.path.join(out_dir, "run.sh"), "w", encoding="utf-8") as fh:
+        fh.write("set -e\n"
+                 f"python3 -m pip install -q --upgrade --no-index --no-deps --target /tmp/site {here}/apache_tvm_ffi-*.whl\n"
+                 f"tar xzf {here}/tvm_runtime.tar.gz -C /tmp/site\n"
+                 "export PYTHONPATH=/tmp/site:$PWD:$PWD/scripts TVM_USE_RUNTIME_LIB=1 PYTHONUNBUFFERED=1\n"
+                 f"python3 scripts/bench_schedules.py --gpu-run {here} --out \"$1/gpu_bench_results.json\"\n")
+
+
+def gpu_model(model, precision, package, target):
+    """(built VM executable, [[shape, dtype] of each weight]) of a zoo model, GPU-only: every
+    conv/dense weight becomes a parameter in `precision` (float16: the input is cast to
+    float16 before the layer, the accumulator is float32); every PrimFunc scheduled by `package`."""
+    import tvm  # pylint: disable=import-outside-toplevel
+    from tvm import relax, tirx  # pylint: disable=import-outside-toplevel
+
+    _setup_path()
+    from tvm_mulayer.frontend import import_onnx  # pylint: disable=import-outside-toplevel
+
+    mod, _ = import_onnx(model_onnx(model))
+
+    @relax.expr_functor.mutator
+    class WeightsAsParams(relax.PyExprMutator):  # pylint: disable=abstract-method
+        def __init__(self):
+            super().__init__(mod)
+            self.params = []
+
+        def visit_call_(self, call):  # pylint: disable=arguments-renamed
+            call = super().visit_call_(call)
+            name = getattr(call.op, "name", "")
+            if name not in ("relax.nn.conv2d", "relax.matmul") or not isinstance(call.args[1], tvm.ir.Constant):
+                return call
+            shape = [int(d) for d in call.args[1].ty.shape]
+            w = relax.Var(f"w{len(self.params)}", relax.TensorType(shape, "float16" if precision == "fp16" else "float32"))
+            self.params.append(w)
+            x = call.args[0]
+            if precision == "fp16":
+                x = self.builder_.emit(relax.op.astype(x, "float16"))
+            if name == "relax.matmul":
+                return relax.op.matmul(x, w, out_dtype="float32")
+            a = call.attrs
+            return relax.op.nn.conv2d(x, w, strides=a.strides, padding=a.padding, dilation=a.dilation,
+                                      groups=a.groups, out_dtype="float32")
+
+    rewrite = WeightsAsParams()
+    main = mod["main"]
+    body = rewrite.visit_expr(main.body)
+    mod["main"] = relax.Function(list(main.params) + rewrite.params, body, attrs=main.attrs)
+    mod = _fuse(mod)
+    for gv, func in list(mod.functions_items()):
+        if isinstance(func, tirx.PrimFunc):
+            mod[gv] = func.with_attr("target", target)
+    mod = package.ScheduleForTargets()(mod)
+    ex = tvm.compile(mod, target=target)
+    return ex.mod, [[[int(d) for d in p.ty.shape], str(p.ty.dtype)] for p in rewrite.params]
+
+
+def gpu_reference(kernel, x, w, b):
+    """float64 relu(layer(x, w) + b) in numpy, from the same (float16-rounded) operands."""
+    import numpy as np  # pylint: disable=import-outside-toplevel
+
+    x, w, b = (np.asarray(a, dtype=np.float64) for a in (x, w, b))
+    if kernel["op"] == "dense":
+        return np.maximum(x @ w + b, 0)
+    top, left, bottom, right = kernel["padding"]
+    x = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)))
+    f, cg, kh, kw = w.shape
+    sh, sw = kernel["strides"]
+    oh, ow = kernel["out"][2], kernel["out"][3]
+    windows = np.lib.stride_tricks.sliding_window_view(x[0], (kh, kw), axis=(1, 2))[:, ::sh, ::sw][:, :oh, :ow]
+    groups = kernel["groups"]
+    fg = f // groups
+    out = np.empty((f, oh, ow))
+    for g in range(groups):  # windows[c, y, x, ky, kx]
+        out[g * fg:(g + 1) * fg] = np.tensordot(w[g * fg:(g + 1) * fg], windows[g * cg:(g + 1) * cg],
+                                                axes=([1, 2, 3], [0, 3, 4]))
+    return np.maximum(out[None] + b, 0)
+
+
+def _load_gpu_lib(directory, name):
+    import hashlib  # pylint: disable=import-outside-toplevel
+
+    import tvm  # pylint: disable=import-outside-toplevel
+    from tvm_mulayer import runtime  # pylint: disable=import-outside-toplevel
+
+    runtime.enable_cuda_runtime()
+    fatbins = os.path.join(directory, "fatbins")
+
+    def fatbin(code, target=None):
+        path = os.path.join(fatbins, hashlib.sha256(code.encode()).hexdigest() + ".fatbin")
+        if os.path.exists(path):
+            with open(path, "rb") as fh:
+                return bytearray(fh.read())
+        print(f"no prebuilt fatbin for {name}: nvcc here", file=sys.stderr)
+        return runtime._nvcc_fatbin(code, target)  # pylint: disable=protected-access
+
+    tvm.register_global_func("tvm_callback_cuda_compile", fatbin, override=True)
+    return tvm.runtime.load_module(os.path.join(directory, name))
+
+
+def _gpu_time_ms(fn, dev, repeat):
+    import numpy as np  # pylint: disable=import-outside-toplevel
+
+    for _ in range(3):
+        fn()
+    dev.sync()
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        dev.sync()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times) * 1e3)
+
+
+def gpu_run(directory, out_path):
+    import numpy as np  # pylint: disable=import-outside-toplevel
+
+    with open(os.path.join(directory, "gpu_bench.json"), encoding="utf-8") as fh:
+        spec = json.load(fh)
+    results = {"peers": {}, "kernels": [], "models": [], "baseline": spec["baseline"], "rules": spec["rules"],
+               "date": spec["date"]}
+    for model in sorted({m["model"] for m in spec["models"]}):
+        done = subprocess.run([sys.executable, os.path.abspath(__file__), "--gpu-peer", model],
+                              capture_output=True, text=True, check=False)
+        results["peers"][model] = (json.loads(done.stdout.strip().splitlines()[-1]) if done.returncode == 0
+                                   else {"error": done.stderr[-1000:]})
+        print(model, results["peers"][model], flush=True)
+
+    def save():  # after every section: a failure later keeps what was measured
+        with open(out_path, "w", encoding="utf-8") as fh:
+            json.dump(results, fh, indent=1)
+
+    save()
+    import tvm  # pylint: disable=import-outside-toplevel
+
+    dev = tvm.cuda(0)
+    libs = {v: _load_gpu_lib(directory, f"ops_{v}.so") for v in ("fp16_new", "fp16_old", "fp32_old")}
+    rng = np.random.default_rng(0)
+    for kernel in spec["kernels"]:
+        bias_shape = [1, kernel["out"][1], 1, 1] if kernel["op"] == "conv2d" else [1, kernel["out"][1]]
+        x = rng.standard_normal(kernel["x"])
+        w = rng.standard_normal(kernel["w"]) / np.sqrt(np.prod(kernel["w"][1:] if kernel["op"] == "conv2d"
+                                                               else kernel["w"][:1]))
+        b = rng.standard_normal(bias_shape)
+        row = {k: kernel[k] for k in ("name", "tag", "desc", "flops", "rules", "tensor_core")}
+        reference = {}
+        for variant, lib in libs.items():
+            dtype = "float16" if variant.startswith("fp16") else "float32"
+            xs, ws = x.astype(dtype), w.astype(dtype)
+            try:
+                args = [tvm.runtime.tensor(a, dev) for a in (xs, ws, b.astype("float32"))]
+                out = tvm.runtime.tensor(np.zeros(kernel["out"], "float32"), dev)
+                lib[kernel["name"]](*args, out)
+                if dtype not in reference:
+                    reference[dtype] = gpu_reference(kernel, xs, ws, b.astype("float32"))
+                ref = reference[dtype]
+                row[f"{variant}_rel_error"] = float(np.max(np.abs(out.numpy() - ref)) / max(np.max(np.abs(ref)), 1e-30))
+                timer = lib.time_evaluator(kernel["name"], dev, number=10, repeat=5)
+                row[f"{variant}_ms"] = float(min(timer(*args, out).results) * 1e3)
+            except Exception as err:  # pylint: disable=broad-except
+                row[f"{variant}_error"] = f"{type(err).__name__}: {err}"[-500:]
+        results["kernels"].append(row)
+        print(kernel["desc"], {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()
+                               if k.endswith(("_ms", "_rel_error", "_error"))}, flush=True)
+    save()
+    for run in spec["models"]:
+        row = {k: run[k] for k in ("model", "precision", "rules", "build_s")}
+        try:
+            row.update(_gpu_model_run(directory, run, dev, rng))
+        except Exception as err:  # pylint: disable=broad-except
+            row["error"] = f"{type(err).__name__}: {err}"[-1000:]
+        results["models"].append(row)
+        print(json.dumps(row), flush=True)
+        save()
+
+
+def _gpu_model_run(directory, run, dev, rng):
+    import numpy as np  # pylint: disable=import-outside-toplevel
+    import tvm  # pylint: disable=import-outside-toplevel
+
+    lib = _load_gpu_lib(directory, run["lib"])
+    vm = tvm.runtime.vm.VirtualMachine(lib, [dev, tvm.cpu()])
+    x = tvm.runtime.tensor(rng.standard_normal((1, 3, 224, 224)).astype("float32"), dev)
+    weights = []
+    for shape, dtype in run["weights"]:  # He-scaled, so activations stay in float16 range
+        fan_in = np.prod(shape[1:]) if len(shape) == 4 else shape[0]
+        weights.append(tvm.runtime.tensor((rng.standard_normal(shape) * np.sqrt(2 / fan_in)).astype(dtype), dev))
+    main = vm["main"]
+    output = main(x, *weights).numpy()
+    return {"finite": bool(np.isfinite(output).all()), "median_ms": _gpu_time_ms(lambda: main(x, *weights), dev, 50)}
+
+
+def gpu_peer(model):
+    """PyTorch (cuDNN) float16 eager and CUDA-graph latency of a zoo model (fresh process)."""
+    import numpy as np  # pylint: disable=import-outside-toplevel
+
+    sys.path.insert(0, os.path.join(ROOT, "scripts"))
+    from torch_peer import time_torch  # pylint: disable=import-outside-toplevel
+
+    x = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype("float32")
+    result = time_torch(model_onnx(model), x, 50)
+    result.pop("output")
+    print(json.dumps(result))
+
+
 # ----------------------------------------------------------------------------- driver
 def _run_worker(args_list, threads):
     env = dict(os.environ)
@@ -381,8 +792,24 @@ def main():
     ap.add_argument("--clock", choices=["auto", "wall", "cpu"], default="auto",
                     help="cpu: per-thread CPU time (only with --threads 1); auto: cpu for 1 thread")
     ap.add_argument("--out", help="write the markdown table here too")
+    ap.add_argument("--gpu-pack", metavar="DIR", help="build the float16/float32 GPU kernels and models "
+                    "of --models for the GPU host into DIR (then: sh DIR/run.sh $OUT there)")
+    ap.add_argument("--rules-rev", default="HEAD", help="with --gpu-pack: git revision of the new rules")
+    ap.add_argument("--baseline-rev", help="with --gpu-pack: git revision of the old rules "
+                    "(default: the one before schedules/gpu/tensor_core.py was added)")
+    ap.add_argument("--gpu-run", metavar="DIR", help="(on the GPU host) run what --gpu-pack built")
+    ap.add_argument("--gpu-peer", help=argparse.SUPPRESS)
     ap.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.gpu_pack:
+        gpu_pack(args.gpu_pack, [m for m in args.models.split(",") if m], args.rules_rev, args.baseline_rev)
+        return
+    if args.gpu_run:
+        gpu_run(args.gpu_run, args.out or os.path.join(args.gpu_run, "gpu_bench_results.json"))
+        return
+    if args.gpu_peer:
+        gpu_peer(args.gpu_peer)
+        return
 
     if args.worker:
         kind, rest = args.worker[0], args.worker[1:]
