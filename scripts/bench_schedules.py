@@ -725,6 +725,7 @@ def gpu_run(directory, out_path):
 def _gpu_model_run(directory, run, dev, rng):
     import numpy as np  # pylint: disable=import-outside-toplevel
     import tvm  # pylint: disable=import-outside-toplevel
+    import tvm.runtime.vm  # pylint: disable=import-outside-toplevel  # not imported by `import tvm` (runtime only)
 
     lib = _load_gpu_lib(directory, run["lib"])
     vm = tvm.runtime.vm.VirtualMachine(lib, [dev, tvm.cpu()])

@@ -78,7 +78,7 @@ def kernel_count(source) -> int:
 # (cin, cout, hw, k, stride, pad): zoo kinds of conv, with split tails (13, 37 channels)
 TENSOR_CORE_CONVS = {
     "vgg-3x3": (64, 64, 56, 3, 1, 1),
-    "tail-13-3x3": (64, 13, 28, 3, 1, 1),
+    "tail-20-3x3": (64, 20, 28, 3, 1, 1),
     "tail-37-3x3": (128, 37, 14, 3, 1, 1),
     "1x1": (256, 64, 28, 1, 1, 0),
     "1x1-7x7-plane": (832, 48, 7, 1, 1, 0),
@@ -97,10 +97,11 @@ def test_fp16_conv_uses_tensor_cores_on_sm90(case):
     assert kernel_count(source) == 1  # padding, GEMM and epilogue: one kernel
 
 
-@pytest.mark.parametrize("target", [CUDA, CUDA_PASCAL, OPENCL], ids=["fp32-sm90", "fp16-sm61", "fp16-opencl"])
-def test_no_tensor_cores_where_they_do_not_apply(target):
-    precision = "fp32" if target is CUDA else "fp16"
-    func = layer_func("conv2d", (1, 64, 28, 28), (64, 64, 3, 3), 1, 1, precision=precision)
+@pytest.mark.parametrize("target,precision,cout", [(CUDA, "fp32", 64), (CUDA_PASCAL, "fp16", 64), (OPENCL, "fp16", 64),
+                                                    (CUDA, "fp16", 13)],
+                         ids=["fp32-sm90", "fp16-sm61", "fp16-opencl", "fp16-sm90-13-channel-tail"])
+def test_no_tensor_cores_where_they_do_not_apply(target, precision, cout):
+    func = layer_func("conv2d", (1, 64, 28, 28), (cout, 64, 3, 3), 1, 1, precision=precision)
     rule, source = build_source(func, target)
     assert rule == "gpu.Conv2d" and "wmma" not in source  # the direct shared-memory rule
     if target is OPENCL:
@@ -117,20 +118,21 @@ def test_fp16_depthwise_and_grouped_take_the_direct_rules(target):
     assert rule == "gpu.Conv2d" and "wmma" not in source
 
 
-@pytest.mark.parametrize("m,n,k", [(13, 784, 576), (37, 196, 1152), (64, 50176, 27), (512, 196, 4608),
-                                   (1000, 169, 512), (384, 169, 1728), (16, 3025, 64)])
+@pytest.mark.parametrize("m,n,k", [(20, 784, 576), (37, 196, 1152), (64, 50176, 27), (64, 50176, 576),
+                                   (128, 12544, 1152), (512, 196, 4608), (1000, 169, 512), (384, 169, 1728),
+                                   (48, 196, 400)])
 def test_gemm_tiles_fit_and_cover(m, n, k):
     t = gemm_tiles(m, n, k)
-    assert t.bm * t.bn * 4 <= 32 * 1024  # static float32 result tile
-    assert t.shared_bytes() <= 48 * 1024
-    assert 1 <= t.warps <= 8 and t.bm % 16 == 0 and t.bn % 16 == 0
-    assert t.bm < 2 * max(m, 16)  # a 13-channel tail gets 16 rows, not 128
+    assert t.shared_bytes() <= 48 * 1024  # static + dynamic, padded rows included
+    assert t.warps == 4 and t.bm % 16 == 0 and t.bn % 16 == 0
+    assert t.bm <= max(32, 2 * m)  # few channels: a 32-row tile, not 64
+    assert -(-k // t.bk) * t.bk <= max(k + k // 8, 32)  # K padded by at most an eighth
     blocks = -(-m // t.bm) * -(-n // t.bn)
     assert blocks >= 132 or t.bm * t.bn <= 32 * 32  # the grid fills the GPU, or the tile is minimal
 
 
 @pytest.mark.parametrize("cin,cout,hw,k,stride,pad", [(13, 37, 9, 3, 1, 1), (3, 19, 23, 11, 4, 2),
-                                                      (24, 13, 7, 1, 1, 0), (8, 21, 13, 5, 2, 2)])
+                                                      (24, 33, 7, 1, 1, 0), (8, 21, 13, 5, 2, 2)])
 def test_implicit_gemm_rewrite_is_exact_on_cpu(cin, cout, hw, k, stride, pad):
     """The im2col view + tile padding the tensor-core schedule starts from, run on LLVM."""
     func = layer_func("conv2d", (1, cin, hw, hw), (cout, cin, k, k), stride, pad)
@@ -156,6 +158,7 @@ def test_implicit_gemm_rewrite_is_exact_on_cpu(cin, cout, hw, k, stride, pad):
 def test_gemm_shape_refuses_what_is_not_fp16_gemm():
     cases = [layer_func("conv2d", (1, 16, 14, 14), (32, 16, 3, 3), precision="fp32"),  # float32
              layer_func("conv2d", (1, 16, 14, 14), (16, 1, 3, 3), groups=16),  # depthwise
+             layer_func("conv2d", (1, 64, 14, 14), (16, 64, 3, 3)),  # one fragment row of channels
              layer_func("dense", (1, 4096), (4096, 1000))]  # one row: a GEMV
     for func in cases:
         assert TensorCoreGemm().apply(func, CUDA, False) is None
@@ -185,7 +188,7 @@ def _zoo_layers():
 @pytest.mark.parametrize("target", [CUDA, OPENCL], ids=["cuda", "opencl"])
 def test_every_zoo_layer_builds_in_fp16(target):
     """Every conv/dense shape of the five zoo models, in the quantized form; on CUDA every
-    non-grouped conv runs on tensor cores."""
+    non-grouped conv with more than 16 channels runs on tensor cores."""
     for layer in _zoo_layers():
         if layer.op == "conv2d":
             func = layer_func("conv2d", layer.input_shape, layer.weight_shape, layer.strides, layer.padding,
@@ -194,4 +197,5 @@ def test_every_zoo_layer_builds_in_fp16(target):
             func = layer_func("dense", layer.input_shape, layer.weight_shape)
         rule, source = build_source(func, target)
         on_tensor_cores = "wmma::mma_sync" in source
-        assert on_tensor_cores == (target is CUDA and layer.op == "conv2d" and layer.groups == 1), (layer, rule)
+        expected = target is CUDA and layer.op == "conv2d" and layer.groups == 1 and layer.channels > 16
+        assert on_tensor_cores == expected, (layer, rule)

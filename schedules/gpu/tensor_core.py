@@ -15,12 +15,12 @@ GEMM). Channels become the fragments' rows and pixels their columns, so the resu
 written back along pixels, NCHW's contiguous axis, with the epilogue fused into that write.
 
 Tiling: ``pad_einsum`` rounds M (channels), N (pixels), K up to the block tile; padded rows
-and columns are computed on zeros and never stored, so any channel count (13, 37, ...) and
-any plane (13x13, 7x7) is exact. A thread block owns BM x BN outputs with 4 or 8 warps, each
-warp FM x FN fragments of 16x16; the K loop stages BK-deep slabs of W and X in shared memory.
-The tile shrinks until the grid has about two blocks per SM (small planes) and BM is the
-smallest fragment multiple that covers few channels (a 13-channel split tail uses 16 rows, not
-128).
+and columns are computed on zeros and never stored, so any channel count (37, 1000, ...) and
+any plane (13x13, 7x7) is exact. A thread block owns BM x BN (<= 64x64 or 32x128) outputs
+with 4 warps, each warp FM x FN fragments of 16x16; the K loop stages BK-deep slabs (32-128)
+of W and X in shared memory. The tile shrinks until the grid has a block per SM (small planes)
+and BM is the smallest of 32/64 rows that covers few channels (20 channels use 32 rows). Layers with at most 16 channels (split tails) are left to the direct rule,
+which was faster for them on the H100.
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ from . import wmma
 FRAG = wmma.FRAG
 WARP = 32
 TARGET_BLOCKS = 132  # one block per SM of an H100
+SHARED_LIMIT = 48 * 1024  # static + dynamic shared memory a kernel may use without opting in
 
 
 @dataclass(frozen=True)
@@ -73,8 +74,9 @@ class GemmTiles:
         return self.wm * self.wn
 
     def shared_bytes(self) -> int:
-        """float16 W and X slabs (dynamic) plus the float32 result tile (static, <= 32 KiB)."""
-        return 2 * (self.bm * self.bk + self.bk * self.bn) + 4 * self.bm * self.bn
+        """float16 W [BM, BK] and X [BK, BN] slabs (dynamic) plus the float32 result tile
+        [BM, BN] (static), each row padded as ``storage_align`` pads it."""
+        return 2 * (self.bm * (self.bk + 8) + self.bk * (self.bn + 8)) + 4 * self.bm * (self.bn + 4)
 
 
 def _ceil(a: int, b: int) -> int:
@@ -83,15 +85,10 @@ def _ceil(a: int, b: int) -> int:
 
 def gemm_tiles(m: int, n: int, k: int) -> GemmTiles:
     """Tiles for an M (channels) x N (pixels) x K GEMM; see the module docstring."""
-    # rows: the fewest 16-row fragments that cover M (<= 128), else the 64/128 tile that
-    # wastes fewer padded rows
-    if m <= 128:
-        bm = FRAG * _ceil(m, FRAG)
-        bm = 16 if bm <= 16 else 32 if bm <= 32 else 64 if bm <= 64 else 128
-    else:
-        bm = min((128, 64), key=lambda b: (_ceil(m, b) * b, -b))
-    # The float32 result tile is staged in static shared memory (48 KiB at most): BM x BN <= 8192.
-    bn = 128 if bm <= 64 else 64
+    # The float32 result tile, staged in shared memory for the epilogue, is at most 64x64 (or
+    # 32x128) = 16 KiB, which leaves room under the 48 KiB for 64-128 deep K slabs.
+    bm = 32 if m <= 32 else 64
+    bn = 128 if bm == 32 else 64
     # more, smaller blocks while the grid is short of TARGET_BLOCKS (small planes, few channels)
     while _ceil(m, bm) * _ceil(n, bn) < TARGET_BLOCKS and bm * bn > 32 * 32:
         if bn >= bm and bn > 32 or bm <= 32:
@@ -99,11 +96,15 @@ def gemm_tiles(m: int, n: int, k: int) -> GemmTiles:
         else:
             bm //= 2
     frags_m, frags_n = bm // FRAG, bn // FRAG
-    warps = 8 if frags_m * frags_n >= 32 else 4
-    wm = min(frags_m, 2 if warps == 4 else 4)
-    wn = max(1, min(frags_n, warps // wm))
-    kf = 4 if k >= 4 * FRAG * 8 else 2
-    return GemmTiles(wm=wm, wn=wn, fm=frags_m // wm, fn=frags_n // wn, kf=kf)
+    wm = min(frags_m, 2)  # 4 warps (fewer for a 16-row or 16-column tile)
+    wn = min(frags_n, 4 // wm)
+    # the deepest K slab that fits (fewer steps, each one a gather + barrier + MMAs) and pads
+    # K by at most an eighth
+    for kf in (8, 4, 2):
+        tiles = GemmTiles(wm=wm, wn=wn, fm=frags_m // wm, fn=frags_n // wn, kf=kf)
+        if tiles.shared_bytes() <= SHARED_LIMIT and (_ceil(k, tiles.bk) * tiles.bk <= k + k // 8 or kf == 2):
+            return tiles
+    return GemmTiles(wm=wm, wn=wn, fm=frags_m // wm, fn=frags_n // wn, kf=1)
 
 
 def _is_sm70_cuda(target: Target) -> bool:
@@ -118,6 +119,9 @@ class TensorCoreGemm(NamedRule):
 
     family = "gpu"
     min_pixels = 16  # fewer pixels (a dense layer's single row) is a GEMV: gpu.Dense
+    # At most one fragment row of channels (a split's 13-channel tail) the im2col gather is
+    # amortised over too few outputs: the direct rule was 1.9-2.4x faster on the H100.
+    min_channels = FRAG + 1
 
     def apply(self, func, target: Target, tunable: bool):  # pylint: disable=unused-argument
         if not isinstance(func, tirx.PrimFunc) or not _is_sm70_cuda(target):
@@ -131,7 +135,7 @@ class TensorCoreGemm(NamedRule):
         if shape is None:
             return None
         m, n, k = shape
-        if n < self.min_pixels or k < FRAG:
+        if n < self.min_pixels or m < self.min_channels or k < FRAG:
             return None
         try:
             self.schedule(sch, main, gemm_tiles(m, n, k))
