@@ -752,6 +752,36 @@ def gpu_peer(model):
     print(json.dumps(result))
 
 
+def gpu_report(results_path) -> str:
+    """Markdown tables (per model, per op) of a --gpu-run results file."""
+    with open(results_path, encoding="utf-8") as fh:
+        res = json.load(fh)
+    lines = [f"Rules: new = `{res['rules']}`, old = `{res['baseline']}` (before tensor cores); date {res['date']}.", "",
+             "| model | GPU-only fp16, new rules ms | GPU-only fp32, old rules ms | PyTorch fp16 eager ms | "
+             "PyTorch fp16 CUDA graph ms | fp16 new / PyTorch eager | fp32 old / PyTorch eager | "
+             "fp16 new / PyTorch graph |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    models = {}
+    for row in res["models"]:
+        models.setdefault(row["model"], {})[row["precision"]] = row.get("median_ms")
+    for model, ms in models.items():
+        peer = res["peers"].get(model, {})
+        eager, graph = peer.get("eager_ms"), peer.get("graph_ms")
+        new, old = ms.get("fp16"), ms.get("fp32")
+        lines.append(f"| {model} | {_fmt(new)} | {_fmt(old)} | {_fmt(eager)} | {_fmt(graph)} | "
+                     f"{_fmt(new / eager if new and eager else None, 2)} | {_fmt(old / eager if old and eager else None, 2)} | "
+                     f"{_fmt(new / graph if new and graph else None, 2)} |")
+    lines += ["", "| model | layer | tensor cores | GFLOP | fp16 new ms | fp16 old ms | fp32 old ms | "
+              "fp32 old / fp16 new | fp16 old / fp16 new | TFLOP/s (new) | max rel. error (new) |",
+              "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for k in res["kernels"]:
+        new, old16, old32 = (k.get(f"{v}_ms") for v in ("fp16_new", "fp16_old", "fp32_old"))
+        lines.append(f"| {k['tag']} | {k['desc']} | {'yes' if k['tensor_core'] else 'no'} | {k['flops'] / 1e9:.3f} | "
+                     f"{_fmt(new, 4)} | {_fmt(old16, 4)} | {_fmt(old32, 4)} | "
+                     f"{_fmt(old32 / new if new and old32 else None, 2)} | {_fmt(old16 / new if new and old16 else None, 2)} | "
+                     f"{_fmt(k['flops'] / new / 1e9 if new else None, 1)} | {k.get('fp16_new_rel_error', float('nan')):.1e} |")
+    return "\n".join(lines)
+
+
 # ----------------------------------------------------------------------------- driver
 def _run_worker(args_list, threads):
     env = dict(os.environ)
@@ -799,6 +829,7 @@ def main():
     ap.add_argument("--baseline-rev", help="with --gpu-pack: git revision of the old rules "
                     "(default: the one before schedules/gpu/tensor_core.py was added)")
     ap.add_argument("--gpu-run", metavar="DIR", help="(on the GPU host) run what --gpu-pack built")
+    ap.add_argument("--gpu-report", metavar="RESULTS", help="markdown tables of a --gpu-run results file")
     ap.add_argument("--gpu-peer", help=argparse.SUPPRESS)
     ap.add_argument("--worker", nargs="+", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -810,6 +841,9 @@ def main():
         return
     if args.gpu_peer:
         gpu_peer(args.gpu_peer)
+        return
+    if args.gpu_report:
+        print(gpu_report(args.gpu_report))
         return
 
     if args.worker:
