@@ -15,9 +15,10 @@ reductions: max/avg/adaptive/global pooling, mean, LRN's avg_pool3d), ``Injectiv
 (elementwise, broadcast, concat, slices, reshape, LRN tail), dlight's cpu ``GEMV`` and
 ``Reduction`` (softmax), ``Fallback`` (parallel outer loops of anything else).
 
-GPU rules: ``Conv2d`` (direct, shared-memory tiles), ``DepthwiseConv2d``, ``Dense`` (GEMV
-with cross-thread reduction), then dlight's ``Matmul`` (1x1 convs as implicit GEMM), ``GEMV``,
-``Reduction``, ``GeneralReduction`` and ``Fallback``.
+GPU rules: ``Conv2d`` (float16 -> float32 convs on CUDA sm_70+: tensor-core implicit GEMM;
+otherwise direct, shared-memory tiles), ``DepthwiseConv2d``, ``Dense`` (GEMV, 16-byte weight
+loads, cross-thread reduction), then dlight's ``Matmul`` (float32 1x1 convs as implicit GEMM),
+``GEMV``, ``Reduction``, ``GeneralReduction`` and ``Fallback``.
 
 Tile sizes come from the target (mcpu features -> vector width and register count,
 num-cores; max threads per block), the shapes and the accumulator dtype, so float32, float16
