@@ -19,6 +19,12 @@ processes.
 
 ``--e2e`` also builds each model CPU-only (every PrimFunc scheduled) and times it against
 onnxruntime on the whole ONNX model, and reports the compile time.
+
+GPU (float16 slices, for the GPU host; see the GPU section below):
+
+    python scripts/bench_schedules.py --gpu-pack .carry/gpubench   # here: kernels, models, fatbins
+    sh .carry/gpubench/run.sh $OUT                                 # there, with the TVM runtime only
+    python scripts/bench_schedules.py --gpu-report $OUT/gpu_bench_results.json
 """
 
 from __future__ import annotations
