@@ -19,7 +19,7 @@ from .deploy import add_rpc_entry
 from .plan import Plan, make_plan
 from .processors import Processor, cpu_processor, default_gpu, gpu_processor
 from .quantization import assign_precision, parse_precision, requested_precisions
-from .schedules import ScheduleForTargets
+from .schedules import PrepackWeights, ScheduleForTargets
 
 
 def vm_pipeline() -> tvm.transform.Pass:
@@ -78,7 +78,11 @@ def lower(mod: tvm.IRModule, plan: Plan, cpu: Processor, gpu: Processor) -> tupl
         relax.transform.FuseOps(),
         relax.transform.FuseTIR(),
         PropagateDevices(),
-        ScheduleForTargets(),
+        # CPU kernels read weights in the blocked layout their rule chose; the repack runs
+        # once here, at compile time, not per inference
+        ScheduleForTargets(prepacked_weights=True),
+        relax.transform.SplitLayoutRewritePreproc(),
+        PrepackWeights(),
         OrderForOverlap(),
         relax.transform.DeadCodeElimination(["main"]),
     ])(mod)
