@@ -7,12 +7,14 @@ a copy between the devices waits for the GPU queue. So the two processors overla
 at each step, the GPU's kernels are queued first, the CPU's kernels run while the GPU
 works, and the copies that exchange the step's results come after both.
 
-A step ("level") is one round of that: copies to the GPU of what the CPU made in the
-previous step, the GPU's kernels, the CPU's kernels, then copies back to the CPU. A copy to
-the GPU opens the step after the one its data was made in; whatever reads a copy back to
-the CPU belongs to the next step. Bindings are issued by (level, kind, original position)
-among those whose inputs are ready, kinds in the order just given. The first vdevice of
-the module is the host CPU; every other one counts as the GPU.
+A step ("level") is one round of that: the CPU's light kernels that only prepare data for
+the GPU (slices, float16/uint8 conversions: no reduction, every user a copy to the GPU),
+copies to the GPU of what the CPU made in the previous step, the GPU's kernels, the CPU's
+kernels, then copies back to the CPU. A copy to the GPU — with its preparing kernels —
+opens the step after the one its data was made in; whatever reads a copy back to the CPU
+belongs to the next step. Bindings are issued by (level, kind, original position) among
+those whose inputs are ready, kinds in the order just given. The first vdevice of the
+module is the host CPU; every other one counts as the GPU.
 """
 
 from __future__ import annotations
@@ -20,13 +22,14 @@ from __future__ import annotations
 import heapq
 
 import tvm
-from tvm import relax
+from tvm import relax, s_tir, tirx
 
 from ._functions import replace_function
 from ._vdevice import first_vdevice, vdevice_key
+from tvm_mulayer.schedules.common import child_blocks, iter_kinds
 
 TO_VDEVICE = tvm.ir.Op.get("relax.to_vdevice")
-TO_GPU, GPU_COMPUTE, CPU_COMPUTE, TO_CPU = 0, 1, 2, 3
+CPU_FEED, TO_GPU, GPU_COMPUTE, CPU_COMPUTE, TO_CPU = 0, 1, 2, 3, 4
 
 
 def _is_copy(value) -> bool:
@@ -41,18 +44,40 @@ def binding_kind(binding, host_vdevice) -> int:
     return CPU_COMPUTE if on_host else GPU_COMPUTE
 
 
-def order_bindings(bindings: list, host_vdevice) -> list:
-    """The bindings in overlap order (a topological order of their dependences)."""
+def _has_reduction(func) -> bool:
+    if not isinstance(func, tirx.PrimFunc):
+        return True  # not a kernel we can look into: treat it as real work
+    sch = s_tir.Schedule(func)
+    return any("R" in iter_kinds(sch, block) for block in child_blocks(sch))
+
+
+def _light_kernel(binding, mod) -> bool:
+    """A call_tir of a kernel without reductions (elementwise, slicing, conversion)."""
+    value = binding.value
+    if not (isinstance(value, relax.Call) and getattr(value.op, "name", "") == "relax.call_tir"):
+        return False
+    return not _has_reduction(mod[value.args[0]])
+
+
+def order_bindings(bindings: list, host_vdevice, is_light=lambda binding: False) -> list:
+    """The bindings in overlap order (a topological order of their dependences);
+    `is_light(binding)` says whether a CPU binding is cheap enough to prepare GPU data."""
     index_of = {b.var: i for i, b in enumerate(bindings)}
     deps = [[index_of[v] for v in relax.analysis.free_vars(b.value) if v in index_of] for b in bindings]
     kinds = [binding_kind(b, host_vdevice) for b in bindings]
-    level = [0] * len(bindings)
     users = [[] for _ in bindings]
     for i, ds in enumerate(deps):
         for d in ds:
-            after = 1 if kinds[d] == TO_CPU or kinds[i] == TO_GPU else 0
-            level[i] = max(level[i], level[d] + after)
             users[d].append(i)
+    for i, binding in enumerate(bindings):
+        if kinds[i] == CPU_COMPUTE and users[i] and all(kinds[u] == TO_GPU for u in users[i]) and is_light(binding):
+            kinds[i] = CPU_FEED
+    level = [0] * len(bindings)
+    for i, ds in enumerate(deps):
+        for d in ds:
+            opens_step = kinds[i] == CPU_FEED or (kinds[i] == TO_GPU and kinds[d] != CPU_FEED)
+            after = 1 if kinds[d] == TO_CPU or opens_step else 0
+            level[i] = max(level[i], level[d] + after)
     waiting = [len(set(ds)) for ds in deps]
     ready = [(level[i], kinds[i], i) for i in range(len(bindings)) if waiting[i] == 0]
     heapq.heapify(ready)
@@ -79,6 +104,7 @@ class OrderForOverlap:
         blocks = []
         for block in func.body.blocks:
             if isinstance(block, relax.DataflowBlock):
-                block = relax.DataflowBlock(order_bindings(list(block.bindings), host))
+                block = relax.DataflowBlock(order_bindings(list(block.bindings), host,
+                                                           lambda binding: _light_kernel(binding, mod)))
             blocks.append(block)
         return replace_function(mod, self.func_name, func.params, blocks, dict(func.attrs) if func.attrs else {})
