@@ -371,12 +371,12 @@ def relative_error(actual, expected) -> float:
     return float(np.max(np.abs(actual - expected)) / max(np.max(np.abs(expected)), 1e-2))
 
 
-def run_case(model: onnx.ModelProto, plan, x: np.ndarray) -> dict:
+def run_case(model: onnx.ModelProto, plan, x: np.ndarray, precision: str = "fp32", calib=None) -> dict:
     """Output name -> relative error against onnxruntime (raises what compile/run raise)."""
     import tvm_mulayer
 
     expected = ort_outputs(model, {"x": x})
-    executable = tvm_mulayer.compile(model, cpu="host", gpu="emulated", split=plan, precision="fp32")
+    executable = tvm_mulayer.compile(model, cpu="host", gpu="emulated", split=plan, precision=precision, calib=calib)
     actual = executable.run({"x": x})
     assert list(actual) == list(expected), f"outputs {list(actual)} != {list(expected)}"
     return {name: relative_error(actual[name], expected[name]) for name in expected}

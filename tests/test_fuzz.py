@@ -33,6 +33,25 @@ def test_random_cnn_and_plan_match_onnxruntime(case):
     fuzz_graphs.check_case(case)
 
 
+QUANTIZED_EXAMPLES = 25
+# int8 rounds each layer's input to 1/255 of its range (and fp16 to 2^-11): a few of those
+# steps through the fuzzer's <= ~8 layers stay well inside 5% of the output's largest value.
+QUANTIZED_TOLERANCE = 5e-2
+
+
+@settings(max_examples=QUANTIZED_EXAMPLES, derandomize=True, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(case=fuzz_graphs.cases())
+def test_random_cnn_and_plan_in_native_precision_stay_close_to_onnxruntime(case, tmp_path_factory):
+    """int8 CPU / fp16 GPU slices, calibrated on the input itself (so no clipping: this checks
+    the quantized arithmetic and plumbing on every graph shape, not calibration)."""
+    calib = tmp_path_factory.mktemp("calib") / "x.npz"
+    np.savez(calib, x=case.input)
+    errors = fuzz_graphs.run_case(case.model, case.plan, case.input, precision="native", calib=calib)
+    bad = {name: err for name, err in errors.items() if not err < QUANTIZED_TOLERANCE}
+    assert not bad, f"mismatch {bad} for {case.describe()}"
+
+
 # ---- regression tests: shrunk cases the fuzzer found --------------------------------------
 def _model(nodes, inputs, outputs, inits):
     graph = helper.make_graph(nodes, "regression",

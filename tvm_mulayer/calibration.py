@@ -154,7 +154,13 @@ def _with_layer_inputs(mod):
     for var, layer in layer_bindings(func).items():
         data = next(b.value.args[0] for block in func.body.blocks for b in block.bindings if b.var.same_as(var))
         taps.setdefault(data, []).append(layer.name)
-    results = [func.body.body] if not isinstance(func.body.body, relax.Tuple) else list(func.body.body.fields)
+    result = func.body.body
+    if isinstance(result, relax.Tuple):
+        results = list(result.fields)
+    elif isinstance(result.ty, relax.TupleType):  # a variable bound to the output tuple
+        results = [relax.TupleGetItem(result, i) for i in range(len(result.ty.fields))]
+    else:
+        results = [result]
     body = relax.BlockBuilder().normalize(relax.SeqExpr(func.body.blocks, relax.Tuple(results + list(taps))))
     new_func = relax.Function(func.params, body, None, func.is_pure, func.attrs)
     new_mod = mod.clone()
