@@ -14,6 +14,9 @@ Two halves, one file:
           --peers      on the host, rebuild the zoo models (numpy + onnx) and time
                        onnxruntime CPU and PyTorch fp16 (eager and CUDA graph) on them
           --profile    also export the profiler's kernels for both processors
+        CUDA kernels are compiled here with nvcc (fatbin/, found by the loader there through
+        TVM_MULAYER_FATBIN_DIR), and artifacts, kernels and fatbins travel as one
+        compressed payload.tar.gz (CUDA source compresses ~8x).
   run   (there) load each artifact with `tvm_mulayer.load` (CUDA kernels compiled by nvcc on
         load), time it, compare where references exist, run peers and the profiler; write
         results.json (and profile.csv).
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -59,6 +63,27 @@ def _ffi_wheel(out_dir: Path, python: str) -> None:
                     "-d", str(out_dir), f"apache-tvm-ffi=={tvm_ffi.__version__}"], check=True)
 
 
+def _cuda_sources(module) -> list[str]:
+    """The CUDA source of every CUDA module imported by `module` (a compiled executable)."""
+    found = [m.inspect_source() for m in module.imports if m.kind == "cuda"]
+    return found + [src for m in module.imports for src in _cuda_sources(m)]
+
+
+def _compile_fatbins(sources: list[str], out_dir: Path, arch: str) -> None:
+    """nvcc each source for `arch` into out_dir, named as the loader looks them up."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tvm_mulayer.runtime import fatbin_name, nvcc_fatbin
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    def build(code):
+        (out_dir / fatbin_name(code, arch)).write_bytes(nvcc_fatbin(code, arch))
+
+    with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+        list(pool.map(build, dict.fromkeys(sources)))
+
+
 def _split_arg(text: str):
     return text if text in ("cpu", "gpu", "auto") else float(text)
 
@@ -73,7 +98,7 @@ def cmd_pack(args) -> int:
     if out.exists():
         shutil.rmtree(out)
     (out / "artifacts").mkdir(parents=True)
-    runs = []
+    runs, cuda_sources = [], []
     for name in args.models:
         kwargs = zoo.small(name) if args.small else {}
         model = zoo.build(name, **kwargs)
@@ -87,9 +112,10 @@ def cmd_pack(args) -> int:
                 None, {"input": x})[0])
         for split in args.splits:
             executable = tvm_mulayer.compile(model, cpu=args.cpu, gpu=args.gpu, split=split,
-                                             predictor=args.predictor)
+                                             predictor=args.predictor, precision=args.precision)
             directory = out / "artifacts" / f"{tag}-{split}"
             executable.export(directory)
+            cuda_sources += _cuda_sources(executable.module.mod)
             if not args.check:
                 (directory / "weights.npz").unlink()
             runs.append({"model": tag, "zoo": [name, kwargs], "split": split,
@@ -98,10 +124,22 @@ def cmd_pack(args) -> int:
             print(f"packed {directory}: {executable.plan.description}", flush=True)
     if args.profile:
         from tvm_mulayer.build import resolve_processors
-        from tvm_mulayer.profiler import export_kernels, zoo_configs
+        from tvm_mulayer.profiler import export_kernels, sampled_configs, zoo_configs
 
         cpu, gpu = resolve_processors(args.cpu, args.gpu)
-        export_kernels(out / "kernels", cpu, gpu, zoo_configs(args.profile_models, fractions=tuple(args.profile_fractions)))
+        configs = zoo_configs(args.profile_models, fractions=tuple(args.profile_fractions),
+                              channel_multiple=max(cpu.channel_multiple, gpu.channel_multiple))
+        configs += sampled_configs(configs, args.profile_sampled)
+        modules = export_kernels(out / "kernels", cpu, gpu, configs)
+        cuda_sources += [src for module in modules.values() for src in _cuda_sources(module.mod)]
+        print(f"exported kernels of {len(configs)} layer configurations", flush=True)
+    if cuda_sources:
+        _compile_fatbins(cuda_sources, out / "fatbin", args.gpu.partition(":")[2] or "sm_90")
+    with tarfile.open(out / "payload.tar.gz", "w:gz") as tar:
+        for part in [out / "artifacts", out / "kernels", out / "fatbin", *out.glob("*.npz")]:
+            if part.exists():
+                tar.add(part, arcname=part.name)
+                shutil.rmtree(part) if part.is_dir() else part.unlink()
     (out / "runs.json").write_text(json.dumps({"repeat": args.repeat, "peers": args.peers, "runs": runs,
                                                "profile": bool(args.profile)}, indent=1))
     _runtime_tarball(out / "tvm_runtime.tar.gz")
@@ -111,8 +149,10 @@ def cmd_pack(args) -> int:
         "set -e\n"
         f"python3 -m pip install -q --upgrade --no-index --no-deps --target /tmp/site {here}/apache_tvm_ffi-*.whl\n"
         f"tar xzf {here}/tvm_runtime.tar.gz -C /tmp/site\n"
+        f"mkdir -p /tmp/payload && tar xzf {here}/payload.tar.gz -C /tmp/payload && cp {here}/runs.json /tmp/payload\n"
         "export PYTHONPATH=/tmp/site:$PWD:$PWD/scripts TVM_USE_RUNTIME_LIB=1 PYTHONUNBUFFERED=1\n"
-        f"python3 scripts/gpu_host_run.py run {here} --results \"$1\"\n")
+        "export TVM_MULAYER_FATBIN_DIR=/tmp/payload/fatbin\n"
+        "python3 scripts/gpu_host_run.py run /tmp/payload --results \"$1\"\n")
     total = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     print(f"{out}: {total / 2**20:.1f} MiB")
     return 0
@@ -168,11 +208,6 @@ def cmd_run(args) -> int:
     spec = json.loads((root / "runs.json").read_text())
     results = {"runs": [], "peers": {}}
     out_dir = Path(args.results) if args.results else None
-    if spec.get("profile"):
-        from tvm_mulayer.profiler import measure_exported
-
-        measure_exported(root / "kernels", out_dir / "profile.csv", quiet=True)
-        print("profile measured", flush=True)
     if spec.get("peers"):
         # Each peer in a fresh process: TVM's and onnxruntime's spinning thread pools in one
         # process slowed onnxruntime 2-6x and PyTorch's launches 2x on the host.
@@ -198,11 +233,17 @@ def cmd_run(args) -> int:
             row["rel_error"] = float(np.max(np.abs(output - ref)) / np.max(np.abs(ref)))
         timing = executable.benchmark(x, repeat=spec["repeat"])
         row.update({"median_ms": timing["median"] * 1e3, "min_ms": timing["min"] * 1e3,
-                    "plan": executable.plan.description})
+                    "plan": executable.plan.description,
+                    "gpu_channels": {lp.name: lp.gpu_channels for lp in executable.plan.layers}})
         results["runs"].append(row)
         print(json.dumps(row), flush=True)
-    if out_dir:
-        (out_dir / "results.json").write_text(json.dumps(results, indent=1))
+        if out_dir:  # after each run: a run cut off at its time limit keeps what it measured
+            (out_dir / "results.json").write_text(json.dumps(results, indent=1))
+    if spec.get("profile"):  # last: the profiler's second thread must not share the runs' process state
+        from tvm_mulayer.profiler import measure_exported
+
+        measure_exported(root / "kernels", out_dir / "profile.csv", quiet=True)
+        print("profile measured", flush=True)
     return 0
 
 
@@ -218,9 +259,11 @@ def main(argv=None) -> int:
     p.add_argument("--peers", action="store_true", help="time onnxruntime CPU and PyTorch fp16 on the host")
     p.add_argument("--profile", action="store_true", help="also export and measure the profiler's kernels")
     p.add_argument("--profile-models", nargs="+", help="zoo models whose layers to profile (default all)")
-    p.add_argument("--profile-fractions", nargs="+", type=float, default=[0.25, 0.5, 0.75, 1.0],
-                   help="output-channel fractions to profile")
+    p.add_argument("--profile-fractions", nargs="+", type=float, default=[i / 8 for i in range(1, 9)],
+                   help="split fractions whose parts to profile")
+    p.add_argument("--profile-sampled", type=int, default=250, help="layer shapes sampled around the zoo's")
     p.add_argument("--predictor", help="predictor JSON for 'auto' splits")
+    p.add_argument("--precision", help="slice precisions (see `mulayer compile --precision`; default native)")
     p.add_argument("--cpu", default="x86-avx512")
     p.add_argument("--gpu", default="cuda:sm_90")
     p.add_argument("--repeat", type=int, default=50)

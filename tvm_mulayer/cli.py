@@ -160,11 +160,12 @@ def cmd_plan(args) -> int:
 
 def cmd_profile(args) -> int:
     from .build import resolve_processors
-    from .profiler import FRACTIONS, profile, zoo_configs
+    from .profiler import FRACTIONS, profile, sampled_configs, zoo_configs
 
     cpu, gpu = resolve_processors(args.cpu, args.gpu)
-    configs = zoo_configs(args.models, fractions=tuple(args.fractions or FRACTIONS),
-                          image_size=args.image_size, width=args.width)
+    configs = zoo_configs(args.models, fractions=tuple(args.fractions or FRACTIONS), image_size=args.image_size,
+                          width=args.width, channel_multiple=max(cpu.channel_multiple, gpu.channel_multiple))
+    configs += sampled_configs(configs, args.sampled)
     if args.rpc or args.tracker:
         from .deploy import connect
         from .profiler import profile_remote
@@ -249,7 +250,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("profile", help="measure layer kernels and copies on both processors (CSV)")
     p.add_argument("-o", "--output", default="profile.csv", help="CSV to append to (resumes where it stopped)")
     p.add_argument("--models", nargs="+", help="zoo models whose layers to profile (default: all)")
-    p.add_argument("--fractions", nargs="+", type=float, help="output-channel fractions to measure")
+    p.add_argument("--fractions", nargs="+", type=float, help="split fractions whose parts to measure")
+    p.add_argument("--sampled", type=int, default=0, metavar="N",
+                   help="also N layer shapes sampled around the zoo's (other channel counts and sizes)")
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--width", type=float, default=1.0)
     p.add_argument("--rpc", metavar="HOST:PORT", help="profile the devices of this TVM RPC server")
