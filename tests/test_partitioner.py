@@ -169,3 +169,82 @@ def test_plan_command_prints_the_table_and_writes_plan_and_timeline(small_zoo, b
     plan = Plan.from_json(json.loads((tmp_path / "plan.json").read_text()))
     executable = tvm_mulayer.compile(small_zoo["googlenet"], gpu="emulated", split=str(tmp_path / "plan.json"))
     assert [lp.gpu_channels for lp in executable.plan.layers] == [lp.gpu_channels for lp in plan.layers]
+
+
+def test_profile_configs_cover_both_parts_of_every_split_and_sampled_shapes_are_valid():
+    """The profile holds exactly what the partitioner asks about (both parts of each split,
+    rounded as it rounds them) and sampled layers whose shapes TVM agrees with."""
+    from tvm import relax
+
+    from tvm_mulayer.partitioner import RATIOS
+    from tvm_mulayer.plan import round_split
+    from tvm_mulayer.profiler import kernel_module, sampled_configs
+
+    configs = zoo_configs(["squeezenet1_1"], image_size=64, width=0.25, channel_multiple=8)
+    keys = {config_key(c) for c in configs}
+    graph = layer_graph(import_onnx(tvm_mulayer.zoo.build("squeezenet1_1", image_size=64, width=0.25))[0]["main"])
+    for node in graph.layers:
+        for ratio in RATIOS:
+            k = round_split(node.layer, ratio, 8)
+            for part in {k, node.layer.channels - k} - {0}:
+                assert config_key(node.layer.part(part)) in keys
+    sampled = sampled_configs(configs, 12, seed=3)
+    assert len(sampled) == 12 and not keys & {config_key(c) for c in sampled}
+    module = kernel_module(sampled)
+    for index, layer in enumerate(sampled):
+        inferred = module[f"k{index}"].ret_ty
+        assert isinstance(inferred, relax.TensorType)
+        assert tuple(int(d) for d in inferred.shape.values) == layer.output_shape
+
+
+def test_training_reports_alone_and_concurrent_accuracy_on_held_out_configs():
+    """Concurrent measurements are a feature of the same regressor; a configuration's two
+    measurements are held out together, and accuracy is reported for each kind."""
+    rows = _synthetic_rows(2e9, 2e9)
+    for row in [r for r in rows if r["kind"] == "kernel"][::3]:
+        rows.append(dict(row, kind="kernel-concurrent", seconds=row["seconds"] * 1.5))
+    predictor = train(rows, CPU, gpu_processor("cuda:sm_90", CPU))
+    for role in ("cpu", "gpu"):
+        assert predictor.meta["accuracy"][f"{role} concurrent"]["samples"] > 0
+        assert predictor.meta["samples"][role]["concurrent"] > 0
+    layers = zoo_configs(["vgg16"], fractions=(0.5,), image_size=64, width=0.25)
+    ratio = predictor.kernel_times(layers, "cpu", True) / predictor.kernel_times(layers, "cpu", False)
+    assert np.median(ratio) == pytest.approx(1.5, rel=0.15)
+
+
+def test_overheads_are_charged_and_calibration_fits_whole_model_runs(small_zoo, balanced_async):
+    """With known overheads, simulated whole-model latencies are the 'measurements';
+    calibrating a predictor without overheads on them reproduces them."""
+    from tvm_mulayer.partitioner import calibrate
+
+    predictor, _ = balanced_async
+    truth = {"gpu_launch": 8e-6, "gpu_call": 2e-6, "cpu_call": 15e-6, "gpu_byte": 2e-12, "cpu_byte": 2e-10,
+             "copy_call": 10e-6, "base": 50e-6, "cpu_scale": 1.3, "gpu_scale": 1.1}
+    runs = []
+    for name in ("squeezenet1_1", "googlenet"):
+        graph = layer_graph(import_onnx(small_zoo[name])[0]["main"])
+        for ratio in (0.0, 0.5, 1.0):
+            channels = {n.name: int(round(n.layer.channels * ratio)) for n in graph.layers}
+            times = KernelTimes(graph, predictor, 8, include=channels)
+            bare = simulate(graph, channels, times, predictor)
+            seconds = simulate(graph, channels, times, predictor, overheads=truth)
+            assert seconds > bare + len(graph.layers) * truth["cpu_call"] * (ratio < 1)
+            runs.append({"model": name, "split": ratio, "graph": graph, "gpu_channels": channels, "seconds": seconds})
+    report = calibrate(predictor, runs, 8)
+    assert set(predictor.meta["overheads"]) == set(truth)
+    for row in report:
+        assert row["calibrated_ms"] == pytest.approx(row["measured_ms"], rel=0.05)
+        assert row["kernels_only_ms"] < row["measured_ms"]
+    del predictor.meta["overheads"], predictor.meta["calibration"]  # the fixture is shared
+
+
+def test_layers_the_split_leaves_whole_get_a_prediction(balanced_async):
+    """A transposed or 1-D convolution (run whole by the generic rules) still gets a time."""
+    from tvm_mulayer.layers import Layer
+
+    predictor, _ = balanced_async
+    layers = [Layer("t", "conv2d_transpose", (1, 8, 16, 16), (1, 4, 32, 32), (8, 4, 2, 2), splittable=False),
+              Layer("c", "conv1d", (1, 8, 64), (1, 16, 62), (16, 8, 3), splittable=False)]
+    for role in ("cpu", "gpu"):
+        times = predictor.kernel_times(layers, role)
+        assert np.all(np.isfinite(times)) and np.all(times > 0)

@@ -188,10 +188,18 @@ def cmd_train(args) -> int:
     cpu, gpu = resolve_processors(args.cpu, args.gpu)
     rows = [row for path in args.profiles for row in read_rows(Path(path))]
     predictor = train(rows, cpu, gpu, holdout=args.holdout)
-    predictor.save(args.output)
     for role, acc in predictor.meta["accuracy"].items():
         print(f"{role}: held-out {acc['samples']} configs, {acc['within_10pct'] * 100:.1f}% within +-10%, "
               f"median error {acc['median_error'] * 100:.1f}%")
+    if args.runs:
+        from .partitioner import calibrate, whole_model_runs
+
+        multiple = max(cpu.channel_multiple, gpu.channel_multiple)
+        print("whole model (ms): measured, layer kernels only, calibrated, calibrated without this model")
+        for run in calibrate(predictor, whole_model_runs(args.runs, multiple), multiple):
+            print(f"  {run['model']} {run['split']}: {run['measured_ms']:.3f} {run['kernels_only_ms']:.3f} "
+                  f"{run['calibrated_ms']:.3f} {run['model_held_out_ms']:.3f}")
+    predictor.save(args.output)
     print(f"predictor written to {args.output}")
     return 0
 
@@ -265,6 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("profiles", nargs="+")
     p.add_argument("-o", "--output", default="predictor.json")
     p.add_argument("--holdout", type=float, default=0.2, help="share of configurations held out for accuracy")
+    p.add_argument("--runs", nargs="+", metavar="RESULTS.json",
+                   help="whole-model latencies (scripts/gpu_host_run.py results) to fit the overheads to")
     _add_processor_args(p)
     p.set_defaults(func=cmd_train)
 

@@ -7,7 +7,10 @@ holds), exactly the parts the split pass keeps in place. For a plan, `simulate` 
 executor: one host thread runs CPU kernels and issues GPU kernels (asynchronous on a real
 GPU, inline on the emulated one), and each copy waits for the data it moves. Copies
 are charged only for the channels a consumer's device lacks. Kernel and copy times come
-from a `Predictor`.
+from a `Predictor` (a split layer's parts with the other processor busy); so do the
+overheads besides them — GPU launches on the host thread, per-kernel costs, the pooling/
+LRN/concat kernels that follow layers, per-copy costs — which `calibrate` fits to
+whole-model runs of single-processor and mixed plans.
 
 Search: the best uniform ratio first (0 and 1 — both single-processor plans — included),
 then coordinate descent over each layer's ratio, then *branch distribution*: for each
@@ -19,6 +22,7 @@ processor.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -38,6 +42,9 @@ class Node:
     inputs: list  # [(source node index or -1 for a model input, lo, hi, bytes_per_channel)]
     channels: int
     depth: int = 0
+    # bytes per channel of each pooling/LRN/reduction/concat kernel run on this node's
+    # channels, where they are (ops a layer's kernel does not absorb)
+    followers: list = field(default_factory=list)
 
 
 @dataclass
@@ -99,6 +106,11 @@ def layer_graph(func: relax.Function) -> LayerGraph:
         per = float(np.prod(shape)) * 4 / channels
         return [(s, lo, hi, per) for s, lo, hi, _ in segments]
 
+    def follow(segments):
+        for src, _, _, per in segments:
+            if src >= 0:
+                nodes[src].followers.append(per)
+
     for param in func.params:
         env[param] = whole_segments(-1, param)
         ancestors[param] = frozenset()
@@ -120,7 +132,9 @@ def layer_graph(func: relax.Function) -> LayerGraph:
                 env[var] = whole_segments(len(nodes) - 1, var)
                 ancestors[var] = deps | {layer.name}
             elif op_name == "relax.concat" and isinstance(first, relax.Tuple) and all(f in env for f in first.fields):
-                env[var] = rebytes([seg for f in first.fields for seg in segments_of(f)], var)
+                parts = [seg for f in first.fields for seg in segments_of(f)]
+                follow(parts)
+                env[var] = rebytes(parts, var)
                 ancestors[var] = deps
                 fields = [ancestors[f] for f in first.fields]
                 if len(fields) >= 2:
@@ -133,6 +147,8 @@ def layer_graph(func: relax.Function) -> LayerGraph:
                                    or op_name in RESHAPING or op_name in CHANNEL_WINDOW_POOLS
                                    or (op_name in REDUCTIONS and value.attrs.axis is not None
                                        and 1 not in {int(a) % len(_shape(first)) for a in value.attrs.axis})):
+                if op_name in POOLS or op_name in CHANNEL_WINDOW_POOLS or op_name in REDUCTIONS:
+                    follow(segments_of(first))
                 env[var] = rebytes(segments_of(first), var)
                 ancestors[var] = deps
             else:
@@ -161,15 +177,18 @@ class Event:
 
 
 class KernelTimes:
-    """Predicted kernel seconds of every candidate part of every layer, computed in one batch."""
+    """Predicted kernel seconds of every candidate part of every layer, alone and with the
+    other processor busy (a split layer's parts run at the same time), in one batch."""
 
-    def __init__(self, graph: LayerGraph, predictor, channel_multiple: int, ratios=RATIOS):
+    def __init__(self, graph: LayerGraph, predictor, channel_multiple: int, ratios=RATIOS, include: dict | None = None):
         self.choices: dict = {}  # layer name -> sorted candidate GPU channel counts
         wanted = {"cpu": {}, "gpu": {}}
         for node in graph.layers:
             layer = node.layer
             options = sorted({round_split(layer, r, channel_multiple) for r in ratios}) if layer.splittable \
                 else [0, layer.channels]
+            if include and layer.name in include:  # a given plan's parts (to simulate that plan)
+                options = sorted({*options, include[layer.name]})
             self.choices[layer.name] = options
             for k in options:
                 if k > 0:
@@ -179,18 +198,29 @@ class KernelTimes:
         self.seconds = {}
         for role, parts in wanted.items():
             keys = list(parts)
-            for key, value in zip(keys, predictor.kernel_times([parts[k] for k in keys], role)):
-                self.seconds[(role, *key)] = float(value)
+            for concurrent in (False, True):
+                for key, value in zip(keys, predictor.kernel_times([parts[k] for k in keys], role, concurrent)):
+                    self.seconds[(role, *key, concurrent)] = float(value)
 
-    def time(self, role: str, name: str, channels: int) -> float:
-        return self.seconds[(role, name, channels)] if channels > 0 else 0.0
+    def time(self, role: str, name: str, channels: int, concurrent: bool = False) -> float:
+        return self.seconds[(role, name, channels, concurrent)] if channels > 0 else 0.0
 
 
-def simulate(graph: LayerGraph, gpu_channels: dict, times: KernelTimes, predictor, timeline: bool = False):
+def simulate(graph: LayerGraph, gpu_channels: dict, times: KernelTimes, predictor, timeline: bool = False,
+             overheads: dict | None = None):
     """Predicted latency (s) of running `graph` with `gpu_channels` per layer; with
-    `timeline`, also the list of Events."""
+    `timeline`, also the list of Events. `overheads` (default: the predictor's) charges
+    what runs besides layer kernels: each GPU kernel costs the host `gpu_launch` to issue
+    and the GPU `gpu_call` besides its compute, each CPU kernel `cpu_call`; the pooling/LRN/
+    concat kernels after a layer (its `followers`) and whole-tensor ops cost per byte on
+    their processor (`gpu_byte`, `cpu_byte`); each copy costs the host `copy_call` besides
+    the profiled transfer (allocation, synchronisation); `base` is paid once per inference;
+    `cpu_scale`/`gpu_scale` multiply the profiled layer kernel times (a whole model runs
+    them with cold caches, between other kernels)."""
     asynchronous = predictor.gpu_async
-    host = gpu = 0.0
+    cost = predictor.overheads if overheads is None else overheads
+    host = cost["base"]
+    gpu = 0.0
     ready = {}  # (node, device) -> time its part is available there; device 0 cpu, 1 gpu
     placement = {}  # node -> (first GPU channel end) : GPU holds [0, k), CPU [k, C)
     events = []
@@ -222,7 +252,7 @@ def simulate(graph: LayerGraph, gpu_channels: dict, times: KernelTimes, predicto
             elif missing:
                 direction = "h2d" if device == 1 else "d2h"
                 start = max(host, source_ready, gpu if asynchronous else 0.0)  # a copy drains the GPU queue
-                host = start + predictor.copy_time(missing * per, direction)
+                host = start + cost["copy_call"] + predictor.copy_time(missing * per, direction)
                 if timeline:
                     events.append(Event("copy", label, start, host, missing * per))
                 copied[(src, lo, hi, device)] = host
@@ -231,10 +261,20 @@ def simulate(graph: LayerGraph, gpu_channels: dict, times: KernelTimes, predicto
                 arrival = max(arrival, ready.get((src, device), 0.0))
         return arrival
 
-    def run_gpu(label, seconds, inputs_ready):
+    def extra(node: Node, channels: int, device: int, own_bytes: float = 0.0) -> tuple:
+        """(kernels, seconds) of a node's part besides its compute: its followers, per call
+        and per byte on `device`."""
+        name = "gpu" if device else "cpu"
+        nbytes = own_bytes + sum(per * channels for per in node.followers)
+        kernels = 1 + len(node.followers)
+        return kernels, kernels * cost[f"{name}_call"] + nbytes * cost[f"{name}_byte"]
+
+    def run_gpu(label, seconds, kernels, inputs_ready):
         nonlocal host, gpu
-        start = max(gpu, host, inputs_ready)
-        gpu = start + seconds
+        issued = host + cost["gpu_launch"]  # the first kernel can start once issued
+        host += cost["gpu_launch"] * kernels
+        start = max(gpu, issued, inputs_ready)
+        gpu = max(start + seconds, host)
         if not asynchronous:
             host = gpu
         if timeline:
@@ -249,31 +289,36 @@ def simulate(graph: LayerGraph, gpu_channels: dict, times: KernelTimes, predicto
             events.append(Event("cpu", label, start, host))
         return host
 
+    def run(device, label, seconds, kernels, inputs_ready):
+        return run_gpu(label, seconds, kernels, inputs_ready) if device else run_cpu(label, seconds, inputs_ready)
+
     # Like OrderForOverlap, each step (nodes of one depth) first makes its copies, then
     # queues its GPU kernels, then runs its CPU kernels.
     for depth in sorted({n.depth for n in graph.nodes}):
         step = [n for n in graph.nodes if n.depth == depth]
-        arrivals, gpu_parts, cpu_parts = {}, [], []
+        arrivals, parts = {}, []
         for node in step:
             if node.layer is None:  # whole-tensor op: on the side holding most of its input
                 on_gpu = sum(held_on(s, lo, hi, 1) * per for s, lo, hi, per in node.inputs)
                 on_cpu = sum(held_on(s, lo, hi, 0) * per for s, lo, hi, per in node.inputs)
                 device = 1 if on_gpu > on_cpu else 0
-                ready[(node.index, device)] = bring(node.inputs, device, node.name)
+                inputs_ready = bring(node.inputs, device, node.name)
                 placement[node.index] = (0, device)
+                kernels, seconds = extra(node, node.channels, device, sum((hi - lo) * per for _, lo, hi, per in node.inputs))
+                ready[(node.index, device)] = run(device, node.name, seconds, kernels, inputs_ready)
                 continue
             k = gpu_channels.get(node.name, 0)
             placement[node.index] = (k, None)
-            if k > 0:
-                arrivals[(node.index, 1)] = bring(_needed_inputs(node, 0, k), 1, node.name)
-                gpu_parts.append((node, k))
-            if k < node.layer.channels:
-                arrivals[(node.index, 0)] = bring(_needed_inputs(node, k, node.layer.channels), 0, node.name)
-                cpu_parts.append((node, node.layer.channels - k))
-        for node, k in gpu_parts:
-            ready[(node.index, 1)] = run_gpu(node.name, times.time("gpu", node.name, k), arrivals[(node.index, 1)])
-        for node, c in cpu_parts:
-            ready[(node.index, 0)] = run_cpu(node.name, times.time("cpu", node.name, c), arrivals[(node.index, 0)])
+            split = 0 < k < node.layer.channels
+            for device, channels, lo, hi in ((1, k, 0, k), (0, node.layer.channels - k, k, node.layer.channels)):
+                if channels:
+                    arrivals[(node.index, device)] = bring(_needed_inputs(node, lo, hi), device, node.name)
+                    kernels, seconds = extra(node, channels, device)
+                    role = "gpu" if device else "cpu"
+                    compute = times.time(role, node.name, channels, split) * cost[f"{role}_scale"]
+                    parts.append((device, node, compute + seconds, kernels))
+        for device, node, seconds, kernels in sorted(parts, key=lambda part: -part[0]):  # GPU parts first
+            ready[(node.index, device)] = run(device, node.name, seconds, kernels, arrivals[(node.index, device)])
     end = bring(graph.outputs, 0, "output")
     latency = max(end, host)
     return (latency, events) if timeline else latency
@@ -294,6 +339,88 @@ def _needed_inputs(node: Node, lo: int, hi: int) -> list:
             out.append((src, s_lo + a - offset, s_lo + b - offset, per))
         offset += s_hi - s_lo
     return out
+
+
+# starting values (and scales) of the overheads the calibration fits; factors start at 1
+OVERHEAD_SCALES = {"gpu_launch": 1e-5, "gpu_call": 1e-6, "cpu_call": 1e-5, "gpu_byte": 1e-12, "cpu_byte": 1e-10,
+                   "copy_call": 1e-5, "base": 1e-4}
+FACTORS = ("cpu_scale", "gpu_scale")
+
+
+def whole_model_runs(paths, channel_multiple: int) -> list:
+    """Whole-model latencies measured by `scripts/gpu_host_run.py` (results.json files) as
+    dicts model/graph/gpu_channels/seconds; a run's plan is its recorded `gpu_channels`,
+    else rebuilt from its split (cpu, gpu or a global ratio)."""
+    import json
+    from pathlib import Path
+
+    from . import zoo
+    from .frontend import import_onnx
+
+    graphs, runs = {}, []
+    for path in paths:
+        for row in json.loads(Path(path).read_text())["runs"]:
+            name = row["model"].removesuffix("-small")
+            if name not in graphs:
+                kwargs = zoo.small(name) if row["model"].endswith("-small") else {}
+                graphs[name] = layer_graph(import_onnx(zoo.build(name, **kwargs))[0]["main"])
+            graph = graphs[name]
+            if "gpu_channels" in row:
+                channels = row["gpu_channels"]
+            elif row["split"] in ("cpu", "gpu") or isinstance(row["split"], (int, float)):
+                ratio = {"cpu": 0.0, "gpu": 1.0}.get(row["split"], row["split"])
+                channels = {n.name: round_split(n.layer, ratio, channel_multiple) if n.layer.splittable
+                            else (n.layer.channels if ratio >= 0.5 else 0) for n in graph.layers}
+            else:
+                continue  # an auto plan that was not recorded
+            runs.append({"model": row["model"], "split": row["split"], "graph": graph, "gpu_channels": channels,
+                         "seconds": row["median_ms"] / 1e3})
+    return runs
+
+
+def calibrate(predictor, runs: list, channel_multiple: int) -> dict:
+    """Fit the predictor's overheads (see `simulate`) to measured whole-model `runs`
+    (`whole_model_runs`), minimising the squared log error of the simulated latencies, and
+    store them in its meta. Returns a report: per run, the latency simulated with kernel
+    times alone, with the fitted overheads, and with overheads fitted without that model's
+    runs (leave one model out: what calibration does for a model it has not seen)."""
+    from scipy.optimize import minimize
+
+    names = list(OVERHEAD_SCALES)
+    times = [KernelTimes(run["graph"], predictor, channel_multiple, include=run["gpu_channels"]) for run in runs]
+
+    def overheads(u):  # u: square roots of the overheads in their scales, then log factors
+        values = {name: OVERHEAD_SCALES[name] * float(v) ** 2 for name, v in zip(names, u)}
+        return {**values, **{name: math.exp(float(v)) for name, v in zip(FACTORS, u[len(names):])}}
+
+    start = np.concatenate([np.ones(len(names)), np.zeros(len(FACTORS))])
+    bare = np.concatenate([np.zeros(len(names)), np.zeros(len(FACTORS))])
+
+    def simulated(u, which):
+        return np.array([simulate(runs[i]["graph"], runs[i]["gpu_channels"], times[i], predictor, overheads=overheads(u))
+                         for i in which])
+
+    def fit(which):
+        measured = np.log([runs[i]["seconds"] for i in which])
+        loss = lambda u: float(np.sum((np.log(simulated(u, which)) - measured) ** 2))  # noqa: E731
+        return minimize(loss, start, method="Nelder-Mead",
+                        options={"maxiter": 3000, "xatol": 1e-3, "fatol": 1e-6}).x
+
+    everything = list(range(len(runs)))
+    best = fit(everything)
+    report = []
+    for model in dict.fromkeys(run["model"] for run in runs):
+        mine = [i for i in everything if runs[i]["model"] == model]
+        others = [i for i in everything if runs[i]["model"] != model]
+        unseen = simulated(fit(others), mine) if others else [math.nan] * len(mine)
+        for i, held in zip(mine, unseen):
+            report.append({"model": model, "split": runs[i]["split"], "measured_ms": runs[i]["seconds"] * 1e3,
+                           "kernels_only_ms": float(simulated(bare, [i])[0]) * 1e3,
+                           "calibrated_ms": float(simulated(best, [i])[0]) * 1e3,
+                           "model_held_out_ms": float(held) * 1e3})
+    predictor.meta["overheads"] = overheads(best)
+    predictor.meta["calibration"] = report
+    return report
 
 
 @dataclass

@@ -1,16 +1,23 @@
 """Latency predictor: XGBoost regressors of kernel time per processor, plus a copy model.
 
-Kernel time is predicted from the layer's shape (what one side of a split computes) in log
-space, so errors are relative. Copies are a line, seconds = latency + bytes / bandwidth,
-per direction. A predictor is saved as one JSON file: XGBoost's own JSON model per
-processor, embedded as text, with the processors it was measured on, the data it was
-trained on and its held-out accuracy. It loads without pickle.
+Kernel time is predicted per multiply-accumulate, in log space (so errors are relative and
+the trees learn a kernel's efficiency, not its size), from the layer's shape and costs and
+from what the project's schedule rules make of it on that processor (tiles, parallel tasks,
+thread blocks, tails), alone or with the other processor busy. Copies are a line,
+seconds = latency + bytes / bandwidth, per direction. What runs besides the layers (VM
+dispatch, GPU launches, pooling/LRN/concat kernels) is a small overhead model fitted to
+whole-model runs by `partitioner.calibrate`. Configurations the profile measured are
+answered with their measurement. A predictor is saved as one JSON file: XGBoost's own JSON
+model per processor, embedded as text, with the processors it was measured on, the data it
+was trained on (and those measurements), its held-out accuracy and the overheads. It loads
+without pickle.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -18,24 +25,150 @@ import numpy as np
 from .errors import MulayerError
 from .layers import Layer
 
-PREDICTOR_FORMAT = "tvm-mulayer-predictor/1"
-FEATURES = ("dense", "depthwise", "in_channels", "out_channels", "height", "width", "out_height", "out_width",
-            "kernel", "stride", "groups", "log_macs", "log_input_bytes", "log_weight_bytes", "log_output_bytes")
+PREDICTOR_FORMAT = "tvm-mulayer-predictor/2"
+# What the regressors see: the layer's shape and costs, and what the project's schedule
+# rules will make of it on that processor (tiles, parallel tasks, thread blocks, tails),
+# since those — not the shape alone — decide a kernel's speed.
+FEATURES = (
+    "dense", "depthwise", "grouped", "dtype_bytes", "concurrent", "in_channels", "out_channels", "height", "width",
+    "out_height", "out_width", "kernel", "stride", "groups", "log_macs", "log_input_bytes", "log_weight_bytes",
+    "log_output_bytes", "log_reduction", "log_output_elements", "log_intensity", "channel_tail", "width_tail",
+    "rule", "tile_channels", "tile_width", "tile_waste", "log_tasks", "task_imbalance", "log_work_per_task",
+    "threads_per_block", "log_shared_bytes",
+)
 
 
-def features(layer: Layer) -> list[float]:
-    bytes_per = 4 if layer.dtype == "float32" else 2 if layer.dtype == "float16" else 1
-    size = lambda shape: float(np.prod(shape))  # noqa: E731
-    spatial = lambda shape: (shape[2], shape[3]) if len(shape) == 4 else (1, 1)  # noqa: E731
-    (h, w), (oh, ow) = spatial(layer.input_shape), spatial(layer.output_shape)
-    kernel = layer.weight_shape[2] if layer.op == "conv2d" else 1
-    return [
-        float(layer.op == "dense"), float(layer.groups > 1 and layer.channels_per_unit == 1),
-        float(layer.input_shape[1]), float(layer.channels), float(h), float(w), float(oh), float(ow),
-        float(kernel), float(layer.strides[0]), float(layer.groups), math.log(max(layer.macs, 1)),
-        math.log(size(layer.input_shape) * bytes_per), math.log(size(layer.weight_shape) * bytes_per),
-        math.log(size(layer.output_shape) * bytes_per),
-    ]
+# seconds per GPU kernel issued (host), per GPU / CPU kernel run besides its compute, per byte
+# of the pooling/LRN/concat ops that follow a layer, per copy besides the transfer, per
+# inference, and factors on the layer kernels' profiled times (see partitioner.simulate)
+NO_OVERHEADS = {"gpu_launch": 0.0, "gpu_call": 0.0, "cpu_call": 0.0, "gpu_byte": 0.0, "cpu_byte": 0.0,
+                "copy_call": 0.0, "base": 0.0, "cpu_scale": 1.0, "gpu_scale": 1.0}
+
+
+def _dtype_bytes(dtype: str) -> int:
+    return max(1, int("".join(c for c in dtype if c.isdigit()) or 32) // 8)
+
+
+class KernelFeatures:
+    """Feature rows for layer parts run on one processor (`target`: its TVM target JSON;
+    `threads`: the CPU thread pool the kernels were timed with)."""
+
+    def __init__(self, target: dict, threads: int):
+        import tvm
+
+        self.target = tvm.target.Target(target)
+        self.gpu = target.get("kind") != "llvm"
+        self.threads = max(1, int(threads))
+
+    def __call__(self, layer: Layer, concurrent: bool = False) -> list[float]:
+        nbytes = _dtype_bytes(layer.dtype)
+        size = lambda shape: float(np.prod(shape))  # noqa: E731
+        spatial = lambda shape: (shape[2], shape[3]) if len(shape) == 4 else (1, 1)  # noqa: E731
+        (h, w), (oh, ow) = spatial(layer.input_shape), spatial(layer.output_shape)
+        kernel = layer.weight_shape[2] if layer.op == "conv2d" else 1
+        reduction = size(layer.weight_shape[1:]) if layer.op == "conv2d" else float(layer.weight_shape[0])
+        input_bytes, weight_bytes = size(layer.input_shape) * nbytes, size(layer.weight_shape) * nbytes
+        output_bytes = size(layer.output_shape) * nbytes
+        macs = max(layer.macs, 1)
+        depthwise = layer.groups > 1 and layer.channels_per_unit == 1 and layer.weight_shape[1] == 1
+        if layer.op not in ("conv2d", "dense"):  # a conv the split pass leaves whole: the generic rules run it
+            schedule = {"rule": 5, "lanes": 1, "tile_channels": 1, "tile_width": 1, "waste": 1.0,
+                        "tasks": size(layer.output_shape), "slots": 1, "work": macs / size(layer.output_shape)}
+        elif self.gpu:
+            schedule = self._gpu_schedule(layer, depthwise)
+        else:
+            schedule = self._cpu_schedule(layer, depthwise)
+        lanes = 32 if self.gpu else schedule["lanes"]
+        tasks = max(schedule["tasks"], 1)
+        waves = -(-tasks // schedule["slots"])
+        return [
+            float(layer.op == "dense"), float(depthwise), float(layer.groups > 1), float(nbytes), float(concurrent),
+            float(layer.input_shape[1]), float(layer.channels), float(h), float(w), float(oh), float(ow),
+            float(kernel), float(layer.strides[0]), float(layer.groups), math.log(macs), math.log(input_bytes),
+            math.log(weight_bytes), math.log(output_bytes), math.log(max(reduction, 1)),
+            math.log(size(layer.output_shape)), math.log(macs / (input_bytes + weight_bytes + output_bytes)),
+            float(layer.channels % lanes), float(ow % lanes),
+            float(schedule["rule"]), float(schedule["tile_channels"]), float(schedule["tile_width"]),
+            float(schedule["waste"]), math.log(tasks), waves * schedule["slots"] / tasks,
+            math.log(max(schedule["work"], 1.0)), float(schedule.get("threads", 1)),
+            math.log(max(schedule.get("shared", 0.0), 1.0)),
+        ]
+
+    def _conv_info(self, layer: Layer, depthwise: bool):
+        """The facts the conv rules read from a kernel, from the layer's shapes."""
+        from types import SimpleNamespace
+
+        nbytes = _dtype_bytes(layer.dtype)
+        return SimpleNamespace(
+            n=1, f=layer.channels, oh=layer.output_shape[2], ow=layer.output_shape[3], rc=layer.weight_shape[1],
+            kh=layer.weight_shape[2], kw=layer.weight_shape[3], stride_h=layer.strides[0], stride_w=layer.strides[1],
+            in_c=layer.input_shape[1], in_h=layer.input_shape[2], in_w=layer.input_shape[3], depthwise=depthwise,
+            in_dtype=layer.dtype, out_dtype="int32" if "int" in layer.dtype else layer.dtype,
+            weight_bytes=int(np.prod(layer.weight_shape)) * nbytes, input_bytes=int(np.prod(layer.input_shape)) * nbytes)
+
+    def _cpu_schedule(self, layer: Layer, depthwise: bool) -> dict:
+        from .schedules.common import vector_bits
+        from .schedules.cpu.conv2d import Conv2d
+        from .schedules.cpu.dense import Dense
+
+        lanes = max(vector_bits(self.target) // (8 * _dtype_bytes(layer.dtype)), 1)
+        slots = self.threads
+        if layer.op == "dense":
+            k, n = layer.weight_shape
+            if k * n * _dtype_bytes(layer.dtype) >= (1 << 20) and k >= 64 * slots:  # the rule's split-K case
+                return {"rule": 4, "lanes": lanes, "tile_channels": n, "tile_width": 1, "waste": 1.0,
+                        "tasks": slots, "slots": slots, "work": k * n / slots}
+            t = Dense.tiles(n, k, self.target, 8 * _dtype_bytes(layer.dtype))
+            tile = t["NU"] * t["VL"]
+            return {"rule": 3, "lanes": lanes, "tile_channels": tile, "tile_width": 1,
+                    "waste": -(-n // tile) * tile / n, "tasks": -(-n // tile), "slots": slots, "work": k * tile}
+        info = self._conv_info(layer, depthwise)
+        t = Conv2d.tiles(info, self.target)
+        if t["mode"] == "fvec":
+            tasks = info.f // t["FV"] * info.oh
+            return {"rule": 1, "lanes": lanes, "tile_channels": t["FV"], "tile_width": t["XU"],
+                    "waste": -(-info.ow // t["XU"]) * t["XU"] / info.ow, "tasks": tasks, "slots": slots,
+                    "work": layer.macs / tasks}
+        channel_blocks = -(-info.f // t["FI"])
+        width_blocks = -(-info.ow // t["XI"])
+        tasks = channel_blocks * -(-info.oh // t["YI"])
+        vectors = -(-t["XI"] // lanes) * lanes
+        waste = channel_blocks * t["FI"] / info.f * width_blocks * vectors / info.ow
+        return {"rule": 2 if depthwise else 0, "lanes": lanes, "tile_channels": t["FI"], "tile_width": t["XI"],
+                "waste": waste, "tasks": tasks, "slots": slots, "work": layer.macs / tasks}
+
+    def _gpu_schedule(self, layer: Layer, depthwise: bool) -> dict:
+        from .schedules.gpu.conv2d import Conv2d, _max_threads
+        from .schedules.gpu.dense import Dense
+
+        slots = 132 * 4  # resident blocks of a large GPU: only the relative wave count matters
+        if layer.op == "dense":
+            k, n = layer.weight_shape
+            t = Dense.tiles(n, k, 8 * _dtype_bytes(layer.dtype), _max_threads(self.target))
+            columns = t["LANES"] * t["VEC"]
+            return {"rule": 3, "tile_channels": columns, "tile_width": t["VEC"], "waste": -(-n // columns) * columns / n,
+                    "tasks": -(-n // columns), "slots": slots, "work": k / t["TK"] * t["VEC"],
+                    "threads": t["LANES"] * t["TK"]}
+        info = self._conv_info(layer, depthwise)
+        outputs = info.f * info.oh * info.ow
+        if depthwise:
+            return {"rule": 2, "tile_channels": 1, "tile_width": 1, "waste": -(-outputs // 256) * 256 / outputs,
+                    "tasks": -(-outputs // 256), "slots": slots, "work": info.kh * info.kw, "threads": 256}
+        if info.kh == info.kw == 1 and info.stride_h == info.stride_w == 1:  # dlight's GEMM
+            m, n = info.oh * info.ow, info.f
+            return {"rule": 1, "tile_channels": n, "tile_width": m, "waste": -(-m // 32) * 32 / m,
+                    "tasks": -(-m // 32) * -(-n // 32), "slots": slots, "work": info.rc, "threads": 256}
+        try:
+            t = Conv2d.tiles(info, self.target)
+        except ValueError:  # no tiling fits shared memory: the fallback rule runs it
+            return {"rule": 4, "tile_channels": 1, "tile_width": 1, "waste": 1.0, "tasks": -(-outputs // 256),
+                    "slots": slots, "work": info.rc * info.kh * info.kw, "threads": 256}
+        channels = t["TF"] * t["FI"]
+        tasks = -(-info.f // channels) * (info.oh // t["TY"]) * (info.ow // t["TX"])
+        return {"rule": 0, "tile_channels": channels, "tile_width": t["TX"],
+                "waste": -(-info.f // channels) * channels / info.f, "tasks": tasks, "slots": slots,
+                "work": t["FI"] * info.rc * info.kh * info.kw, "threads": t["TF"] * t["TY"] * t["TX"],
+                "shared": Conv2d.shared_bytes(info, t)}
 
 
 def _accuracy(predicted, actual) -> dict:
@@ -44,24 +177,55 @@ def _accuracy(predicted, actual) -> dict:
             "median_error": float(np.median(rel)), "p90_error": float(np.quantile(rel, 0.9))}
 
 
+def _threads(rows: list[dict], cpu) -> int:
+    """The CPU thread pool the rows were timed with: the profiler records it in the device
+    column ("..., 15 threads"); older profiles were timed with TVM's default, half the
+    target's cores."""
+    for row in rows:
+        found = re.search(r"(\d+) threads", row["device"])
+        if found:
+            return int(found.group(1))
+    return max(1, int(cpu.target.get("num-cores") or 2) // 2)
+
+
 class Predictor:
-    def __init__(self, boosters: dict, copy_model: dict, meta: dict):
-        self.boosters = boosters  # role -> xgboost.Booster
+    def __init__(self, boosters: dict, copy_model: dict, meta: dict, measured: dict | None = None):
+        self.boosters = boosters  # role -> xgboost.Booster (log seconds per multiply-accumulate)
         self.copy_model = copy_model  # "h2d"/"d2h" -> [seconds_fixed, seconds_per_byte]
         self.meta = meta
+        # role -> profile kind -> config key -> seconds: configurations the profile measured
+        # are answered from it (the regressor is for the others)
+        self.measured = measured or {}
+        self._features = {}
 
     @property
     def gpu_async(self) -> bool:
         """Whether GPU kernels run asynchronously to the host thread (not when emulated)."""
         return bool(self.meta.get("gpu_async", False))
 
-    def kernel_times(self, layers: list[Layer], role: str) -> np.ndarray:
+    @property
+    def overheads(self) -> dict:
+        """What runs besides the layer kernels, fitted to whole-model runs
+        (`partitioner.calibrate`); none until then."""
+        return {**NO_OVERHEADS, **self.meta.get("overheads", {})}
+
+    def features(self, role: str) -> KernelFeatures:
+        if role not in self._features:
+            self._features[role] = KernelFeatures(self.meta[f"{role}_target"], self.meta["cpu_threads"])
+        return self._features[role]
+
+    def kernel_times(self, layers: list[Layer], role: str, concurrent: bool = False) -> np.ndarray:
         import xgboost as xgb
+
+        from .profiler import KERNEL_KINDS, config_key
 
         if not layers:
             return np.zeros(0)
-        matrix = xgb.DMatrix(np.array([features(layer) for layer in layers]), feature_names=list(FEATURES))
-        return np.exp(self.boosters[role].predict(matrix))
+        rows = np.array([self.features(role)(layer, concurrent) for layer in layers])
+        log_macs = np.log([max(layer.macs, 1) for layer in layers])
+        predicted = np.exp(self.boosters[role].predict(xgb.DMatrix(rows, feature_names=list(FEATURES))) + log_macs)
+        table = self.measured.get(role, {}).get(KERNEL_KINDS[concurrent], {})
+        return np.array([table.get(config_key(layer), p) for layer, p in zip(layers, predicted)])
 
     def copy_time(self, nbytes: float, direction: str) -> float:
         if nbytes <= 0:
@@ -70,7 +234,7 @@ class Predictor:
         return fixed + per_byte * nbytes
 
     def save(self, path) -> None:
-        data = {"format": PREDICTOR_FORMAT, "meta": self.meta, "copy_model": self.copy_model,
+        data = {"format": PREDICTOR_FORMAT, "meta": self.meta, "copy_model": self.copy_model, "measured": self.measured,
                 "boosters": {role: bytes(b.save_raw("json")).decode() for role, b in self.boosters.items()}}
         Path(path).write_text(json.dumps(data))
 
@@ -83,13 +247,14 @@ class Predictor:
         except (OSError, json.JSONDecodeError) as err:
             raise MulayerError(f"cannot read predictor {path}: {err}") from None
         if data.get("format") != PREDICTOR_FORMAT:
-            raise MulayerError(f"{path} is not a tvm-mulayer predictor (format {data.get('format')!r})")
+            raise MulayerError(f"{path} is not a tvm-mulayer predictor (format {data.get('format')!r}); "
+                               "train it again with this version (`mulayer train`)")
         boosters = {}
         for role, text in data["boosters"].items():
             booster = xgb.Booster()
             booster.load_model(bytearray(text.encode()))
             boosters[role] = booster
-        return Predictor(boosters, data["copy_model"], data["meta"])
+        return Predictor(boosters, data["copy_model"], data["meta"], data.get("measured"))
 
     def check_processors(self, cpu, gpu) -> None:
         """A predictor measured on other processors predicts nothing useful: refuse it."""
@@ -101,37 +266,66 @@ class Predictor:
                 "`mulayer train` for these processors")
 
 
-def train(rows: list[dict], cpu, gpu, *, holdout: float = 0.2, seed: int = 0, rounds: int = 300) -> Predictor:
-    """Fit per-processor boosters on profiler rows; accuracy is measured on held-out configs."""
+BOOSTER_PARAMS = {"max_depth": 4, "eta": 0.05, "subsample": 0.9, "colsample_bytree": 0.9, "min_child_weight": 1,
+                  "objective": "reg:squarederror"}
+BOOSTER_ROUNDS = 800
+
+
+def _fastest(rows: list[dict]) -> dict:
+    """(kind, role, config) -> the fastest of its measurements (a profile may hold repeats)."""
+    fastest = {}
+    for row in rows:
+        key = (row["kind"], row["role"], row["config"])
+        fastest[key] = min(fastest.get(key, math.inf), float(row["seconds"]))
+    return fastest
+
+
+def train(rows: list[dict], cpu, gpu, *, holdout: float = 0.2, seed: int = 0) -> Predictor:
+    """Fit per-processor boosters on profiler rows (kernel time per multiply-accumulate in
+    log space, from features of the layer and its schedule, alone or with the other
+    processor busy). Accuracy is measured on held-out configurations — a configuration's
+    alone and concurrent measurements are held out together — and reported for each."""
     import xgboost as xgb
 
-    from .profiler import layer_from_key
+    from .profiler import KERNEL_KINDS, layer_from_key
 
+    kernel_rows = [r for r in rows if r["kind"] in KERNEL_KINDS.values()]
     meta = {"cpu_target": cpu.target, "gpu_target": gpu.target, "gpu_async": gpu.device_type != "cpu",
-            "gpu_label": gpu.label(), "cpu_label": cpu.label(), "accuracy": {}, "devices": {}}
-    boosters = {}
-    rng = np.random.default_rng(seed)
+            "gpu_label": gpu.label(), "cpu_label": cpu.label(), "accuracy": {}, "devices": {},
+            "cpu_threads": _threads([r for r in kernel_rows if r["role"] == "cpu"], cpu), "samples": {}}
+    predictor = Predictor({}, {}, meta)
+    fastest = _fastest(kernel_rows)
+    configs = sorted({config for _, _, config in fastest})
+    held_out = set(np.array(configs)[np.random.default_rng(seed).random(len(configs)) < holdout])
+    params = dict(BOOSTER_PARAMS, seed=seed)
     for role in ("cpu", "gpu"):
-        kernel_rows = [r for r in rows if r["kind"] == "kernel" and r["role"] == role]
-        if len(kernel_rows) < 10:
-            raise MulayerError(f"only {len(kernel_rows)} {role} kernel measurements; profile more configurations")
-        meta["devices"][role] = sorted({r["device"] for r in kernel_rows})
-        x = np.array([features(layer_from_key(r["config"])) for r in kernel_rows])
-        y = np.log(np.array([float(r["seconds"]) for r in kernel_rows]))
-        test = rng.random(len(y)) < holdout
-        params = {"max_depth": 6, "eta": 0.1, "subsample": 0.9, "colsample_bytree": 0.9,
-                  "min_child_weight": 1, "objective": "reg:squarederror", "seed": seed}
-        held = xgb.train(params, xgb.DMatrix(x[~test], y[~test], feature_names=list(FEATURES)), rounds)
-        predicted = np.exp(held.predict(xgb.DMatrix(x[test], feature_names=list(FEATURES))))
-        meta["accuracy"][role] = _accuracy(predicted, np.exp(y[test]))
-        boosters[role] = xgb.train(params, xgb.DMatrix(x, y, feature_names=list(FEATURES)), rounds)
-    copy_model = {}
+        keys = [key for key in fastest if key[1] == role]
+        if sum(kind == "kernel" for kind, _, _ in keys) < 10:
+            raise MulayerError(f"only {len(keys)} {role} kernel measurements; profile more configurations")
+        meta["devices"][role] = sorted({r["device"] for r in kernel_rows if r["role"] == role})
+        layers = [layer_from_key(config) for _, _, config in keys]
+        concurrent = np.array([kind != "kernel" for kind, _, _ in keys])
+        x = np.array([predictor.features(role)(layer, c) for layer, c in zip(layers, concurrent)])
+        log_macs = np.log([max(layer.macs, 1) for layer in layers])
+        y = np.log([fastest[key] for key in keys]) - log_macs
+        test = np.array([config in held_out for _, _, config in keys])
+        held = xgb.train(params, xgb.DMatrix(x[~test], y[~test], feature_names=list(FEATURES)), BOOSTER_ROUNDS)
+        predicted = np.exp(held.predict(xgb.DMatrix(x[test], feature_names=list(FEATURES))) + log_macs[test])
+        actual = np.exp(y[test] + log_macs[test])
+        meta["accuracy"][role] = _accuracy(predicted[~concurrent[test]], actual[~concurrent[test]])
+        if concurrent[test].any():
+            meta["accuracy"][f"{role} concurrent"] = _accuracy(predicted[concurrent[test]], actual[concurrent[test]])
+        meta["samples"][role] = {"alone": int((~concurrent).sum()), "concurrent": int(concurrent.sum())}
+        predictor.boosters[role] = xgb.train(params, xgb.DMatrix(x, y, feature_names=list(FEATURES)), BOOSTER_ROUNDS)
+        for kind, _, config in keys:
+            predictor.measured.setdefault(role, {}).setdefault(kind, {})[config] = fastest[(kind, role, config)]
     for direction in ("h2d", "d2h"):
         points = [(float(r["bytes"]), float(r["seconds"])) for r in rows if r["kind"] == "copy" and r["config"] == direction]
         if len(points) < 2:
             raise MulayerError(f"no {direction} copy measurements in the profile; profile with copies")
         sizes, seconds = np.array(points).T
-        per_byte, fixed = np.polyfit(sizes, seconds, 1)
-        copy_model[direction] = [max(float(fixed), 0.0), max(float(per_byte), 0.0)]
-    meta["samples"] = {role: sum(1 for r in rows if r["kind"] == "kernel" and r["role"] == role) for role in ("cpu", "gpu")}
-    return Predictor(boosters, copy_model, meta)
+        # fitted in relative error, so the small copies (most of a split's) are not drowned
+        # out by the 16 MiB ones
+        per_byte, fixed = np.polyfit(sizes, seconds, 1, w=1 / seconds)
+        predictor.copy_model[direction] = [max(float(fixed), 0.0), max(float(per_byte), 0.0)]
+    return predictor
