@@ -199,3 +199,14 @@ def test_every_zoo_layer_builds_in_fp16(target):
         on_tensor_cores = "wmma::mma_sync" in source
         expected = target is CUDA and layer.op == "conv2d" and layer.groups == 1 and layer.channels > 16
         assert on_tensor_cores == expected, (layer, rule)
+
+
+@pytest.mark.parametrize("k", [90, 97, 160, 4096, 9216, 25088])
+@pytest.mark.parametrize("n, bits", [(410, 32), (1000, 16), (5, 16)])
+def test_dense_threads_along_k_divide_k(n, k, bits):
+    """A K split with a tail lost its predicate under rfactor, and the GEMV read past x and W:
+    wrong AlexNet/VGG dense outputs on the H100 (K = 90 with 11 threads along K)."""
+    from schedules.gpu.dense import Dense
+
+    tiles = Dense.tiles(n, k, bits, 1024)
+    assert k % tiles["TK"] == 0 and tiles["TK"] >= 1

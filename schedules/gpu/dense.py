@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from tvm.target import Target
 
-from ..common import NamedRule, dtype_bits, inline_epilogue_chain, inline_producers
+from ..common import NamedRule, best_divisor, dtype_bits, inline_epilogue_chain, inline_producers
 from ..cpu.dense import match_matmul
 from .conv2d import _finish_epilogue, _max_threads, bind_flat
 
@@ -39,7 +39,9 @@ class Dense(NamedRule):
         if n % vec:
             vec = 1
         lanes = 4 if vec > 1 else 32
-        tk = max(1, min(64, max_threads // lanes, k // 8))
+        # TK must divide K: rfactor over a split with a tail drops the tail's predicate, and
+        # the threads then read past the end of x and W (seen on the H100: K = 90, TK = 11)
+        tk = best_divisor(k, max(1, min(64, max_threads // lanes, k // 8)))
         return {"VEC": vec, "LANES": lanes, "TK": tk}
 
     def apply(self, func, target: Target, tunable: bool):  # pylint: disable=unused-argument
