@@ -1,20 +1,14 @@
 """Tests for tvm_mulayer.schedules: CPU kernels vs a float64 numpy reference, GPU rules compile."""
 
-import os
-import sys
 
 import numpy as np
 import pytest
 
-try:
-    from tvm_mulayer import schedules
-except ImportError:  # package not installed yet: import the source tree
-    sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-    import schedules  # type: ignore
-
 import tvm
 from tvm import relax, tirx
 from tvm.target import Target
+
+from tvm_mulayer import schedules
 
 CPU = Target({"kind": "llvm", "mcpu": "znver4", "num-cores": 2})
 CPU_GENERIC = Target("llvm")  # the SSE2 stand-in a GPU-less host may use for the "GPU"

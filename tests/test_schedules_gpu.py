@@ -8,25 +8,18 @@ LLVM and compared with a float64 numpy convolution, odd channel counts and strid
 The GPU numerics are checked on the GPU host by ``scripts/bench_schedules.py --gpu-pack``.
 """
 
-import os
 import re
-import sys
 
 import numpy as np
 import pytest
-
-try:
-    from tvm_mulayer import schedules
-except ImportError:  # package not installed yet: import the source tree
-    sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-    import schedules  # type: ignore
 
 import tvm
 from tvm import relax, s_tir, tirx
 from tvm.relax import op
 from tvm.target import Target
 
-from schedules.gpu.tensor_core import TensorCoreGemm, gemm_tiles  # noqa: E402  pylint: disable=wrong-import-order
+from tvm_mulayer import schedules
+from tvm_mulayer.schedules.gpu.tensor_core import TensorCoreGemm, gemm_tiles
 
 CUDA = Target({"kind": "cuda", "arch": "sm_90"}, host="llvm")
 CUDA_PASCAL = Target({"kind": "cuda", "arch": "sm_61"}, host="llvm")  # no tensor cores
@@ -206,7 +199,7 @@ def test_every_zoo_layer_builds_in_fp16(target):
 def test_dense_threads_along_k_divide_k(n, k, bits):
     """A K split with a tail lost its predicate under rfactor, and the GEMV read past x and W:
     wrong AlexNet/VGG dense outputs on the H100 (K = 90 with 11 threads along K)."""
-    from schedules.gpu.dense import Dense
+    from tvm_mulayer.schedules.gpu.dense import Dense
 
     tiles = Dense.tiles(n, k, bits, 1024)
     assert k % tiles["TK"] == 0 and tiles["TK"] >= 1

@@ -2,22 +2,16 @@
 against a numpy int64 reference, the right rule chosen, the weight repack hoisted."""
 
 import os
-import sys
 
 import numpy as np
 import pytest
-
-try:
-    from tvm_mulayer import schedules
-except ImportError:  # package not installed yet: import the source tree
-    sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-    import schedules  # type: ignore
 
 import tvm
 from tvm import relax, tirx
 from tvm.target import Target
 
-from schedules.cpu.dot_intrin import dot_product_for  # pylint: disable=wrong-import-order
+from tvm_mulayer import schedules
+from tvm_mulayer.schedules.cpu.dot_intrin import dot_product_for
 
 VNNI = Target({"kind": "llvm", "mcpu": "znver4", "num-cores": 2})  # this machine: AVX512-VNNI
 NO_VNNI = Target({"kind": "llvm", "mcpu": "haswell", "num-cores": 2})
