@@ -85,7 +85,7 @@ def _compile_fatbins(sources: list[str], out_dir: Path, arch: str) -> None:
 
 
 def _split_arg(text: str):
-    return text if text in ("cpu", "gpu", "auto") else float(text)
+    return text if text in ("cpu", "gpu", "auto") or text.endswith(".json") else float(text)
 
 
 def cmd_pack(args) -> int:
@@ -110,18 +110,20 @@ def cmd_pack(args) -> int:
             x = np.random.default_rng(0).standard_normal((1, 3, size, size)).astype("float32")
             np.savez(out / f"{tag}.npz", input=x, reference=ort.InferenceSession(model.SerializeToString()).run(
                 None, {"input": x})[0])
-        for split in args.splits:
-            executable = tvm_mulayer.compile(model, cpu=args.cpu, gpu=args.gpu, split=split,
-                                             predictor=args.predictor, precision=args.precision)
-            directory = out / "artifacts" / f"{tag}-{split}"
-            executable.export(directory)
-            cuda_sources += _cuda_sources(executable.module.mod)
-            if not args.check:
-                (directory / "weights.npz").unlink()
-            runs.append({"model": tag, "zoo": [name, kwargs], "split": split,
-                         "artifact": str(directory.relative_to(out)),
-                         "reference": f"{tag}.npz" if args.check else None})
-            print(f"packed {directory}: {executable.plan.description}", flush=True)
+        for precision in args.precision:
+            for split in args.splits:
+                executable = tvm_mulayer.compile(model, cpu=args.cpu, gpu=args.gpu, split=split,
+                                                 predictor=args.predictor, precision=precision)
+                label = Path(split).stem if str(split).endswith(".json") else split
+                directory = out / "artifacts" / f"{tag}-{label}-{precision.replace(',', '+')}"
+                executable.export(directory)
+                cuda_sources += _cuda_sources(executable.module.mod)
+                if not args.check:
+                    (directory / "weights.npz").unlink()
+                runs.append({"model": tag, "zoo": [name, kwargs], "split": split, "precision": precision,
+                             "artifact": str(directory.relative_to(out)),
+                             "reference": f"{tag}.npz" if args.check else None})
+                print(f"packed {directory}: {executable.plan.description}", flush=True)
     if args.profile:
         from tvm_mulayer.build import resolve_processors
         from tvm_mulayer.profiler import export_kernels, sampled_configs, zoo_configs
@@ -163,7 +165,8 @@ def _random_weights(artifact: Path) -> list:
 
     rng = np.random.default_rng(0)
     manifest = json.loads((artifact / "manifest.json").read_text())
-    return [(rng.standard_normal(shape) * 0.05).astype(dtype) for shape, dtype in manifest["weight_shapes"]]
+    return [rng.integers(-127, 128, shape).astype(dtype) if np.dtype(dtype).kind == "i"
+            else (rng.standard_normal(shape) * 0.05).astype(dtype) for shape, dtype in manifest["weight_shapes"]]
 
 
 def _peers(name: str, kwargs: dict, repeat: int) -> dict:
@@ -226,7 +229,7 @@ def cmd_run(args) -> int:
         else:
             executable, data = tvm_mulayer.load(artifact, weights=_random_weights(artifact)), None
             x = None
-        row = {k: run[k] for k in ("model", "split")}
+        row = {k: run.get(k) for k in ("model", "split", "precision")}
         if data is not None:
             output = next(iter(executable.run(x).values()))
             ref = data["reference"].astype(np.float64)
@@ -263,7 +266,8 @@ def main(argv=None) -> int:
                    help="split fractions whose parts to profile")
     p.add_argument("--profile-sampled", type=int, default=250, help="layer shapes sampled around the zoo's")
     p.add_argument("--predictor", help="predictor JSON for 'auto' splits")
-    p.add_argument("--precision", help="slice precisions (see `mulayer compile --precision`; default native)")
+    p.add_argument("--precision", nargs="+", default=["native"],
+                   help="slice precisions, each packed at every split (see `mulayer compile --precision`)")
     p.add_argument("--cpu", default="x86-avx512")
     p.add_argument("--gpu", default="cuda:sm_90")
     p.add_argument("--repeat", type=int, default=50)

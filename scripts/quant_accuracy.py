@@ -14,6 +14,7 @@ the same float16 arithmetic). Prints Markdown tables for BENCHMARKS.md.
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import tempfile
 import time
@@ -80,13 +81,22 @@ def zoo_table(size: str, count: int) -> list:
     return lines
 
 
+def _cpu_name() -> str:
+    """The CPU's marketing name (platform.processor() is empty on Linux)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as info:
+            return next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.machine()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--zoo-size", choices=("small", "full"), default="small")
     parser.add_argument("--inputs", type=int, default=8, help="zoo inputs compared per plan")
     args = parser.parse_args()
     print(f"`python scripts/quant_accuracy.py --zoo-size {args.zoo_size} --inputs {args.inputs}` — "
-          f"{platform.machine()} {platform.processor() or ''}, {time.strftime('%Y-%m-%d')}\n")
+          f"{_cpu_name()}, {os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}\n")
     print("\n".join(digits_table()))
     print(f"\nZoo models ({args.zoo_size} variants, random weights) against float32 onnxruntime, "
           f"{args.inputs} seeded inputs, calibrated on 16 others:\n")
