@@ -10,6 +10,17 @@ schedules) so a remote device or the GPU host loads one file and times everythin
 to a CSV that records the device, the CPU threads and software versions and lets an
 interrupted run resume.
 
+Each configuration also carries the *precision* its slice computes in (CPU: int8 or fp32,
+GPU: fp16 or fp32; see `tvm_mulayer.quantization`). Its kernel is the one the split pass
+emits for that slice — built by the split pass's own `_slice_layer` from the slice's input
+form (uint8, float16 or float32), with constant weights prepacked at compile time as
+`build.lower` does — so an int8 configuration times exactly uint8 x int8 -> int32 plus its
+dequantize, and an fp16 one float16 inputs with float32 accumulation. Converting the input
+into the slice's form (quantize to uint8, cast to float16) runs on whichever processor holds
+the data, before any copy; it is timed separately (`convert` rows: bytes = the float32
+input's bytes) so the partitioner can charge it where data changes form. A CSV row's
+config holds the precision; rows without one (older profiles) are float32.
+
 Each kernel is timed alone (`kernel` rows) and, for a sample, with the other processor busy
 (`kernel-concurrent` rows): the CPU kernel while GPU kernels queued before it run, the GPU
 kernel while another thread keeps the CPU's thread pool computing.
@@ -27,29 +38,67 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import MulayerError
 from .layers import Layer
+from .quantization import CPU_PRECISIONS, GPU_PRECISIONS, parse_precision
 
 FRACTIONS = tuple(i / 8 for i in range(1, 9))  # the partitioner's ratios
 COPY_SIZES = tuple(2**k for k in range(10, 25, 2))  # 1 KiB .. 16 MiB
 KERNEL_KINDS = {False: "kernel", True: "kernel-concurrent"}
 CSV_FIELDS = ("kind", "role", "processor", "config", "bytes", "seconds", "device", "tvm", "recorded")
+FLOAT32 = "fp32"
+ROLE_PRECISIONS = {"cpu": CPU_PRECISIONS, "gpu": GPU_PRECISIONS}
+# what an input is converted to before a slice of each precision reads it
+CONVERTED_DTYPE = {"int8": "uint8", "fp16": "float16"}
+# The calibrated input range an int8 configuration is built with: a ReLU'd activation's
+# (zero point 0). The range changes the scale, not the kernel's work. (Inputs with negative
+# values, a network's first layer, are padded with the zero point by a separate kernel.)
+PROFILE_INPUT_RANGE = (0.0, 4.0)
 
 
-def config_key(layer: Layer) -> str:
+def config_key(layer: Layer, precision: str = FLOAT32) -> str:
+    """The CSV/predictor key of a layer configuration computing in `precision`. float32
+    keys have no precision field, so they are the keys older profiles wrote."""
     fields = asdict(layer)
     fields.pop("name")
+    if precision != FLOAT32:
+        fields["precision"] = precision
     return json.dumps(fields, sort_keys=True)
 
 
-def layer_from_key(key: str) -> Layer:
+def parse_config(key: str) -> tuple[Layer, str]:
+    """(layer, precision) of a configuration key; a key without a precision is float32."""
     fields = json.loads(key)
-    return Layer(name="", **{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})
+    precision = fields.pop("precision", FLOAT32)
+    if precision not in {*CPU_PRECISIONS, *GPU_PRECISIONS}:
+        raise MulayerError(f"profile configuration has precision {precision!r}; "
+                           f"known: {', '.join(sorted({*CPU_PRECISIONS, *GPU_PRECISIONS}))}")
+    return Layer(name="", **{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}), precision
+
+
+def layer_from_key(key: str) -> Layer:
+    return parse_config(key)[0]
+
+
+def profile_precisions(specs=("native", "fp32")) -> dict:
+    """role -> the slice precisions to profile, from one or more precision specs in
+    `--precision` syntax ("native", "fp32", "cpu=int8,gpu=fp32", ...): every precision any
+    of them gives that processor, so the partitioner finds data for each mode asked of it."""
+    if isinstance(specs, (str, dict)):
+        specs = [specs]
+    chosen = {"cpu": [], "gpu": []}
+    for spec in specs:
+        for role, precision in parse_precision(spec).items():
+            if precision not in chosen[role]:
+                chosen[role].append(precision)
+    return {role: tuple(values) for role, values in chosen.items()}
 
 
 def zoo_configs(models=None, fractions=FRACTIONS, image_size: int = 224, width: float = 1.0,
-                channel_multiple: int = 1) -> list[Layer]:
+                channel_multiple: int = 1, small: bool = False) -> list[Layer]:
     """Every splittable layer of the zoo models, cut to both parts of each split at
-    `fractions` (rounded as the partitioner rounds them, to `channel_multiple`)."""
+    `fractions` (rounded as the partitioner rounds them, to `channel_multiple`); with
+    `small`, of the models' small variants (`zoo.small`) instead of `image_size`/`width`."""
     from . import zoo
     from .frontend import import_onnx
     from .layers import find_layers
@@ -57,7 +106,8 @@ def zoo_configs(models=None, fractions=FRACTIONS, image_size: int = 224, width: 
 
     seen, configs = set(), []
     for name in models or zoo.NAMES:
-        mod, _ = import_onnx(zoo.build(name, width=width, image_size=image_size))
+        kwargs = zoo.small(name) if small else {"width": width, "image_size": image_size}
+        mod, _ = import_onnx(zoo.build(name, **kwargs))
         for layer in find_layers(mod["main"]):
             if not layer.splittable:
                 continue
@@ -109,7 +159,8 @@ def sampled_configs(around: list[Layer], count: int, seed: int = 0) -> list[Laye
 
 
 def kernel_module(configs: list[Layer]):
-    """One Relax function `k{i}(x, w, b)` = relu(layer(x, w) + b) per configuration."""
+    """One Relax function `k{i}(x, w, b)` = relu(layer(x, w) + b) per configuration (float32,
+    weights as inputs): the layers' shapes as TVM infers them."""
     from tvm import relax
     from tvm.relax import op
 
@@ -121,32 +172,114 @@ def kernel_module(configs: list[Layer]):
         b = relax.Var("b", relax.TensorType(bias_shape, layer.dtype))
         with bb.function(f"k{index}", [x, w, b]):
             with bb.dataflow():
-                if layer.op == "conv2d":
-                    y = bb.emit(op.nn.conv2d(x, w, strides=layer.strides, padding=layer.padding,
-                                             dilation=layer.dilation, groups=layer.groups))
-                else:
-                    y = bb.emit(op.matmul(x, w))
+                y = bb.emit(_layer_call(layer, x, w))
                 out = bb.emit_output(op.nn.relu(op.add(y, b)))
             bb.emit_func_output(out)
     return bb.get()
 
 
-def build_kernels(configs: list[Layer], processor, host):
-    """Compile the configurations' kernels for one processor (host = the CPU processor)."""
+def _layer_call(layer: Layer, x, w):
+    from tvm.relax import op
+
+    if layer.op == "conv2d":
+        return op.nn.conv2d(x, w, strides=layer.strides, padding=layer.padding, dilation=layer.dilation,
+                            groups=layer.groups)
+    return op.matmul(x, w)
+
+
+def input_form(precision: str):
+    """The split pass's `Form` of a slice's input in `precision` (int8: the profile's range)."""
+    from .passes.split_channels import _input_form
+
+    return _input_form(precision, PROFILE_INPUT_RANGE)
+
+
+def slice_function(bb, name: str, layer: Layer, precision: str, weight=None, bias=None):
+    """Add `name(x)` = relu(slice) to `bb`: the layer slice the split pass emits for a layer
+    configuration in `precision` — its `_slice_layer` on an input already in the slice's form,
+    constant weights, the folded bias and the dequantize included. Weights and bias are
+    constants, 0.5 unless given (a kernel's speed does not depend on their values; no
+    denormals)."""
+    from tvm import relax
+    from tvm.relax import op
+
+    from .passes.split_channels import _slice_layer
+
+    form = input_form(precision)
+    x = relax.Var("x", relax.TensorType(layer.input_shape, form.dtype))
+    # the float32 call the slice replaces: the split pass reads its attributes (strides,
+    # layouts, out_dtype) and type from it
+    original = bb.normalize(_layer_call(layer, relax.Var("x32", relax.TensorType(layer.input_shape, "float32")),
+                                        relax.Var("w32", relax.TensorType(layer.weight_shape, "float32"))))
+    weight = np.full(layer.weight_shape, 0.5, "float32") if weight is None else np.asarray(weight, "float32")
+    bias = np.full(layer.channels, 0.5, "float32") if bias is None else np.asarray(bias, "float32")
+    padding = list(layer.padding) if layer.op == "conv2d" else None
+    with bb.function(name, [x]):
+        with bb.dataflow():
+            y = bb.emit(_slice_layer(original, layer, layer.channels, x, weight, bias, precision, form, padding))
+            out = bb.emit_output(op.nn.relu(y))
+        bb.emit_func_output(out)
+
+
+CONVERT_SIZES = tuple(2**k for k in range(10, 25, 2))  # float32 bytes converted: 1 KiB .. 16 MiB
+
+
+def conversion_function(bb, name: str, dtype: str, nbytes: int):
+    """Add `name(x)`: the split pass's conversion of `nbytes` of float32 into `dtype` (the
+    quantize to uint8 with the profile's range, or the cast to float16)."""
+    from tvm import relax
+
+    from .passes.split_channels import _convert
+
+    precision = {v: k for k, v in CONVERTED_DTYPE.items()}[dtype]
+    x = relax.Var("x", relax.TensorType((1, nbytes // 4), "float32"))
+    with bb.function(name, [x]):
+        with bb.dataflow():
+            out = bb.emit_output(_convert(x, input_form(precision)))
+        bb.emit_func_output(out)
+
+
+def convert_name(dtype: str, nbytes: int) -> str:
+    return f"convert_{dtype}_{nbytes}"
+
+
+def slice_module(items: list[tuple[Layer, str]], conversions=(), values=None):
+    """A Relax module with `k{n}` = the slice kernel of items[n] (layer, precision) and a
+    `convert_{dtype}_{bytes}` function per (dtype, bytes) of `conversions`; `values`, when
+    given, holds each item's (weight, bias) arrays."""
+    from tvm import relax
+
+    bb = relax.BlockBuilder()
+    for index, (layer, precision) in enumerate(items):
+        slice_function(bb, f"k{index}", layer, precision, *(values[index] if values else ()))
+    for dtype, nbytes in conversions:
+        conversion_function(bb, convert_name(dtype, nbytes), dtype, nbytes)
+    return bb.get()
+
+
+def build_kernels(items: list[tuple[Layer, str]], processor, host, conversions=(), values=None):
+    """Compile the slice kernels of `items` (layer, precision) and the `conversions` for one
+    processor (host = the CPU processor) as `build.lower` compiles a model's: legalize, fuse,
+    the project's schedules for prepacked weights, and the weight repacks run here, at
+    compile time (each kernel function's constants)."""
     import tvm
     from tvm import relax
 
     from .build import vm_pipeline
-    from .schedules import ScheduleForTargets
+    from .schedules import PrepackWeights, ScheduleForTargets
 
     target = processor.tvm_target(host)
+    mod = slice_module(items, conversions, values)
+    names = [gv.name_hint for gv in mod.get_global_vars()]
     with target:
         mod = tvm.transform.Sequential([
             relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(),
             relax.transform.FuseOps(), relax.transform.FuseTIR(),
             _bind_target(target),
-            ScheduleForTargets(),
-        ])(kernel_module(configs))
+            ScheduleForTargets(prepacked_weights=True),
+            relax.transform.SplitLayoutRewritePreproc(),
+            *[PrepackWeights(name) for name in names],
+        ])(mod)
     return tvm.compile(mod, target=target, relax_pipeline=vm_pipeline())
 
 
@@ -163,15 +296,13 @@ def _bind_target(target):
     return bind
 
 
-def _kernel_args(layer: Layer, device) -> list:
-    """Input, weight and bias of a configuration on `device`. Constant values: a kernel's
-    speed does not depend on them (no denormals), and drawing VGG's 100M random weights
-    would take longer than timing them."""
+def _kernel_args(layer: Layer, precision: str, device) -> list:
+    """The input of a configuration's slice kernel, in the slice's form, on `device`.
+    Constant values: a kernel's speed does not depend on them (no denormals)."""
     import tvm
 
-    bias_shape = (1, layer.channels, 1, 1) if layer.op == "conv2d" else (1, layer.channels)
-    return [tvm.runtime.tensor(np.full(shape, 0.5, layer.dtype), device)
-            for shape in (layer.input_shape, layer.weight_shape, bias_shape)]
+    dtype = input_form(precision).dtype
+    return [tvm.runtime.tensor(np.full(layer.input_shape, 1 if dtype == "uint8" else 0.5, dtype), device)]
 
 
 class _BusyLoop:
@@ -218,22 +349,37 @@ class _QueuedLoad:
         self.device.sync()
 
 
-def measure_kernels(vm, names: list[str], configs: list[Layer], device, *, min_repeat_ms: int = 5, repeat: int = 7,
-                    load=None, progress=None) -> list[float]:
-    """Seconds of the kernels `names` of `vm` (computing `configs`) on `device`, inputs
-    already there: the fastest of `repeat` timings, since other load on the machine only
-    ever adds time. `load()`, when given, is entered around each timing (`_QueuedLoad`)."""
+def measure_kernels(vm, names: list[str], items: list[tuple[Layer, str]], device, *, min_repeat_ms: int = 5,
+                    repeat: int = 7, load=None, progress=None) -> list[float]:
+    """Seconds of the kernels `names` of `vm` (computing `items`, (layer, precision)) on
+    `device`, inputs already there: the fastest of `repeat` timings, since other load on the
+    machine only ever adds time. `load()`, when given, is entered around each timing
+    (`_QueuedLoad`)."""
     import contextlib
 
     times = []
-    for index, (name, layer) in enumerate(zip(names, configs)):
-        args = _kernel_args(layer, device)
+    for index, (name, (layer, precision)) in enumerate(zip(names, items)):
+        args = _kernel_args(layer, precision, device)
         timer = vm.time_evaluator(name, device, number=1, repeat=repeat, min_repeat_ms=min_repeat_ms)
         with load() if load else contextlib.nullcontext():
             times.append(float(np.min(timer(*args).results)))
         if progress:
-            progress(index + 1, len(configs))
+            progress(index + 1, len(items))
     return times
+
+
+def measure_conversions(vm, dtype: str, device, sizes=CONVERT_SIZES, repeat: int = 7,
+                        min_repeat_ms: int = 2) -> list[tuple]:
+    """(float32 bytes, seconds) of converting that many bytes into `dtype` on `device`."""
+    import tvm
+
+    rows = []
+    for nbytes in sizes:
+        x = tvm.runtime.tensor(np.full((1, nbytes // 4), 0.5, "float32"), device)
+        timer = vm.time_evaluator(convert_name(dtype, nbytes), device, number=1, repeat=repeat,
+                                  min_repeat_ms=min_repeat_ms)
+        rows.append((nbytes, float(np.min(timer(x).results))))
+    return rows
 
 
 def measure_copies(device, sizes=COPY_SIZES, repeat: int = 20, host_device=None) -> list[tuple]:
@@ -287,10 +433,10 @@ def read_rows(path: Path) -> list[dict]:
         return list(csv.DictReader(handle))
 
 
-def _kernel_row(kind, role, processor, layer, seconds, stamp, threads) -> dict:
+def _kernel_row(kind, role, processor, layer, precision, seconds, stamp, threads) -> dict:
     import tvm
 
-    return {"kind": kind, "role": role, "processor": processor.label(), "config": config_key(layer),
+    return {"kind": kind, "role": role, "processor": processor.label(), "config": config_key(layer, precision),
             "bytes": "", "seconds": f"{seconds:.9g}", "device": _device_description(processor, threads),
             "tvm": tvm.__version__, "recorded": stamp}
 
@@ -316,83 +462,133 @@ def _open_csv(path: Path):
     return handle, writer
 
 
+def conversions_for(precisions: dict) -> tuple:
+    """The dtypes inputs are converted to for slices of `precisions` (role -> precisions):
+    each conversion runs on whichever processor holds the data, so both measure each."""
+    return tuple(dict.fromkeys(CONVERTED_DTYPE[p] for values in precisions.values() for p in values
+                               if p in CONVERTED_DTYPE))
+
+
+def _check_precisions(precisions: dict) -> dict:
+    for role, values in precisions.items():
+        bad = [p for p in values if p not in ROLE_PRECISIONS[role]]
+        if bad or not values:
+            raise MulayerError(f"{role} slices compute in {' or '.join(ROLE_PRECISIONS[role])}, not {bad or 'nothing'}")
+    return precisions
+
+
 def _measure_into(csv_path, cpu, gpu, configs: list[Layer], devices: list, kernels, *, threads: int | None,
-                  concurrent_share: float = 0.2, resume: bool = True, quiet: bool = False) -> Path:
-    """Time `configs` on devices [cpu, gpu] (every one alone; a `concurrent_share` of them
-    also with the other processor busy, where the GPU is a real, asynchronous one) and
-    copies between them, appending rows to `csv_path`. `kernels(role, processor, indices)`
-    gives a module holding the kernels of configs[indices] and their names by index; with
-    `resume`, measurements the CSV already holds are skipped. `threads`: the CPU thread
-    pool's size, recorded with each row (None where unknown)."""
+                  precisions: dict | None = None, concurrent_share: float = 0.2, resume: bool = True,
+                  quiet: bool = False, batch: int | None = None) -> Path:
+    """Time `configs` in each of `precisions` (role -> slice precisions; default float32) on
+    devices [cpu, gpu] (every one alone; a `concurrent_share` of them also with the other
+    processor busy, where the GPU is a real, asynchronous one), the input conversions those
+    precisions need, on both, and copies between them, appending rows to `csv_path`.
+    `kernels(role, processor, items, conversions)` gives a module holding the slice kernels
+    of items [(config index, precision)] and the conversion kernels [(dtype, bytes)], and the
+    kernels' names by item. Kernels are compiled and timed `batch` configurations at a time
+    (all at once when None), rows written after each, so an interrupted run keeps what it
+    measured; with `resume`, measurements the CSV already holds are skipped. `threads`: the
+    CPU thread pool's size, recorded with each row (None where unknown)."""
     import contextlib
 
     import tvm.runtime.vm
 
+    precisions = _check_precisions(precisions or {"cpu": (FLOAT32,), "gpu": (FLOAT32,)})
     path = Path(csv_path)
     done = {(row["kind"], row["role"], row["config"]) for row in read_rows(path)} if resume else set()
     step = max(1, round(1 / concurrent_share)) if concurrent_share and not gpu.emulated else 0
     sampled = set(range(0, len(configs), step)) if step else set()
     roles = (("cpu", cpu, devices[0]), ("gpu", gpu, devices[1]))
-    todo = {role: [(i, concurrent) for concurrent in (False, True) for i in range(len(configs))
-                   if (not concurrent or i in sampled)
-                   and (KERNEL_KINDS[concurrent], role, config_key(configs[i])) not in done]
+    todo = {role: [((i, precision), concurrent) for precision in precisions[role] for concurrent in (False, True)
+                   for i in range(len(configs)) if (not concurrent or i in sampled)
+                   and (KERNEL_KINDS[concurrent], role, config_key(configs[i], precision)) not in done]
             for role, _, _ in roles}
+    converting = {role: [dtype for dtype in conversions_for(precisions) if ("convert", role, dtype) not in done]
+                  for role, _, _ in roles}
     handle, writer = _open_csv(path)
     with handle:
         stamp = time.strftime("%Y-%m-%dT%H:%M:%S")
-        if any(todo.values()):
-            # the other processor is kept busy with its largest kernel
-            load = max(range(len(configs)), key=lambda i: configs[i].macs)
-            loaded = {}
+        loads = {}
+        if sampled and any(concurrent for role in todo for _, concurrent in todo[role]):
+            # the other processor is kept busy with its largest kernel (in its first precision)
+            largest = max(range(len(configs)), key=lambda i: configs[i].macs)
             for role, processor, device in roles:
-                module, names = kernels(role, processor, sorted({i for i, _ in todo[role]} | {load}))
-                loaded[role] = (tvm.runtime.vm.VirtualMachine(module, device), names)
-            cpu_vm, cpu_names = loaded["cpu"]
-            gpu_vm, gpu_names = loaded["gpu"]
-            gpu_load = (gpu_vm[gpu_names[load]], _kernel_args(configs[load], devices[1]), devices[1])
-            if sampled:  # enough launches to outlast a timing (repeat x min_repeat_ms and more)
-                launch_seconds = gpu_vm.time_evaluator(gpu_names[load], devices[1], number=10)(*gpu_load[1]).mean
-                launches = min(1000, int(0.08 / max(launch_seconds, 1e-6)) + 1)
-            for role, processor, device in roles:
-                vm, names = loaded[role]
+                item = (largest, precisions[role][0])
+                module, names = kernels(role, processor, [item], [])
+                vm = tvm.runtime.vm.VirtualMachine(module, device)
+                loads[role] = (vm[names[item]], _kernel_args(configs[largest], item[1], device), device)
+            # enough GPU launches to outlast a timing (repeat x min_repeat_ms and more)
+            gpu_function, gpu_args, gpu_device = loads["gpu"]
+            start = time.perf_counter()
+            for _ in range(10):
+                gpu_function(*gpu_args)
+            gpu_device.sync()
+            launches = min(1000, int(0.08 / max((time.perf_counter() - start) / 10, 1e-6)) + 1)
+        for role, processor, device in roles:
+            if converting[role]:
+                module, _ = kernels(role, processor, [], [(d, size) for d in converting[role] for size in CONVERT_SIZES])
+                vm = tvm.runtime.vm.VirtualMachine(module, device)
+                for dtype in converting[role]:
+                    writer.writerows({"kind": "convert", "role": role, "processor": processor.label(), "config": dtype,
+                                      "bytes": nbytes, "seconds": f"{seconds:.9g}",
+                                      "device": _device_description(processor, threads),
+                                      "tvm": tvm.__version__, "recorded": stamp}
+                                     for nbytes, seconds in measure_conversions(vm, dtype, device))
+                handle.flush()
+            pending = sorted({item for item, _ in todo[role]}, key=lambda item: (item[1], item[0]))
+            size = batch or max(len(pending), 1)
+            for first in range(0, len(pending), size):
+                chunk = pending[first:first + size]
+                module, names = kernels(role, processor, chunk, [])
+                vm = tvm.runtime.vm.VirtualMachine(module, device)
                 for concurrent in (False, True):
-                    items = [i for i, c in todo[role] if c == concurrent]
+                    items = [item for item, c in todo[role] if c == concurrent and item in set(chunk)]
                     if not items:
                         continue
-                    each = (lambda: _QueuedLoad(*gpu_load, launches)) if concurrent and role == "cpu" else None
-                    phase = _BusyLoop(cpu_vm[cpu_names[load]], _kernel_args(configs[load], devices[0]), devices[0]) \
-                        if concurrent and role == "gpu" else contextlib.nullcontext()
-                    label = f"{role} kernels{' (other processor busy)' if concurrent else ''}"
-                    with phase:
-                        times = measure_kernels(vm, [names[i] for i in items], [configs[i] for i in items], device,
+                    # a CPU kernel is timed with GPU kernels queued before it; a GPU kernel while
+                    # another thread keeps the CPU busy
+                    each = (lambda: _QueuedLoad(*loads["gpu"], launches)) if concurrent and role == "cpu" else None
+                    busy = (lambda: _BusyLoop(*loads["cpu"])) if concurrent and role == "gpu" \
+                        else contextlib.nullcontext
+                    label = f"{role} kernels{' (other processor busy)' if concurrent else ''} " \
+                            f"[{first + len(chunk)}/{len(pending)} compiled]"
+                    with busy():
+                        times = measure_kernels(vm, [names[item] for item in items],
+                                                [(configs[i], precision) for i, precision in items], device,
                                                 load=each, progress=None if quiet else progress_bar(label))
-                    writer.writerows(_kernel_row(KERNEL_KINDS[concurrent], role, processor, configs[i], t, stamp,
-                                                 threads) for i, t in zip(items, times))
+                    writer.writerows(_kernel_row(KERNEL_KINDS[concurrent], role, processor, configs[i], precision,
+                                                 t, stamp, threads) for (i, precision), t in zip(items, times))
                     handle.flush()
         if ("copy", "gpu", "h2d") not in done:
             writer.writerows(_copy_rows(gpu, stamp, devices))
     return path
 
+def _built(cpu, configs: list[Layer], processor, items: list[tuple[int, str]], conversions=()):
+    """(module, names by item) of the slice kernels of items [(config index, precision)] and
+    the conversion kernels, compiled here."""
+    module = build_kernels([(configs[i], precision) for i, precision in items], processor, cpu, conversions)
+    return module, {item: f"k{n}" for n, item in enumerate(items)}
 
-def _built(cpu, configs: list[Layer], processor, indices: list[int]):
-    """(module, names by index) of the kernels of configs[indices], compiled here."""
-    module = build_kernels([configs[i] for i in indices], processor, cpu)
-    return module, {i: f"k{n}" for n, i in enumerate(indices)}
 
-
-def profile(csv_path, cpu, gpu, configs: list[Layer], *, quiet: bool = False) -> Path:
-    """Measure `configs` on both processors of this machine and copies between them; append
-    to `csv_path`, skipping what it already holds (so an interrupted run resumes)."""
+def profile(csv_path, cpu, gpu, configs: list[Layer], *, precisions: dict | None = None, quiet: bool = False,
+            batch: int = 24) -> Path:
+    """Measure `configs` in `precisions` (role -> slice precisions, see `profile_precisions`;
+    default float32) on both processors of this machine, the conversions they need and
+    copies between them; append to `csv_path`, skipping what it already holds (so an
+    interrupted run resumes). Kernels are compiled and timed `batch` at a time."""
     from .runtime import cpu_threads, tvm_device
 
     threads = cpu_threads(cpu, gpu)
     devices = [tvm_device(cpu, 0), tvm_device(gpu, 1)]
     return _measure_into(csv_path, cpu, gpu, configs, devices,
-                         lambda role, processor, indices: _built(cpu, configs, processor, indices), threads=threads,
-                         quiet=quiet)
+                         lambda role, processor, items, conversions: _built(cpu, configs, processor, items,
+                                                                            conversions),
+                         threads=threads, precisions=precisions, quiet=quiet, batch=batch)
 
 
-def profile_remote(session, csv_path, cpu, gpu, configs: list[Layer], *, quiet: bool = False) -> Path:
+def profile_remote(session, csv_path, cpu, gpu, configs: list[Layer], *, precisions: dict | None = None,
+                   quiet: bool = False) -> Path:
     """Like `profile`, on the devices of a TVM RPC session (`tvm_mulayer.deploy.connect`):
     kernels are compiled here, uploaded, and timed there."""
     import tempfile
@@ -400,30 +596,42 @@ def profile_remote(session, csv_path, cpu, gpu, configs: list[Layer], *, quiet: 
     from .deploy import remote_devices
 
     with tempfile.TemporaryDirectory() as tmp:
-        def upload(role, processor, indices):
-            local = Path(tmp) / f"{role}-{time.strftime('%Y%m%dT%H%M%S')}.so"
-            module, names = _built(cpu, configs, processor, indices)
+        uploads = []
+
+        def upload(role, processor, items, conversions):
+            local = Path(tmp) / f"{role}-{len(uploads)}.so"
+            uploads.append(local)
+            module, names = _built(cpu, configs, processor, items, conversions)
             module.export_library(str(local))
             session.upload(str(local), local.name)
             return session.load_module(local.name), names
 
         # the remote's thread pool is its own: its size is not known here
         return _measure_into(csv_path, cpu, gpu, configs, remote_devices(session, cpu, gpu), upload, threads=None,
-                             quiet=quiet)
+                             precisions=precisions, quiet=quiet)
 
 
-def export_kernels(directory, cpu, gpu, configs: list[Layer]) -> dict:
+def _exported_items(configs: list[Layer], precisions: dict, role: str) -> list[tuple[int, str]]:
+    return [(i, precision) for precision in precisions[role] for i in range(len(configs))]
+
+
+def export_kernels(directory, cpu, gpu, configs: list[Layer], precisions: dict | None = None) -> dict:
     """Compile the kernels for both processors into `directory` (cpu.so, gpu.so and
-    configs.json), to be measured where the processors are with `measure_exported`.
-    Returns the compiled modules by role."""
+    configs.json) — every configuration in each of `precisions` (default float32) and the
+    conversions those need — to be measured where the processors are with
+    `measure_exported`. Returns the compiled modules by role."""
+    precisions = _check_precisions(precisions or {"cpu": (FLOAT32,), "gpu": (FLOAT32,)})
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     modules = {}
+    conversions = [(dtype, size) for dtype in conversions_for(precisions) for size in CONVERT_SIZES]
     for role, processor in (("cpu", cpu), ("gpu", gpu)):
-        modules[role] = build_kernels(configs, processor, cpu)
+        items = _exported_items(configs, precisions, role)
+        modules[role] = build_kernels([(configs[i], p) for i, p in items], processor, cpu, conversions)
         modules[role].export_library(str(out / f"{role}.so"))
     (out / "configs.json").write_text(json.dumps({"cpu": cpu.to_json(), "gpu": gpu.to_json(),
-                                                  "configs": [config_key(c) for c in configs]}))
+                                                  "configs": [config_key(c) for c in configs],
+                                                  "precisions": {r: list(v) for r, v in precisions.items()}}))
     return modules
 
 
@@ -439,9 +647,17 @@ def measure_exported(directory, csv_path, *, quiet: bool = False) -> Path:
     spec = json.loads((src / "configs.json").read_text())
     cpu, gpu = Processor.from_json(spec["cpu"]), Processor.from_json(spec["gpu"])
     configs = [layer_from_key(key) for key in spec["configs"]]
+    precisions = {role: tuple(values) for role, values in spec.get("precisions", {"cpu": [FLOAT32],
+                                                                                  "gpu": [FLOAT32]}).items()}
     threads = cpu_threads(cpu, gpu)
-    # the exported modules hold every configuration's kernel, named by its index
-    return _measure_into(csv_path, cpu, gpu, configs, [tvm_device(cpu, 0), tvm_device(gpu, 1)],
-                         lambda role, processor, indices: (tvm.runtime.load_module(str(src / f"{role}.so")),
-                                                           {i: f"k{i}" for i in indices}),
-                         threads=threads, quiet=quiet)
+    modules = {}
+
+    def exported(role, processor, items, conversions):
+        # the exported module holds every item's kernel, named by its position in the export
+        if role not in modules:
+            modules[role] = tvm.runtime.load_module(str(src / f"{role}.so"))
+        position = {item: n for n, item in enumerate(_exported_items(configs, precisions, role))}
+        return modules[role], {item: f"k{position[item]}" for item in items}
+
+    return _measure_into(csv_path, cpu, gpu, configs, [tvm_device(cpu, 0), tvm_device(gpu, 1)], exported,
+                         threads=threads, precisions=precisions, quiet=quiet)
