@@ -7,7 +7,15 @@ thread blocks, tails), alone or with the other processor busy. Copies are a line
 seconds = latency + bytes / bandwidth, per direction. What runs besides the layers (VM
 dispatch, GPU launches, pooling/LRN/concat kernels) is a small overhead model fitted to
 whole-model runs by `partitioner.calibrate`. Configurations the profile measured are
-answered with their measurement. A predictor is saved as one JSON file: XGBoost's own JSON
+answered with their measurement.
+
+Each kernel has a slice *precision* (CPU int8/fp32, GPU fp16/fp32, see the profiler): the
+features carry its element size and what the rules for that form do with it — the int8
+dot-product conv/dense rules' tiles on the CPU, the tensor-core GEMM's on a CUDA GPU, the
+generic rules with float16 inputs otherwise. The predictor records which precisions each
+processor was profiled in (`precisions`); one trained before precisions were profiled
+knows float32 only. Converting an input into a slice's form (quantize to uint8, cast to
+float16) is a line per processor and dtype, like the copies. A predictor is saved as one JSON file: XGBoost's own JSON
 model per processor, embedded as text, with the processors it was measured on, the data it
 was trained on (and those measurements), its held-out accuracy and the overheads. It loads
 without pickle.
@@ -49,6 +57,13 @@ def _dtype_bytes(dtype: str) -> int:
     return max(1, int("".join(c for c in dtype if c.isdigit()) or 32) // 8)
 
 
+# slice precision -> (input dtype, weight dtype, accumulator/output dtype) of its kernel
+SLICE_DTYPES = {"int8": ("uint8", "int8", "int32"), "fp16": ("float16", "float16", "float32"),
+                "fp32": ("float32", "float32", "float32")}
+# rule codes of the precision-specific rules, after the float32 ones (0-5)
+RULE_INT8_CONV, RULE_INT8_DENSE, RULE_TENSOR_CORE = 6, 7, 8
+
+
 class KernelFeatures:
     """Feature rows for layer parts run on one processor (`target`: its TVM target JSON;
     `threads`: the CPU thread pool the kernels were timed with)."""
@@ -60,8 +75,12 @@ class KernelFeatures:
         self.gpu = target.get("kind") != "llvm"
         self.threads = max(1, int(threads))
 
-    def __call__(self, layer: Layer, concurrent: bool = False) -> list[float]:
-        nbytes = _dtype_bytes(layer.dtype)
+    def __call__(self, layer: Layer, concurrent: bool = False, precision: str = "fp32") -> list[float]:
+        if precision not in SLICE_DTYPES:
+            raise MulayerError(f"no kernel features for precision {precision!r}; known: {', '.join(SLICE_DTYPES)}")
+        # a float32 layer's slice reads the precision's input dtype (fp32: the layer's own)
+        in_dtype = layer.dtype if precision == "fp32" else SLICE_DTYPES[precision][0]
+        nbytes = _dtype_bytes(in_dtype)
         size = lambda shape: float(np.prod(shape))  # noqa: E731
         spatial = lambda shape: (shape[2], shape[3]) if len(shape) == 4 else (1, 1)  # noqa: E731
         (h, w), (oh, ow) = spatial(layer.input_shape), spatial(layer.output_shape)
@@ -75,9 +94,9 @@ class KernelFeatures:
             schedule = {"rule": 5, "lanes": 1, "tile_channels": 1, "tile_width": 1, "waste": 1.0,
                         "tasks": size(layer.output_shape), "slots": 1, "work": macs / size(layer.output_shape)}
         elif self.gpu:
-            schedule = self._gpu_schedule(layer, depthwise)
+            schedule = self._gpu_schedule(layer, depthwise, precision)
         else:
-            schedule = self._cpu_schedule(layer, depthwise)
+            schedule = self._cpu_schedule(layer, depthwise, precision)
         lanes = 32 if self.gpu else schedule["lanes"]
         tasks = max(schedule["tasks"], 1)
         waves = -(-tasks // schedule["slots"])
@@ -94,36 +113,59 @@ class KernelFeatures:
             math.log(max(schedule.get("shared", 0.0), 1.0)),
         ]
 
-    def _conv_info(self, layer: Layer, depthwise: bool):
-        """The facts the conv rules read from a kernel, from the layer's shapes."""
+    def _conv_info(self, layer: Layer, depthwise: bool, precision: str = "fp32"):
+        """The facts the conv rules read from a kernel, from the layer's shapes and the
+        slice's dtypes."""
         from types import SimpleNamespace
 
-        nbytes = _dtype_bytes(layer.dtype)
+        in_dtype, _, out_dtype = SLICE_DTYPES[precision] if precision != "fp32" else \
+            (layer.dtype, layer.dtype, "int32" if "int" in layer.dtype else layer.dtype)
+        nbytes = _dtype_bytes(in_dtype)
         return SimpleNamespace(
             n=1, f=layer.channels, oh=layer.output_shape[2], ow=layer.output_shape[3], rc=layer.weight_shape[1],
             kh=layer.weight_shape[2], kw=layer.weight_shape[3], stride_h=layer.strides[0], stride_w=layer.strides[1],
             in_c=layer.input_shape[1], in_h=layer.input_shape[2], in_w=layer.input_shape[3], depthwise=depthwise,
-            in_dtype=layer.dtype, out_dtype="int32" if "int" in layer.dtype else layer.dtype,
+            in_dtype=in_dtype, out_dtype=out_dtype,
             weight_bytes=int(np.prod(layer.weight_shape)) * nbytes, input_bytes=int(np.prod(layer.input_shape)) * nbytes)
 
-    def _cpu_schedule(self, layer: Layer, depthwise: bool) -> dict:
-        from .schedules.common import vector_bits
+    def _cpu_schedule(self, layer: Layer, depthwise: bool, precision: str = "fp32") -> dict:
+        from .schedules.common import num_cores, vector_bits
+        from .schedules.cpu import conv2d_int8, dense_int8
         from .schedules.cpu.conv2d import Conv2d
         from .schedules.cpu.dense import Dense
+        from .schedules.cpu.dot_intrin import DEPTH, dot_product_for
 
-        lanes = max(vector_bits(self.target) // (8 * _dtype_bytes(layer.dtype)), 1)
+        in_dtype, _, out_dtype = SLICE_DTYPES[precision] if precision != "fp32" else (layer.dtype,) * 3
+        # the float32 profiles were timed with weights repacked in the kernel; the int8 and
+        # float16 slices as the build runs them, repacked at compile time
+        prepacked = precision != "fp32"
+        lanes = max(vector_bits(self.target) // (8 * _dtype_bytes(in_dtype)), 1)
+        out_bits = 8 * _dtype_bytes(out_dtype)
         slots = self.threads
+        dot = dot_product_for(self.target) if precision == "int8" else None
         if layer.op == "dense":
             k, n = layer.weight_shape
-            if k * n * _dtype_bytes(layer.dtype) >= (1 << 20) and k >= 64 * slots:  # the rule's split-K case
+            if dot is not None:  # dense_int8: column tiles of NB x LANES on the dot product
+                tile = dense_int8.column_blocks(n, dot.lanes, num_cores(self.target)) * dot.lanes
+                return {"rule": RULE_INT8_DENSE, "lanes": dot.lanes, "tile_channels": tile, "tile_width": 1,
+                        "waste": -(-n // tile) * tile / n, "tasks": -(-n // tile), "slots": slots, "work": k * tile}
+            if k * n * out_bits // 8 >= (1 << 20) and k >= 64 * slots:  # the rule's split-K case
                 return {"rule": 4, "lanes": lanes, "tile_channels": n, "tile_width": 1, "waste": 1.0,
                         "tasks": slots, "slots": slots, "work": k * n / slots}
-            t = Dense.tiles(n, k, self.target, 8 * _dtype_bytes(layer.dtype))
+            t = Dense.tiles(n, k, self.target, out_bits)
             tile = t["NU"] * t["VL"]
             return {"rule": 3, "lanes": lanes, "tile_channels": tile, "tile_width": 1,
                     "waste": -(-n // tile) * tile / n, "tasks": -(-n // tile), "slots": slots, "work": k * tile}
-        info = self._conv_info(layer, depthwise)
-        t = Conv2d.tiles(info, self.target)
+        info = self._conv_info(layer, depthwise, precision)
+        # conv2d_int8.fits: groups 1 (not grouped or depthwise), input channels in whole quads
+        if dot is not None and layer.groups == 1 and info.rc % DEPTH == 0:
+            t = conv2d_int8.tiles(info, self.target, dot)
+            channels = t["FB"] * dot.lanes
+            tasks = -(-info.f // channels) * info.oh  # parallel (channel block, output row)
+            return {"rule": RULE_INT8_CONV, "lanes": dot.lanes, "tile_channels": channels, "tile_width": t["XI"],
+                    "waste": -(-info.f // channels) * channels / info.f, "tasks": tasks, "slots": slots,
+                    "work": layer.macs / tasks}
+        t = Conv2d.tiles(info, self.target, prepacked)
         if t["mode"] == "fvec":
             tasks = info.f // t["FV"] * info.oh
             return {"rule": 1, "lanes": lanes, "tile_channels": t["FV"], "tile_width": t["XU"],
@@ -137,19 +179,34 @@ class KernelFeatures:
         return {"rule": 2 if depthwise else 0, "lanes": lanes, "tile_channels": t["FI"], "tile_width": t["XI"],
                 "waste": waste, "tasks": tasks, "slots": slots, "work": layer.macs / tasks}
 
-    def _gpu_schedule(self, layer: Layer, depthwise: bool) -> dict:
+    def _gpu_schedule(self, layer: Layer, depthwise: bool, precision: str = "fp32") -> dict:
         from .schedules.gpu.conv2d import Conv2d, _max_threads
         from .schedules.gpu.dense import Dense
+        from .schedules.gpu.tensor_core import TensorCoreGemm, _is_sm70_cuda, gemm_tiles
 
         slots = 132 * 4  # resident blocks of a large GPU: only the relative wave count matters
+        in_dtype = SLICE_DTYPES[precision][0] if precision != "fp32" else layer.dtype
+        if precision == "fp16" and _is_sm70_cuda(self.target) and layer.groups == 1:
+            # TensorCoreGemm's eligibility: channels x pixels x reduction, each big enough
+            m = layer.channels
+            n = 1 if layer.op == "dense" else layer.output_shape[2] * layer.output_shape[3]
+            k = layer.weight_shape[0] if layer.op == "dense" else int(np.prod(layer.weight_shape[1:]))
+            if n >= TensorCoreGemm.min_pixels and m >= TensorCoreGemm.min_channels and k >= 16:
+                t = gemm_tiles(m, n, k)
+                # thread blocks: output tiles, times the K splits where the rule splits the reduction
+                blocks = -(-m // t.bm) * -(-n // t.bn) * getattr(t, "split_k", 1)
+                return {"rule": RULE_TENSOR_CORE, "tile_channels": t.bm, "tile_width": t.bn,
+                        "waste": blocks * t.bm * t.bn / (m * n), "tasks": blocks, "slots": slots,
+                        "work": -(-k // t.bk) * t.bk * t.bm * t.bn / (t.warps * 32), "threads": t.warps * 32,
+                        "shared": t.shared_bytes()}
         if layer.op == "dense":
             k, n = layer.weight_shape
-            t = Dense.tiles(n, k, 8 * _dtype_bytes(layer.dtype), _max_threads(self.target))
+            t = Dense.tiles(n, k, 8 * _dtype_bytes(in_dtype), _max_threads(self.target))
             columns = t["LANES"] * t["VEC"]
             return {"rule": 3, "tile_channels": columns, "tile_width": t["VEC"], "waste": -(-n // columns) * columns / n,
                     "tasks": -(-n // columns), "slots": slots, "work": k / t["TK"] * t["VEC"],
                     "threads": t["LANES"] * t["TK"]}
-        info = self._conv_info(layer, depthwise)
+        info = self._conv_info(layer, depthwise, precision)
         outputs = info.f * info.oh * info.ow
         if depthwise:
             return {"rule": 2, "tile_channels": 1, "tile_width": 1, "waste": -(-outputs // 256) * 256 / outputs,
@@ -189,14 +246,33 @@ def _threads(rows: list[dict], cpu) -> int:
 
 
 class Predictor:
-    def __init__(self, boosters: dict, copy_model: dict, meta: dict, measured: dict | None = None):
+    def __init__(self, boosters: dict, copy_model: dict, meta: dict, measured: dict | None = None,
+                 convert_model: dict | None = None):
         self.boosters = boosters  # role -> xgboost.Booster (log seconds per multiply-accumulate)
         self.copy_model = copy_model  # "h2d"/"d2h" -> [seconds_fixed, seconds_per_byte]
         self.meta = meta
         # role -> profile kind -> config key -> seconds: configurations the profile measured
         # are answered from it (the regressor is for the others)
         self.measured = measured or {}
+        # role -> dtype -> [seconds_fixed, seconds_per_float32_byte] of converting an input
+        self.convert_model = convert_model or {}
         self._features = {}
+
+    def precisions(self, role: str) -> list:
+        """The slice precisions `role`'s kernels were profiled in (float32 only for a
+        predictor trained before precisions were profiled)."""
+        return list(self.meta.get("precisions", {}).get(role, ["fp32"]))
+
+    def convert_time(self, nbytes: float, role: str, dtype: str) -> float:
+        """Seconds `role` takes to convert `nbytes` of float32 into `dtype` (0 when the
+        profile has no such conversion: see `has_conversion`)."""
+        if nbytes <= 0 or dtype not in self.convert_model.get(role, {}):
+            return 0.0
+        fixed, per_byte = self.convert_model[role][dtype]
+        return fixed + per_byte * nbytes
+
+    def has_conversion(self, role: str, dtype: str) -> bool:
+        return dtype in self.convert_model.get(role, {})
 
     @property
     def gpu_async(self) -> bool:
@@ -214,18 +290,24 @@ class Predictor:
             self._features[role] = KernelFeatures(self.meta[f"{role}_target"], self.meta["cpu_threads"])
         return self._features[role]
 
-    def kernel_times(self, layers: list[Layer], role: str, concurrent: bool = False) -> np.ndarray:
+    def kernel_times(self, layers: list[Layer], role: str, concurrent: bool = False,
+                     precision: str = "fp32") -> np.ndarray:
+        """Seconds of each layer part's slice kernel on `role` computing in `precision`
+        (which must be one of `precisions(role)`)."""
         import xgboost as xgb
 
         from .profiler import KERNEL_KINDS, config_key
 
+        if precision not in self.precisions(role):
+            raise MulayerError(f"the predictor has no {precision} {role} kernel measurements (it was profiled in "
+                               f"{', '.join(self.precisions(role))}); profile with `mulayer profile --precision`")
         if not layers:
             return np.zeros(0)
-        rows = np.array([self.features(role)(layer, concurrent) for layer in layers])
+        rows = np.array([self.features(role)(layer, concurrent, precision) for layer in layers])
         log_macs = np.log([max(layer.macs, 1) for layer in layers])
         predicted = np.exp(self.boosters[role].predict(xgb.DMatrix(rows, feature_names=list(FEATURES))) + log_macs)
         table = self.measured.get(role, {}).get(KERNEL_KINDS[concurrent], {})
-        return np.array([table.get(config_key(layer), p) for layer, p in zip(layers, predicted)])
+        return np.array([table.get(config_key(layer, precision), p) for layer, p in zip(layers, predicted)])
 
     def copy_time(self, nbytes: float, direction: str) -> float:
         if nbytes <= 0:
@@ -235,6 +317,7 @@ class Predictor:
 
     def save(self, path) -> None:
         data = {"format": PREDICTOR_FORMAT, "meta": self.meta, "copy_model": self.copy_model, "measured": self.measured,
+                "convert_model": self.convert_model,
                 "boosters": {role: bytes(b.save_raw("json")).decode() for role, b in self.boosters.items()}}
         Path(path).write_text(json.dumps(data))
 
@@ -254,7 +337,7 @@ class Predictor:
             booster = xgb.Booster()
             booster.load_model(bytearray(text.encode()))
             boosters[role] = booster
-        return Predictor(boosters, data["copy_model"], data["meta"], data.get("measured"))
+        return Predictor(boosters, data["copy_model"], data["meta"], data.get("measured"), data.get("convert_model"))
 
     def check_processors(self, cpu, gpu) -> None:
         """A predictor measured on other processors predicts nothing useful: refuse it."""
@@ -280,42 +363,59 @@ def _fastest(rows: list[dict]) -> dict:
     return fastest
 
 
+def _line(points: list) -> list:
+    """[seconds_fixed, seconds_per_byte] through (bytes, seconds) points, fitted in relative
+    error so the small transfers (most of a split's) are not drowned out by the large ones."""
+    sizes, seconds = np.array(points).T
+    per_byte, fixed = np.polyfit(sizes, seconds, 1, w=1 / seconds)
+    return [max(float(fixed), 0.0), max(float(per_byte), 0.0)]
+
+
 def train(rows: list[dict], cpu, gpu, *, holdout: float = 0.2, seed: int = 0) -> Predictor:
     """Fit per-processor boosters on profiler rows (kernel time per multiply-accumulate in
-    log space, from features of the layer and its schedule, alone or with the other
-    processor busy). Accuracy is measured on held-out configurations — a configuration's
-    alone and concurrent measurements are held out together — and reported for each."""
+    log space, from features of the layer, its slice precision and its schedule, alone or
+    with the other processor busy). Accuracy is measured on held-out layer shapes — a
+    shape's measurements in every precision, alone and concurrent, are held out together —
+    and reported per processor, precision and kind ("cpu int8", "gpu fp16 concurrent")."""
     import xgboost as xgb
 
-    from .profiler import KERNEL_KINDS, layer_from_key
+    from .profiler import KERNEL_KINDS, config_key, parse_config
 
     kernel_rows = [r for r in rows if r["kind"] in KERNEL_KINDS.values()]
     meta = {"cpu_target": cpu.target, "gpu_target": gpu.target, "gpu_async": gpu.device_type != "cpu",
             "gpu_label": gpu.label(), "cpu_label": cpu.label(), "accuracy": {}, "devices": {},
-            "cpu_threads": _threads([r for r in kernel_rows if r["role"] == "cpu"], cpu), "samples": {}}
+            "cpu_threads": _threads([r for r in kernel_rows if r["role"] == "cpu"], cpu), "samples": {},
+            "precisions": {}}
     predictor = Predictor({}, {}, meta)
     fastest = _fastest(kernel_rows)
-    configs = sorted({config for _, _, config in fastest})
-    held_out = set(np.array(configs)[np.random.default_rng(seed).random(len(configs)) < holdout])
+    parsed = {config: parse_config(config) for _, _, config in fastest}
+    shapes = sorted({config_key(layer) for layer, _ in parsed.values()})
+    held_out = set(np.array(shapes)[np.random.default_rng(seed).random(len(shapes)) < holdout])
     params = dict(BOOSTER_PARAMS, seed=seed)
     for role in ("cpu", "gpu"):
         keys = [key for key in fastest if key[1] == role]
         if sum(kind == "kernel" for kind, _, _ in keys) < 10:
             raise MulayerError(f"only {len(keys)} {role} kernel measurements; profile more configurations")
         meta["devices"][role] = sorted({r["device"] for r in kernel_rows if r["role"] == role})
-        layers = [layer_from_key(config) for _, _, config in keys]
+        layers = [parsed[config][0] for _, _, config in keys]
+        precision = np.array([parsed[config][1] for _, _, config in keys])
         concurrent = np.array([kind != "kernel" for kind, _, _ in keys])
-        x = np.array([predictor.features(role)(layer, c) for layer, c in zip(layers, concurrent)])
+        x = np.array([predictor.features(role)(layer, c, p) for layer, c, p in zip(layers, concurrent, precision)])
         log_macs = np.log([max(layer.macs, 1) for layer in layers])
         y = np.log([fastest[key] for key in keys]) - log_macs
-        test = np.array([config in held_out for _, _, config in keys])
+        test = np.array([config_key(layer) in held_out for layer in layers])
         held = xgb.train(params, xgb.DMatrix(x[~test], y[~test], feature_names=list(FEATURES)), BOOSTER_ROUNDS)
         predicted = np.exp(held.predict(xgb.DMatrix(x[test], feature_names=list(FEATURES))) + log_macs[test])
         actual = np.exp(y[test] + log_macs[test])
-        meta["accuracy"][role] = _accuracy(predicted[~concurrent[test]], actual[~concurrent[test]])
-        if concurrent[test].any():
-            meta["accuracy"][f"{role} concurrent"] = _accuracy(predicted[concurrent[test]], actual[concurrent[test]])
-        meta["samples"][role] = {"alone": int((~concurrent).sum()), "concurrent": int(concurrent.sum())}
+        meta["precisions"][role] = sorted(set(precision), key=["int8", "fp16", "fp32"].index)
+        for form in meta["precisions"][role]:
+            for is_concurrent, suffix in ((False, ""), (True, " concurrent")):
+                chosen = (precision[test] == form) & (concurrent[test] == is_concurrent)
+                if chosen.any():
+                    meta["accuracy"][f"{role} {form}{suffix}"] = _accuracy(predicted[chosen], actual[chosen])
+        meta["samples"][role] = {form: {"alone": int(((precision == form) & ~concurrent).sum()),
+                                        "concurrent": int(((precision == form) & concurrent).sum())}
+                                 for form in meta["precisions"][role]}
         predictor.boosters[role] = xgb.train(params, xgb.DMatrix(x, y, feature_names=list(FEATURES)), BOOSTER_ROUNDS)
         for kind, _, config in keys:
             predictor.measured.setdefault(role, {}).setdefault(kind, {})[config] = fastest[(kind, role, config)]
@@ -323,9 +423,12 @@ def train(rows: list[dict], cpu, gpu, *, holdout: float = 0.2, seed: int = 0) ->
         points = [(float(r["bytes"]), float(r["seconds"])) for r in rows if r["kind"] == "copy" and r["config"] == direction]
         if len(points) < 2:
             raise MulayerError(f"no {direction} copy measurements in the profile; profile with copies")
-        sizes, seconds = np.array(points).T
-        # fitted in relative error, so the small copies (most of a split's) are not drowned
-        # out by the 16 MiB ones
-        per_byte, fixed = np.polyfit(sizes, seconds, 1, w=1 / seconds)
-        predictor.copy_model[direction] = [max(float(fixed), 0.0), max(float(per_byte), 0.0)]
+        predictor.copy_model[direction] = _line(points)
+    conversions = {}
+    for r in rows:
+        if r["kind"] == "convert":
+            conversions.setdefault((r["role"], r["config"]), []).append((float(r["bytes"]), float(r["seconds"])))
+    for (role, dtype), points in conversions.items():
+        if len({size for size, _ in points}) >= 2:
+            predictor.convert_model.setdefault(role, {})[dtype] = _line(points)
     return predictor
