@@ -145,7 +145,9 @@ def compile_model(model, cpu="host", gpu=None, split=0.5, shapes=None, predictor
         return build(make_plan(layers, split, multiple, info.sources))
     from .partitioner import auto_plan
 
-    chosen = build(auto_plan(mod["main"], cpu_proc, gpu_proc, predictor, info.sources, multiple)[0])
+    # the partitioner predicts the slices in the precision they will be built in
+    chosen = build(auto_plan(mod["main"], cpu_proc, gpu_proc, predictor, info.sources, multiple, precision=mode,
+                             log=log)[0])
     if not verify:
         return chosen
     candidates = {"auto": chosen}

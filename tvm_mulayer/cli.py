@@ -140,7 +140,8 @@ def cmd_plan(args) -> int:
     cpu, gpu = resolve_processors(args.cpu, args.gpu)
     mod, info = import_onnx(args.model, _parse_shapes(args.shape))
     multiple = max(cpu.channel_multiple, gpu.channel_multiple)
-    plan, choice, graph, predictor = auto_plan(mod["main"], cpu, gpu, args.predictor, info.sources, multiple)
+    plan, choice, graph, predictor = auto_plan(mod["main"], cpu, gpu, args.predictor, info.sources, multiple,
+                                               precision=args.precision, log=print)
     _, events = simulate(graph, choice.gpu_channels, choice.times, predictor, timeline=True)
     print(predicted_table(plan, choice.times, events, cpu, gpu))
     if args.output:
@@ -151,7 +152,8 @@ def cmd_plan(args) -> int:
         from . import compile as compile_model
         from .timeline import measured_events
 
-        executable = compile_model(args.model, cpu=cpu, gpu=gpu, split=plan, shapes=_parse_shapes(args.shape))
+        executable = compile_model(args.model, cpu=cpu, gpu=gpu, split=plan, shapes=_parse_shapes(args.shape),
+                                   precision=args.precision)
         lanes["measured"] = measured_events(executable)
     write_timeline(args.timeline, lanes)
     print(f"timeline written to {args.timeline}")
@@ -160,22 +162,25 @@ def cmd_plan(args) -> int:
 
 def cmd_profile(args) -> int:
     from .build import resolve_processors
-    from .profiler import FRACTIONS, profile, sampled_configs, zoo_configs
+    from .profiler import FRACTIONS, profile, profile_precisions, sampled_configs, zoo_configs
 
     cpu, gpu = resolve_processors(args.cpu, args.gpu)
+    precisions = profile_precisions(args.precision)
     configs = zoo_configs(args.models, fractions=tuple(args.fractions or FRACTIONS), image_size=args.image_size,
-                          width=args.width, channel_multiple=max(cpu.channel_multiple, gpu.channel_multiple))
+                          width=args.width, channel_multiple=max(cpu.channel_multiple, gpu.channel_multiple),
+                          small=args.small)
     configs += sampled_configs(configs, args.sampled)
+    forms = f"CPU {'/'.join(precisions['cpu'])}, GPU {'/'.join(precisions['gpu'])}"
     if args.rpc or args.tracker:
         from .deploy import connect
         from .profiler import profile_remote
 
         session = connect(rpc=args.rpc, tracker=args.tracker, key=args.key)
-        print(f"profiling {len(configs)} layer configurations on the remote {cpu.label()} and {gpu.label()}")
-        path = profile_remote(session, args.output, cpu, gpu, configs)
+        print(f"profiling {len(configs)} layer configurations ({forms}) on the remote {cpu.label()} and {gpu.label()}")
+        path = profile_remote(session, args.output, cpu, gpu, configs, precisions=precisions)
     else:
-        print(f"profiling {len(configs)} layer configurations on {cpu.label()} and {gpu.label()}")
-        path = profile(args.output, cpu, gpu, configs)
+        print(f"profiling {len(configs)} layer configurations ({forms}) on {cpu.label()} and {gpu.label()}")
+        path = profile(args.output, cpu, gpu, configs, precisions=precisions)
     print(f"measurements in {path}")
     return 0
 
@@ -252,6 +257,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", help="write the plan JSON here (usable as --split FILE)")
     p.add_argument("--timeline", default="timeline.png", help="PNG Gantt chart of both processors")
     p.add_argument("--measure", action="store_true", help="also compile, run and draw the measured timeline")
+    p.add_argument("--precision", default="native",
+                   help="slice precision to plan for, as compile takes it: 'native' (int8 CPU + fp16 GPU, "
+                        "default), 'fp32', or overrides such as 'native,gpu=fp32'")
     _add_processor_args(p)
     p.set_defaults(func=cmd_plan)
 
@@ -263,6 +271,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also N layer shapes sampled around the zoo's (other channel counts and sizes)")
     p.add_argument("--image-size", type=int, default=224)
     p.add_argument("--width", type=float, default=1.0)
+    p.add_argument("--small", action="store_true",
+                   help="the models' small variants (`zoo export --small`) instead of --image-size/--width")
+    p.add_argument("--precision", nargs="+", default=["native", "fp32"], metavar="SPEC",
+                   help="slice precisions to profile, in --precision syntax of compile (native, fp32, "
+                        "cpu=int8,gpu=fp32, ...); every precision any SPEC gives a processor is measured "
+                        "(default: native fp32 — int8 and fp32 CPU slices, fp16 and fp32 GPU slices)")
     p.add_argument("--rpc", metavar="HOST:PORT", help="profile the devices of this TVM RPC server")
     p.add_argument("--tracker", metavar="HOST:PORT", help="profile a device from this RPC tracker (with --key)")
     p.add_argument("--key", help="the device key at the tracker")

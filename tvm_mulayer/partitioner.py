@@ -12,6 +12,15 @@ overheads besides them — GPU launches on the host thread, per-kernel costs, th
 LRN/concat kernels that follow layers, per-copy costs — which `calibrate` fits to
 whole-model runs of single-processor and mixed plans.
 
+Precision: the plan's slices compute in the requested precision (`--precision`, native by
+default: int8 CPU slices, fp16 GPU slices), so the kernel times are the predictor's for
+that precision, copies into a slice carry its compact form (uint8 or float16, a quarter or
+half of float32's bytes), and converting an input into that form (quantize, cast) is
+charged on the processor holding the data, once per piece, before it is copied — as the
+split pass does it. A predictor without data for a requested precision (one profiled in
+float32 only) plans that processor with float32 predictions and says so in the plan's
+description and through `log` (a warning by default).
+
 Search: the best uniform ratio first (0 and 1 — both single-processor plans — included),
 then coordinate descent over each layer's ratio, then *branch distribution*: for each
 multi-branch module (Inception, Fire: branches from one input joined by a channel concat)
@@ -176,11 +185,43 @@ class Event:
     nbytes: float = 0.0  # for copies: bytes moved (to the layer named by label)
 
 
+FLOAT32_SLICES = {"cpu": "fp32", "gpu": "fp32"}
+# the dtype a slice of each precision reads its input in (float32 needs no conversion)
+SLICE_INPUT_DTYPE = {"int8": "uint8", "fp16": "float16", "fp32": "float32"}
+DTYPE_BYTES = {"uint8": 1, "float16": 2, "float32": 4}
+
+
+def planned_precision(predictor, requested: dict) -> tuple[dict, list]:
+    """(role -> the precision the partitioner predicts each processor's slices in, notes):
+    the requested one where the predictor was profiled in it, else float32, with a note
+    saying so (and one where conversions into the requested form were not profiled)."""
+    used, notes = {}, []
+    for role in ("cpu", "gpu"):
+        wanted = requested.get(role, "fp32")
+        if wanted in predictor.precisions(role):
+            used[role] = wanted
+            dtype = SLICE_INPUT_DTYPE[wanted]
+            missing = [side for side in ("cpu", "gpu") if dtype != "float32" and not predictor.has_conversion(side, dtype)]
+            if missing:
+                notes.append(f"the predictor has no {dtype} conversion timings on the {' and '.join(missing)}: "
+                             "conversions into the slices' form are not charged")
+        else:
+            used[role] = "fp32"
+            notes.append(f"the predictor has no {wanted} {role.upper()} kernel timings (profiled in "
+                         f"{', '.join(predictor.precisions(role))}): {role.upper()} slices planned with fp32 "
+                         f"predictions; profile with `mulayer profile --precision` and retrain for {wanted}")
+    return used, notes
+
+
 class KernelTimes:
     """Predicted kernel seconds of every candidate part of every layer, alone and with the
-    other processor busy (a split layer's parts run at the same time), in one batch."""
+    other processor busy (a split layer's parts run at the same time), in one batch, with
+    each processor's slices in `precision` (role -> precision; the split pass runs layers it
+    cannot divide whole in float32)."""
 
-    def __init__(self, graph: LayerGraph, predictor, channel_multiple: int, ratios=RATIOS, include: dict | None = None):
+    def __init__(self, graph: LayerGraph, predictor, channel_multiple: int, ratios=RATIOS, include: dict | None = None,
+                 precision: dict | None = None):
+        self.precision = dict(precision or FLOAT32_SLICES)
         self.choices: dict = {}  # layer name -> sorted candidate GPU channel counts
         wanted = {"cpu": {}, "gpu": {}}
         for node in graph.layers:
@@ -196,11 +237,21 @@ class KernelTimes:
                 if k < layer.channels:
                     wanted["cpu"][(layer.name, layer.channels - k)] = layer.part(layer.channels - k) if layer.splittable else layer
         self.seconds = {}
+        whole = {node.layer.name for node in graph.layers if not node.layer.splittable}
         for role, parts in wanted.items():
-            keys = list(parts)
-            for concurrent in (False, True):
-                for key, value in zip(keys, predictor.kernel_times([parts[k] for k in keys], role, concurrent)):
-                    self.seconds[(role, *key, concurrent)] = float(value)
+            by_precision: dict = {}
+            for key in parts:
+                by_precision.setdefault("fp32" if key[0] in whole else self.precision[role], []).append(key)
+            for precision, keys in by_precision.items():
+                for concurrent in (False, True):
+                    for key, value in zip(keys, predictor.kernel_times([parts[k] for k in keys], role, concurrent,
+                                                                       precision)):
+                        self.seconds[(role, *key, concurrent)] = float(value)
+
+    def slice_precision(self, role: str, layer: Layer) -> str:
+        """The precision `role`'s slice of `layer` computes in (float32 for a layer the
+        split pass runs whole)."""
+        return self.precision[role] if layer.splittable else "fp32"
 
     def time(self, role: str, name: str, channels: int, concurrent: bool = False) -> float:
         return self.seconds[(role, name, channels, concurrent)] if channels > 0 else 0.0
@@ -238,27 +289,43 @@ def simulate(graph: LayerGraph, gpu_channels: dict, times: KernelTimes, predicto
         on_gpu = max(0, min(hi, k) - lo)
         return on_gpu if device == 1 else (hi - lo) - on_gpu
 
-    copied = {}  # (src, lo, hi, device) -> arrival: like the split pass, each copy is made once
+    copied = {}  # (src, lo, hi, device, dtype) -> arrival: like the split pass, each copy is made once
+    converted = {}  # (src, lo, hi, holder, dtype) -> when the converted piece is ready on holder
 
-    def bring(segments, device, label):
-        """Copy the channels of `segments` that `device` lacks; returns when all are there."""
+    def convert(src, lo, hi, per, holder, dtype, label):
+        """When channels [lo, hi) of src that `holder` has are ready there in `dtype`: the
+        split pass converts each piece once, on the device holding it, before any copy."""
+        key = (src, lo, hi, holder, dtype)
+        if key not in converted:
+            role = "gpu" if holder else "cpu"
+            seconds = predictor.convert_time(held_on(src, lo, hi, holder) * per, role, dtype) + cost[f"{role}_call"]
+            converted[key] = run(holder, f"{label} input to {dtype}", seconds, 1, ready.get((src, holder), 0.0))
+        return converted[key]
+
+    def bring(segments, device, label, dtype="float32"):
+        """Copy the channels of `segments` that `device` lacks, in `dtype` (converted first
+        where they are); returns when all are there."""
         nonlocal host
         arrival = 0.0
+        scale = DTYPE_BYTES[dtype] / 4  # segments count float32 bytes per channel
         for src, lo, hi, per in segments:
             missing = held_on(src, lo, hi, 1 - device)
-            source_ready = ready.get((src, 1 - device), 0.0)
-            if missing and (src, lo, hi, device) in copied:
-                arrival = max(arrival, copied[(src, lo, hi, device)])
+            if missing and (src, lo, hi, device, dtype) in copied:
+                arrival = max(arrival, copied[(src, lo, hi, device, dtype)])
             elif missing:
+                source_ready = ready.get((src, 1 - device), 0.0) if dtype == "float32" \
+                    else convert(src, lo, hi, per, 1 - device, dtype, label)
                 direction = "h2d" if device == 1 else "d2h"
                 start = max(host, source_ready, gpu if asynchronous else 0.0)  # a copy drains the GPU queue
-                host = start + cost["copy_call"] + predictor.copy_time(missing * per, direction)
+                host = start + cost["copy_call"] + predictor.copy_time(missing * per * scale, direction)
                 if timeline:
-                    events.append(Event("copy", label, start, host, missing * per))
-                copied[(src, lo, hi, device)] = host
+                    events.append(Event("copy", label, start, host, missing * per * scale))
+                copied[(src, lo, hi, device, dtype)] = host
                 arrival = max(arrival, host)
             if held_on(src, lo, hi, device):
-                arrival = max(arrival, ready.get((src, device), 0.0))
+                local = ready.get((src, device), 0.0) if dtype == "float32" \
+                    else convert(src, lo, hi, per, device, dtype, label)
+                arrival = max(arrival, local)
         return arrival
 
     def extra(node: Node, channels: int, device: int, own_bytes: float = 0.0) -> tuple:
@@ -312,9 +379,10 @@ def simulate(graph: LayerGraph, gpu_channels: dict, times: KernelTimes, predicto
             split = 0 < k < node.layer.channels
             for device, channels, lo, hi in ((1, k, 0, k), (0, node.layer.channels - k, k, node.layer.channels)):
                 if channels:
-                    arrivals[(node.index, device)] = bring(_needed_inputs(node, lo, hi), device, node.name)
-                    kernels, seconds = extra(node, channels, device)
                     role = "gpu" if device else "cpu"
+                    dtype = SLICE_INPUT_DTYPE[times.slice_precision(role, node.layer)]
+                    arrivals[(node.index, device)] = bring(_needed_inputs(node, lo, hi), device, node.name, dtype)
+                    kernels, seconds = extra(node, channels, device)
                     compute = times.time(role, node.name, channels, split) * cost[f"{role}_scale"]
                     parts.append((device, node, compute + seconds, kernels))
         for device, node, seconds, kernels in sorted(parts, key=lambda part: -part[0]):  # GPU parts first
@@ -374,7 +442,7 @@ def whole_model_runs(paths, channel_multiple: int) -> list:
             else:
                 continue  # an auto plan that was not recorded
             runs.append({"model": row["model"], "split": row["split"], "graph": graph, "gpu_channels": channels,
-                         "seconds": row["median_ms"] / 1e3})
+                         "seconds": row["median_ms"] / 1e3, "precision": row.get("precision") or "fp32"})
     return runs
 
 
@@ -387,7 +455,12 @@ def calibrate(predictor, runs: list, channel_multiple: int) -> dict:
     from scipy.optimize import minimize
 
     names = list(OVERHEAD_SCALES)
-    times = [KernelTimes(run["graph"], predictor, channel_multiple, include=run["gpu_channels"]) for run in runs]
+    from .quantization import parse_precision
+
+    # each run simulated in its own precision where the predictor has it (float32 otherwise)
+    times = [KernelTimes(run["graph"], predictor, channel_multiple, include=run["gpu_channels"],
+                         precision=planned_precision(predictor, parse_precision(run.get("precision", "fp32")))[0])
+             for run in runs]
 
     def overheads(u):  # u: square roots of the overheads in their scales, then log factors
         values = {name: OVERHEAD_SCALES[name] * float(v) ** 2 for name, v in zip(names, u)}
@@ -432,10 +505,16 @@ class Choice:
     single: dict  # "cpu"/"gpu" -> predicted latency of the single-processor plans
     distributed: list  # names of modules placed by branch distribution
     times: KernelTimes  # the predicted kernel times the search used
+    notes: list = field(default_factory=list)  # where the predictions differ from the request (precision)
 
 
-def partition(graph: LayerGraph, predictor, channel_multiple: int, ratios=RATIOS, sweeps: int = 3) -> Choice:
-    times = KernelTimes(graph, predictor, channel_multiple, ratios)
+def partition(graph: LayerGraph, predictor, channel_multiple: int, ratios=RATIOS, sweeps: int = 3,
+              precision: dict | None = None) -> Choice:
+    """Search the plan of least simulated latency (see the module docstring) with slices in
+    `precision` (role -> precision; default float32), or float32 where the predictor has no
+    data for it (`Choice.notes` says so)."""
+    used, notes = planned_precision(predictor, precision or FLOAT32_SLICES)
+    times = KernelTimes(graph, predictor, channel_multiple, ratios, precision=used)
     layers = {n.name: n.layer for n in graph.layers}
 
     def uniform(ratio):
@@ -469,7 +548,7 @@ def partition(graph: LayerGraph, predictor, channel_multiple: int, ratios=RATIOS
     # A module is distributed when each branch runs whole on one processor and both are used
     # (whichever stage of the search got there).
     distributed = [m.name for m in graph.modules if _distributed(m, best, layers)]
-    return Choice(best, best_time, single, distributed, times)
+    return Choice(best, best_time, single, distributed, times, notes)
 
 
 def _distributed(module: Module, gpu_channels: dict, layers: dict) -> bool:
@@ -499,25 +578,42 @@ def default_predictor(cpu, gpu):
                        "--predictor FILE")
 
 
-def auto_plan(func, cpu, gpu, predictor=None, sources=None, channel_multiple: int = 8):
-    """(Plan chosen by the partitioner, its Choice) for `func`, the imported `main`."""
+def auto_plan(func, cpu, gpu, predictor=None, sources=None, channel_multiple: int = 8, precision=None, log=None):
+    """(Plan chosen by the partitioner, its Choice, the layer graph, the predictor) for
+    `func`, the imported `main`, with slices in `precision` (a mode or overrides as
+    `--precision` takes them, or a role -> precision dict; default native). Where the
+    predictor has no data for that precision the plan is made with float32 predictions:
+    `log` (default: a warning) and the plan's description say so."""
+    import warnings
+
     from .layers import find_layers
     from .plan import make_plan
     from .predictor import Predictor
+    from .quantization import parse_precision
 
+    requested = parse_precision(precision)
     if predictor is None:
         predictor = default_predictor(cpu, gpu)
     elif not isinstance(predictor, Predictor):
         predictor = Predictor.load(predictor)
     predictor.check_processors(cpu, gpu)
     graph = layer_graph(func)
-    choice = partition(graph, predictor, channel_multiple)
+    choice = partition(graph, predictor, channel_multiple, precision=requested)
+    if choice.notes:  # once per plan, every gap in one message
+        message = "--split auto: " + "; ".join(choice.notes)
+        if log:
+            log(f"warning: {message}")
+        else:
+            warnings.warn(message, stacklevel=2)
     layers = find_layers(func)
     channels = {layer.name: layer.channels for layer in layers}
     description = (f"auto: predicted {choice.latency * 1e3:.3f} ms (cpu only {choice.single['cpu'] * 1e3:.3f} ms, "
-                   f"gpu only {choice.single['gpu'] * 1e3:.3f} ms)")
+                   f"gpu only {choice.single['gpu'] * 1e3:.3f} ms; kernels predicted in cpu "
+                   f"{choice.times.precision['cpu']}, gpu {choice.times.precision['gpu']})")
     if choice.distributed:
         description += f"; branch distribution in {len(choice.distributed)} module(s)"
+    if choice.notes:
+        description += "; " + "; ".join(choice.notes)
     spec = {"description": description,
             "layers": {name: {"gpu_channels": k, "ratio": k / channels[name]} for name, k in choice.gpu_channels.items()}}
     plan = make_plan(layers, spec, channel_multiple, sources or {})
