@@ -51,7 +51,7 @@ def balanced_async():
 def test_predictor_learns_and_round_trips(tmp_path, balanced_async):
     predictor, gpu = balanced_async
     for role in ("cpu", "gpu"):
-        accuracy = predictor.meta["accuracy"][role]
+        accuracy = predictor.meta["accuracy"][f"{role} fp32"]
         assert accuracy["samples"] > 10 and accuracy["median_error"] < 0.10
     path = tmp_path / "p.json"
     predictor.save(path)
@@ -205,8 +205,8 @@ def test_training_reports_alone_and_concurrent_accuracy_on_held_out_configs():
         rows.append(dict(row, kind="kernel-concurrent", seconds=row["seconds"] * 1.5))
     predictor = train(rows, CPU, gpu_processor("cuda:sm_90", CPU))
     for role in ("cpu", "gpu"):
-        assert predictor.meta["accuracy"][f"{role} concurrent"]["samples"] > 0
-        assert predictor.meta["samples"][role]["concurrent"] > 0
+        assert predictor.meta["accuracy"][f"{role} fp32 concurrent"]["samples"] > 0
+        assert predictor.meta["samples"][role]["fp32"]["concurrent"] > 0
     layers = zoo_configs(["vgg16"], fractions=(0.5,), image_size=64, width=0.25)
     ratio = predictor.kernel_times(layers, "cpu", True) / predictor.kernel_times(layers, "cpu", False)
     assert np.median(ratio) == pytest.approx(1.5, rel=0.15)

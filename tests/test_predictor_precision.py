@@ -1,0 +1,254 @@
+"""Precision in the profiler, predictor and partitioner (issue 5).
+
+* The profiler's int8 / fp16 kernel of a layer is the split pass's slice: same numbers.
+* A predictor trained on a tiny profile measured here keeps the precisions apart.
+* The partitioner plans native precision with int8/fp16 predictions (a much faster int8
+  CPU gets more of the network than at fp32), charges compact copies exactly as the split
+  pass emits them, and says so — once — when the predictor knows float32 only.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import onnx
+import pytest
+import tvm
+from onnx import TensorProto, helper
+
+from tvm_mulayer.build import _build
+from tvm_mulayer.errors import MulayerError
+from tvm_mulayer.frontend import import_onnx
+from tvm_mulayer.layers import find_layers, layer_weights
+from tvm_mulayer.partitioner import KernelTimes, auto_plan, layer_graph, partition, simulate
+from tvm_mulayer.plan import make_plan
+from tvm_mulayer.predictor import train
+from tvm_mulayer.processors import cpu_processor, gpu_processor
+from tvm_mulayer.profiler import (PROFILE_INPUT_RANGE, build_kernels, config_key, input_form, parse_config,
+                                  profile, profile_precisions, read_rows, zoo_configs)
+
+CPU = cpu_processor("host")
+EMULATED = gpu_processor("emulated", CPU)
+
+
+def _one_layer_model(op: str, rng) -> onnx.ModelProto:
+    """Conv (3x3, pad 1, 8 -> 12 channels) or Gemm (40 -> 12), with bias, then Relu."""
+    if op == "conv2d":
+        x_shape, w = [1, 8, 9, 11], rng.standard_normal((12, 8, 3, 3)).astype("float32") * 0.2
+        node = helper.make_node("Conv", ["x", "w", "b"], ["y"], pads=[1, 1, 1, 1], kernel_shape=[3, 3])
+    else:
+        x_shape, w = [1, 40], rng.standard_normal((40, 12)).astype("float32") * 0.2
+        node = helper.make_node("Gemm", ["x", "w", "b"], ["y"])
+    b = rng.standard_normal(12).astype("float32") * 0.1
+    out_shape = [1, 12, 9, 11] if op == "conv2d" else [1, 12]
+    graph = helper.make_graph(
+        [node, helper.make_node("Relu", ["y"], ["out"])], "one_layer",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, out_shape)],
+        [helper.make_tensor("w", TensorProto.FLOAT, w.shape, w.ravel()),
+         helper.make_tensor("b", TensorProto.FLOAT, b.shape, b.ravel())])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("op,precision", [("conv2d", "int8"), ("dense", "int8"), ("conv2d", "fp16")])
+def test_profiled_slice_kernel_computes_what_the_split_pass_emits(op, precision):
+    """The profiler's kernel for an int8 (fp16) slice, fed the slice's uint8 (float16) input,
+    equals the split pass's slice — built by compile's own path — fed the float32 input that
+    converts to exactly that. int8: the same int32 sums and the same per-channel float32
+    dequantize, so equal to float32 rounding (rtol 1e-6); fp16: float16 products summed in
+    float32, in whatever order each schedule chose (rtol 1e-5, ~100x float32 epsilon for a
+    72-term sum)."""
+    rng = np.random.default_rng(7)
+    model = _one_layer_model(op, rng)
+    mod, info = import_onnx(model)
+    layer = find_layers(mod["main"])[0]
+    weight = layer_weights(mod["main"])[layer.name]
+    bias = np.array([t for t in model.graph.initializer if t.name == "b"][0].float_data, "float32")
+    form = input_form(precision)
+    if precision == "int8":  # uint8 codes; the float32 input that quantizes to exactly them
+        codes = rng.integers(0, 256, layer.input_shape).astype("uint8")
+        x = ((codes.astype("float32") - form.zero_point) * np.float32(form.scale)).astype("float32")
+    else:
+        codes = rng.standard_normal(layer.input_shape).astype("float16")
+        x = codes.astype("float32")
+
+    # the split pass: the whole layer on one processor in `precision`, range = the profile's
+    role = "cpu" if precision == "int8" else "gpu"
+    plan = make_plan([layer], role, 8)
+    plan.layers[0].cpu_precision, plan.layers[0].gpu_precision = ("int8", "fp32") if role == "cpu" else ("fp32", "fp16")
+    plan.layers[0].input_range = list(PROFILE_INPUT_RANGE)
+    split = _build(mod, info, plan, CPU, EMULATED).run({"x": x})["out"]
+
+    processor = CPU if role == "cpu" else EMULATED
+    module = build_kernels([(layer, precision)], processor, CPU, values=[(weight, bias)])
+    device = tvm.cpu(0) if role == "cpu" else tvm.cpu(1)
+    vm = tvm.runtime.vm.VirtualMachine(module, device)
+    profiled = vm["k0"](tvm.runtime.tensor(codes, device)).numpy()
+    assert profiled.shape == split.shape and np.abs(split).max() > 0.1
+    np.testing.assert_allclose(profiled, split, rtol=1e-6 if precision == "int8" else 1e-5, atol=1e-6)
+
+
+def test_config_keys_stay_compatible_and_bad_precisions_are_refused():
+    import dataclasses
+
+    layer = dataclasses.replace(zoo_configs(["alexnet"], fractions=(1.0,), image_size=67, width=0.1)[0], name="")
+    # a float32 key is what profiles written before precisions were profiled hold
+    assert "precision" not in config_key(layer) and parse_config(config_key(layer)) == (layer, "fp32")
+    assert parse_config(config_key(layer, "int8")) == (layer, "int8")
+    assert profile_precisions(["native", "fp32"]) == {"cpu": ("int8", "fp32"), "gpu": ("fp16", "fp32")}
+    assert profile_precisions("cpu=int8,gpu=fp32") == {"cpu": ("int8",), "gpu": ("fp32",)}
+    with pytest.raises(MulayerError, match="precision"):
+        profile_precisions("int4")
+    with pytest.raises(MulayerError, match="precision 'int4'"):
+        parse_config(config_key(layer).replace('"dilation"', '"precision": "int4", "dilation"'))
+
+
+@pytest.fixture(scope="module")
+def measured_profile(tmp_path_factory):
+    """A tiny profile measured on this machine: 6 layer parts of a small VGG in int8 and
+    fp32 on the CPU, fp16 and fp32 on the emulated GPU, the conversions and copies."""
+    configs = zoo_configs(["vgg16"], fractions=(0.5, 1.0), image_size=32, width=0.25, channel_multiple=16)[:6]
+    path = tmp_path_factory.mktemp("profile") / "tiny.csv"
+    profile(path, CPU, EMULATED, configs, precisions=profile_precisions(["native", "fp32"]), quiet=True)
+    return read_rows(path), configs
+
+
+def test_predictor_trained_on_a_measured_profile_keeps_precisions_apart(measured_profile):
+    rows, configs = measured_profile
+    kinds = {(r["kind"], r["role"], parse_config(r["config"])[1] if r["kind"] == "kernel" else r["config"])
+             for r in rows}
+    assert {("kernel", "cpu", "int8"), ("kernel", "cpu", "fp32"), ("kernel", "gpu", "fp16"), ("kernel", "gpu", "fp32"),
+            ("convert", "cpu", "uint8"), ("convert", "gpu", "float16"), ("copy", "gpu", "h2d")} <= kinds
+    predictor = train(rows, CPU, EMULATED, holdout=0.0)
+    assert predictor.precisions("cpu") == ["int8", "fp32"] and predictor.precisions("gpu") == ["fp16", "fp32"]
+    measured = {(r["role"], r["config"]): float(r["seconds"]) for r in rows if r["kind"] == "kernel"}
+    for role, forms in (("cpu", ("int8", "fp32")), ("gpu", ("fp16", "fp32"))):
+        times = {p: predictor.kernel_times(configs, role, precision=p) for p in forms}
+        for p in forms:  # each precision answers with its own measurements
+            np.testing.assert_allclose(times[p], [measured[(role, config_key(c, p))] for c in configs], rtol=1e-9)
+        assert not np.allclose(times[forms[0]], times[forms[1]])
+        # the regressor sees the precision too: an unmeasured shape gets different times
+        unmeasured = [configs[-1].part(configs[-1].channels - 3)]
+        rows_of = [predictor.features(role)(unmeasured[0], False, p) for p in forms]
+        assert rows_of[0] != rows_of[1]
+    with pytest.raises(MulayerError, match="no fp16 cpu kernel"):
+        predictor.kernel_times(configs, "cpu", precision="fp16")
+    # conversions: a line per processor and dtype, growing with the bytes converted
+    for role in ("cpu", "gpu"):
+        for dtype in ("uint8", "float16"):
+            assert 0 < predictor.convert_time(1 << 12, role, dtype) < predictor.convert_time(1 << 24, role, dtype)
+
+
+def _synthetic_rows(rates: dict, launch: float = 20e-6):
+    """Kernel seconds = launch + MACs / rate per (role, precision); conversions and copies
+    cost little. Known answers for the partitioner."""
+    rows = []
+    configs = zoo_configs(["vgg16", "squeezenet1_1"], fractions=(0.125, 0.25, 0.5, 0.75, 1.0), image_size=64,
+                          width=0.25)
+    for layer in configs:
+        for (role, precision), rate in rates.items():
+            rows.append({"kind": "kernel", "role": role, "config": config_key(layer, precision),
+                         "device": "synthetic", "seconds": launch + layer.macs / rate, "bytes": ""})
+    for size in (1024, 65536, 1 << 20):
+        for direction in ("h2d", "d2h"):
+            rows.append({"kind": "copy", "role": "gpu", "config": direction, "bytes": size, "device": "synthetic",
+                         "seconds": 2e-6 + size * 1e-11})
+        for role in ("cpu", "gpu"):
+            for dtype in ("uint8", "float16"):
+                rows.append({"kind": "convert", "role": role, "config": dtype, "bytes": size, "device": "synthetic",
+                             "seconds": 1e-6 + size * 1e-11})
+    return rows
+
+
+ASYNC_GPU = gpu_processor("cuda:sm_90", CPU)
+
+
+@pytest.fixture(scope="module")
+def int8_fast_predictor():
+    """CPU and an asynchronous GPU equally fast in float32 (so float32 plans split); the
+    int8 CPU slices 8x faster, fp16 GPU slices as fast as float32."""
+    rates = {("cpu", "fp32"): 2e9, ("cpu", "int8"): 16e9, ("gpu", "fp32"): 2e9, ("gpu", "fp16"): 2e9}
+    return train(_synthetic_rows(rates), CPU, ASYNC_GPU)
+
+
+def _cpu_macs(plan, layers) -> float:
+    by_name = {layer.name: layer for layer in layers}
+    return sum(by_name[lp.name].macs * (1 - lp.gpu_channels / lp.channels) for lp in plan.layers)
+
+
+def test_native_plans_use_int8_predictions_and_give_the_cpu_more(small_zoo, int8_fast_predictor):
+    mod, info = import_onnx(small_zoo["vgg16"])
+    layers = find_layers(mod["main"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the predictor has every precision asked for: no warning
+        native, choice, _, _ = auto_plan(mod["main"], CPU, ASYNC_GPU, int8_fast_predictor, info.sources, 8,
+                                         precision="native")
+        fp32, fp32_choice, _, _ = auto_plan(mod["main"], CPU, ASYNC_GPU, int8_fast_predictor, info.sources, 8,
+                                            precision="fp32")
+    assert choice.times.precision == {"cpu": "int8", "gpu": "fp16"} and not choice.notes
+    assert fp32_choice.times.precision == {"cpu": "fp32", "gpu": "fp32"}
+    total = sum(layer.macs for layer in layers)
+    assert 0.2 * total < _cpu_macs(fp32, layers) < 0.8 * total  # equal speeds: shared
+    assert _cpu_macs(native, layers) > _cpu_macs(fp32, layers) + 0.1 * total
+    assert choice.latency < fp32_choice.latency
+    assert "kernels predicted in cpu int8, gpu fp16" in native.description
+
+
+def test_a_float32_only_predictor_falls_back_and_says_so_once(small_zoo):
+    rates = {("cpu", "fp32"): 2e9, ("gpu", "fp32"): 2e9}
+    predictor = train(_synthetic_rows(rates), CPU, EMULATED)
+    mod, info = import_onnx(small_zoo["squeezenet1_1"])
+    with pytest.warns(UserWarning) as caught:
+        plan, choice, _, _ = auto_plan(mod["main"], CPU, EMULATED, predictor, info.sources, 8)  # native by default
+    messages = [str(w.message) for w in caught if "split auto" in str(w.message)]
+    assert len(messages) == 1
+    assert "no int8 CPU kernel timings" in messages[0] and "no fp16 GPU kernel timings" in messages[0]
+    assert choice.times.precision == {"cpu": "fp32", "gpu": "fp32"}
+    assert "planned with fp32 predictions" in plan.description
+    logged = []
+    auto_plan(mod["main"], CPU, EMULATED, predictor, info.sources, 8, precision="cpu=int8,gpu=fp32", log=logged.append)
+    assert len(logged) == 1 and "int8" in logged[0] and "fp16" not in logged[0]
+
+
+@pytest.mark.parametrize("name", ["squeezenet1_1", "mobilenet_v1"])
+def test_simulated_copies_at_native_precision_are_the_split_pass_copies(small_zoo, int8_fast_predictor, name):
+    """Copies into int8 CPU slices move uint8, into fp16 GPU slices float16: the simulated
+    bytes equal the bytes of the split pass's transfers, by dtype."""
+    from tvm_mulayer.passes import SplitChannels
+
+    mod, _ = import_onnx(small_zoo[name])
+    graph = layer_graph(mod["main"])
+    layers = find_layers(mod["main"])
+    rng = np.random.default_rng(len(name))
+    plan = make_plan(layers, {"layers": {l.name: float(rng.choice([0, 0.25, 0.5, 1])) for l in layers}}, 8)
+    for lp, layer in zip(plan.layers, layers):
+        if layer.splittable:
+            lp.gpu_precision = "fp16"
+            if lp.gpu_channels < lp.channels:
+                lp.cpu_precision, lp.input_range = "int8", [0.0, 1.0]
+    times = KernelTimes(graph, int8_fast_predictor, 8, include={lp.name: lp.gpu_channels for lp in plan.layers},
+                        precision={"cpu": "int8", "gpu": "fp16"})
+    _, events = simulate(graph, {lp.name: lp.gpu_channels for lp in plan.layers}, times, int8_fast_predictor,
+                         timeline=True)
+    predicted = sum(e.nbytes for e in events if e.lane == "copy")
+    llvm = tvm.target.Target({"kind": "llvm"})
+    split = SplitChannels(plan, llvm, llvm)(mod)
+    emitted, dtypes = 0, set()
+    for binding in split["main"].body.blocks[0].bindings:
+        value = binding.value
+        if isinstance(value, tvm.relax.Call) and getattr(value.op, "name", "") == "relax.to_vdevice":
+            ty = binding.var.ty
+            emitted += int(np.prod([int(d) for d in ty.shape.values])) * tvm.runtime.DataType(ty.dtype).bits // 8
+            dtypes.add(str(ty.dtype))
+    assert {"uint8", "float16"} & dtypes
+    assert predicted == pytest.approx(emitted)
+    # and the conversions are charged as kernels on the processor holding the data
+    assert any("input to uint8" in e.label for e in events) and any("input to float16" in e.label for e in events)
+
+
+def test_partition_without_precision_is_float32(small_zoo, int8_fast_predictor):
+    graph = layer_graph(import_onnx(small_zoo["squeezenet1_1"])[0]["main"])
+    choice = partition(graph, int8_fast_predictor, 8)
+    assert choice.times.precision == {"cpu": "fp32", "gpu": "fp32"}
+    assert choice.latency <= min(choice.single.values()) * (1 + 1e-9)
