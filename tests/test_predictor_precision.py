@@ -81,10 +81,11 @@ def test_profiled_slice_kernel_computes_what_the_split_pass_emits(op, precision)
     split = _build(mod, info, plan, CPU, EMULATED).run({"x": x})["out"]
 
     processor = CPU if role == "cpu" else EMULATED
-    module = build_kernels([(layer, precision)], processor, CPU, values=[(weight, bias)])
+    module, weights = build_kernels([(layer, precision)], processor, CPU, values=[(weight, bias)])
     device = tvm.cpu(0) if role == "cpu" else tvm.cpu(1)
     vm = tvm.runtime.vm.VirtualMachine(module, device)
-    profiled = vm["k0"](tvm.runtime.tensor(codes, device)).numpy()
+    args = [tvm.runtime.tensor(a, device) for a in (codes, *weights["k0"])]
+    profiled = vm["k0"](*args).numpy()
     assert profiled.shape == split.shape and np.abs(split).max() > 0.1
     np.testing.assert_allclose(profiled, split, rtol=1e-6 if precision == "int8" else 1e-5, atol=1e-6)
 

@@ -13,8 +13,8 @@ interrupted run resume.
 Each configuration also carries the *precision* its slice computes in (CPU: int8 or fp32,
 GPU: fp16 or fp32; see `tvm_mulayer.quantization`). Its kernel is the one the split pass
 emits for that slice — built by the split pass's own `_slice_layer` from the slice's input
-form (uint8, float16 or float32), with constant weights prepacked at compile time as
-`build.lower` does — so an int8 configuration times exactly uint8 x int8 -> int32 plus its
+form (uint8, float16 or float32), its weights lifted into parameters and repacked at compile
+time as `build.lower` does — so an int8 configuration times exactly uint8 x int8 -> int32 plus its
 dequantize, and an fp16 one float16 inputs with float32 accumulation. Converting the input
 into the slice's form (quantize to uint8, cast to float16) runs on whichever processor holds
 the data, before any copy; it is timed separately (`convert` rows: bytes = the float32
@@ -257,22 +257,26 @@ def slice_module(items: list[tuple[Layer, str]], conversions=(), values=None):
     return bb.get()
 
 
-def build_kernels(items: list[tuple[Layer, str]], processor, host, conversions=(), values=None):
+def build_kernels(items: list[tuple[Layer, str]], processor, host, conversions=(), values=None) -> tuple:
     """Compile the slice kernels of `items` (layer, precision) and the `conversions` for one
-    processor (host = the CPU processor) as `build.lower` compiles a model's: legalize, fuse,
-    the project's schedules for prepacked weights, and the weight repacks run here, at
-    compile time (each kernel function's constants)."""
+    processor (host = the CPU processor) as `build.lower` compiles a model's: weights lifted
+    into parameters, legalize, fuse, the project's schedules for prepacked weights, and the
+    weight repacks run here, at compile time. Returns (module, weights): `k{n}(x, *weights)`
+    takes the weights[f"k{n}"] arrays (repacked, in parameter order) after its input; the
+    module does not hold them, so it stays small to upload or export."""
     import tvm
     from tvm import relax
 
     from .build import vm_pipeline
+    from .passes import LiftWeights
     from .schedules import PrepackWeights, ScheduleForTargets
 
     target = processor.tvm_target(host)
     mod = slice_module(items, conversions, values)
-    names = [gv.name_hint for gv in mod.get_global_vars()]
+    names = [f"k{n}" for n in range(len(items))]
     with target:
         mod = tvm.transform.Sequential([
+            *[LiftWeights(name) for name in names],
             relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(),
             relax.transform.FuseOps(), relax.transform.FuseTIR(),
             _bind_target(target),
@@ -280,7 +284,18 @@ def build_kernels(items: list[tuple[Layer, str]], processor, host, conversions=(
             relax.transform.SplitLayoutRewritePreproc(),
             *[PrepackWeights(name) for name in names],
         ])(mod)
-    return tvm.compile(mod, target=target, relax_pipeline=vm_pipeline())
+    weights = {}
+    for name in names:
+        func = mod[name]
+        weights[name] = [w.numpy() for w in func.attrs["params"]] if "params" in func.attrs else []
+        if "params" in func.attrs:
+            mod.update_func(mod.get_global_var(name), func.without_attr("params"))
+    return tvm.compile(mod, target=target, relax_pipeline=vm_pipeline()), weights
+
+
+def weight_specs(weights: dict) -> dict:
+    """name -> [(shape, dtype)] of each kernel's weight parameters."""
+    return {name: [(list(w.shape), str(w.dtype)) for w in arrays] for name, arrays in weights.items()}
 
 
 def _bind_target(target):
@@ -296,13 +311,17 @@ def _bind_target(target):
     return bind
 
 
-def _kernel_args(layer: Layer, precision: str, device) -> list:
-    """The input of a configuration's slice kernel, in the slice's form, on `device`.
-    Constant values: a kernel's speed does not depend on them (no denormals)."""
+def _kernel_args(layer: Layer, precision: str, device, specs=()) -> list:
+    """The input of a configuration's slice kernel, in the slice's form, then its weight
+    parameters (`specs`: shapes and dtypes), on `device`. Constant values: a kernel's speed
+    does not depend on them (no denormals), and drawing VGG's 100M random weights would take
+    longer than timing them."""
     import tvm
 
     dtype = input_form(precision).dtype
-    return [tvm.runtime.tensor(np.full(layer.input_shape, 1 if dtype == "uint8" else 0.5, dtype), device)]
+    arrays = [np.full(layer.input_shape, 1 if dtype == "uint8" else 0.5, dtype)]
+    arrays += [np.full(shape, 1, dtype) for shape, dtype in specs]
+    return [tvm.runtime.tensor(array, device) for array in arrays]
 
 
 class _BusyLoop:
@@ -349,17 +368,17 @@ class _QueuedLoad:
         self.device.sync()
 
 
-def measure_kernels(vm, names: list[str], items: list[tuple[Layer, str]], device, *, min_repeat_ms: int = 5,
-                    repeat: int = 7, load=None, progress=None) -> list[float]:
-    """Seconds of the kernels `names` of `vm` (computing `items`, (layer, precision)) on
-    `device`, inputs already there: the fastest of `repeat` timings, since other load on the
-    machine only ever adds time. `load()`, when given, is entered around each timing
-    (`_QueuedLoad`)."""
+def measure_kernels(vm, names: list[str], items: list[tuple[Layer, str]], device, *, specs: dict | None = None,
+                    min_repeat_ms: int = 5, repeat: int = 7, load=None, progress=None) -> list[float]:
+    """Seconds of the kernels `names` of `vm` (computing `items`, (layer, precision), with
+    weight parameters `specs` by name) on `device`, inputs already there: the fastest of
+    `repeat` timings, since other load on the machine only ever adds time. `load()`, when
+    given, is entered around each timing (`_QueuedLoad`)."""
     import contextlib
 
     times = []
     for index, (name, (layer, precision)) in enumerate(zip(names, items)):
-        args = _kernel_args(layer, precision, device)
+        args = _kernel_args(layer, precision, device, (specs or {}).get(name, ()))
         timer = vm.time_evaluator(name, device, number=1, repeat=repeat, min_repeat_ms=min_repeat_ms)
         with load() if load else contextlib.nullcontext():
             times.append(float(np.min(timer(*args).results)))
@@ -485,8 +504,9 @@ def _measure_into(csv_path, cpu, gpu, configs: list[Layer], devices: list, kerne
     processor busy, where the GPU is a real, asynchronous one), the input conversions those
     precisions need, on both, and copies between them, appending rows to `csv_path`.
     `kernels(role, processor, items, conversions)` gives a module holding the slice kernels
-    of items [(config index, precision)] and the conversion kernels [(dtype, bytes)], and the
-    kernels' names by item. Kernels are compiled and timed `batch` configurations at a time
+    of items [(config index, precision)] and the conversion kernels [(dtype, bytes)], the
+    kernels' names by item and their weight parameters' specs by name (`weight_specs`).
+    Kernels are compiled and timed `batch` configurations at a time
     (all at once when None), rows written after each, so an interrupted run keeps what it
     measured; with `resume`, measurements the CSV already holds are skipped. `threads`: the
     CPU thread pool's size, recorded with each row (None where unknown)."""
@@ -515,9 +535,10 @@ def _measure_into(csv_path, cpu, gpu, configs: list[Layer], devices: list, kerne
             largest = max(range(len(configs)), key=lambda i: configs[i].macs)
             for role, processor, device in roles:
                 item = (largest, precisions[role][0])
-                module, names = kernels(role, processor, [item], [])
+                module, names, specs = kernels(role, processor, [item], [])
                 vm = tvm.runtime.vm.VirtualMachine(module, device)
-                loads[role] = (vm[names[item]], _kernel_args(configs[largest], item[1], device), device)
+                loads[role] = (vm[names[item]], _kernel_args(configs[largest], item[1], device, specs[names[item]]),
+                               device)
             # enough GPU launches to outlast a timing (repeat x min_repeat_ms and more)
             gpu_function, gpu_args, gpu_device = loads["gpu"]
             start = time.perf_counter()
@@ -527,7 +548,8 @@ def _measure_into(csv_path, cpu, gpu, configs: list[Layer], devices: list, kerne
             launches = min(1000, int(0.08 / max((time.perf_counter() - start) / 10, 1e-6)) + 1)
         for role, processor, device in roles:
             if converting[role]:
-                module, _ = kernels(role, processor, [], [(d, size) for d in converting[role] for size in CONVERT_SIZES])
+                module, _, _ = kernels(role, processor, [], [(d, size) for d in converting[role]
+                                                             for size in CONVERT_SIZES])
                 vm = tvm.runtime.vm.VirtualMachine(module, device)
                 for dtype in converting[role]:
                     writer.writerows({"kind": "convert", "role": role, "processor": processor.label(), "config": dtype,
@@ -540,7 +562,7 @@ def _measure_into(csv_path, cpu, gpu, configs: list[Layer], devices: list, kerne
             size = batch or max(len(pending), 1)
             for first in range(0, len(pending), size):
                 chunk = pending[first:first + size]
-                module, names = kernels(role, processor, chunk, [])
+                module, names, specs = kernels(role, processor, chunk, [])
                 vm = tvm.runtime.vm.VirtualMachine(module, device)
                 for concurrent in (False, True):
                     items = [item for item, c in todo[role] if c == concurrent and item in set(chunk)]
@@ -556,7 +578,8 @@ def _measure_into(csv_path, cpu, gpu, configs: list[Layer], devices: list, kerne
                     with busy():
                         times = measure_kernels(vm, [names[item] for item in items],
                                                 [(configs[i], precision) for i, precision in items], device,
-                                                load=each, progress=None if quiet else progress_bar(label))
+                                                specs=specs, load=each,
+                                                progress=None if quiet else progress_bar(label))
                     writer.writerows(_kernel_row(KERNEL_KINDS[concurrent], role, processor, configs[i], precision,
                                                  t, stamp, threads) for (i, precision), t in zip(items, times))
                     handle.flush()
@@ -565,10 +588,10 @@ def _measure_into(csv_path, cpu, gpu, configs: list[Layer], devices: list, kerne
     return path
 
 def _built(cpu, configs: list[Layer], processor, items: list[tuple[int, str]], conversions=()):
-    """(module, names by item) of the slice kernels of items [(config index, precision)] and
-    the conversion kernels, compiled here."""
-    module = build_kernels([(configs[i], precision) for i, precision in items], processor, cpu, conversions)
-    return module, {item: f"k{n}" for n, item in enumerate(items)}
+    """(module, names by item, weight specs by name) of the slice kernels of items [(config
+    index, precision)] and the conversion kernels, compiled here."""
+    module, weights = build_kernels([(configs[i], precision) for i, precision in items], processor, cpu, conversions)
+    return module, {item: f"k{n}" for n, item in enumerate(items)}, weight_specs(weights)
 
 
 def profile(csv_path, cpu, gpu, configs: list[Layer], *, precisions: dict | None = None, quiet: bool = False,
@@ -601,10 +624,10 @@ def profile_remote(session, csv_path, cpu, gpu, configs: list[Layer], *, precisi
         def upload(role, processor, items, conversions):
             local = Path(tmp) / f"{role}-{len(uploads)}.so"
             uploads.append(local)
-            module, names = _built(cpu, configs, processor, items, conversions)
+            module, names, specs = _built(cpu, configs, processor, items, conversions)
             module.export_library(str(local))
             session.upload(str(local), local.name)
-            return session.load_module(local.name), names
+            return session.load_module(local.name), names, specs
 
         # the remote's thread pool is its own: its size is not known here
         return _measure_into(csv_path, cpu, gpu, configs, remote_devices(session, cpu, gpu), upload, threads=None,
@@ -623,15 +646,17 @@ def export_kernels(directory, cpu, gpu, configs: list[Layer], precisions: dict |
     precisions = _check_precisions(precisions or {"cpu": (FLOAT32,), "gpu": (FLOAT32,)})
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
-    modules = {}
+    modules, specs = {}, {}
     conversions = [(dtype, size) for dtype in conversions_for(precisions) for size in CONVERT_SIZES]
     for role, processor in (("cpu", cpu), ("gpu", gpu)):
         items = _exported_items(configs, precisions, role)
-        modules[role] = build_kernels([(configs[i], p) for i, p in items], processor, cpu, conversions)
+        modules[role], weights = build_kernels([(configs[i], p) for i, p in items], processor, cpu, conversions)
+        specs[role] = weight_specs(weights)
         modules[role].export_library(str(out / f"{role}.so"))
     (out / "configs.json").write_text(json.dumps({"cpu": cpu.to_json(), "gpu": gpu.to_json(),
                                                   "configs": [config_key(c) for c in configs],
-                                                  "precisions": {r: list(v) for r, v in precisions.items()}}))
+                                                  "precisions": {r: list(v) for r, v in precisions.items()},
+                                                  "weights": specs}))
     return modules
 
 
@@ -657,7 +682,7 @@ def measure_exported(directory, csv_path, *, quiet: bool = False) -> Path:
         if role not in modules:
             modules[role] = tvm.runtime.load_module(str(src / f"{role}.so"))
         position = {item: n for n, item in enumerate(_exported_items(configs, precisions, role))}
-        return modules[role], {item: f"k{position[item]}" for item in items}
+        return modules[role], {item: f"k{position[item]}" for item in items}, spec.get("weights", {}).get(role, {})
 
     return _measure_into(csv_path, cpu, gpu, configs, [tvm_device(cpu, 0), tvm_device(gpu, 1)], exported,
                          threads=threads, precisions=precisions, quiet=quiet)
