@@ -68,12 +68,16 @@ class KernelFeatures:
     """Feature rows for layer parts run on one processor (`target`: its TVM target JSON;
     `threads`: the CPU thread pool the kernels were timed with)."""
 
-    def __init__(self, target: dict, threads: int):
+    def __init__(self, target: dict, threads: int, fp32_prepacked: bool = False):
         import tvm
 
         self.target = tvm.target.Target(target)
         self.gpu = target.get("kind") != "llvm"
         self.threads = max(1, int(threads))
+        # whether float32 kernels were timed with their weights repacked at compile time (the
+        # profiler since slice precisions; before, the repack ran in the kernel, which makes
+        # the Conv2d rule prefer another form for some layers)
+        self.fp32_prepacked = fp32_prepacked
 
     def __call__(self, layer: Layer, concurrent: bool = False, precision: str = "fp32") -> list[float]:
         if precision not in SLICE_DTYPES:
@@ -136,9 +140,9 @@ class KernelFeatures:
         from .schedules.cpu.dot_intrin import DEPTH, dot_product_for
 
         in_dtype, _, out_dtype = SLICE_DTYPES[precision] if precision != "fp32" else (layer.dtype,) * 3
-        # the float32 profiles were timed with weights repacked in the kernel; the int8 and
-        # float16 slices as the build runs them, repacked at compile time
-        prepacked = precision != "fp32"
+        # int8/float16 slices were always timed as the build runs them, weights repacked at
+        # compile time; float32 ones too unless the predictor predates that
+        prepacked = precision != "fp32" or self.fp32_prepacked
         lanes = max(vector_bits(self.target) // (8 * _dtype_bytes(in_dtype)), 1)
         out_bits = 8 * _dtype_bytes(out_dtype)
         slots = self.threads
@@ -287,7 +291,8 @@ class Predictor:
 
     def features(self, role: str) -> KernelFeatures:
         if role not in self._features:
-            self._features[role] = KernelFeatures(self.meta[f"{role}_target"], self.meta["cpu_threads"])
+            self._features[role] = KernelFeatures(self.meta[f"{role}_target"], self.meta["cpu_threads"],
+                                                  self.meta.get("fp32_weights_prepacked", False))
         return self._features[role]
 
     def kernel_times(self, layers: list[Layer], role: str, concurrent: bool = False,
@@ -385,7 +390,11 @@ def train(rows: list[dict], cpu, gpu, *, holdout: float = 0.2, seed: int = 0) ->
     meta = {"cpu_target": cpu.target, "gpu_target": gpu.target, "gpu_async": gpu.device_type != "cpu",
             "gpu_label": gpu.label(), "cpu_label": cpu.label(), "accuracy": {}, "devices": {},
             "cpu_threads": _threads([r for r in kernel_rows if r["role"] == "cpu"], cpu), "samples": {},
-            "precisions": {}}
+            "precisions": {},
+            # the profiler times float32 kernels with compile-time weight repacks (profiles
+            # made before slice precisions repacked in the kernel: retraining one of them
+            # gives its float32 rows the rule choice of prepacked weights)
+            "fp32_weights_prepacked": True}
     predictor = Predictor({}, {}, meta)
     fastest = _fastest(kernel_rows)
     parsed = {config: parse_config(config) for _, _, config in fastest}
