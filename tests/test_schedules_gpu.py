@@ -19,7 +19,8 @@ from tvm.relax import op
 from tvm.target import Target
 
 from tvm_mulayer import schedules
-from tvm_mulayer.schedules.gpu.tensor_core import TensorCoreGemm, gemm_tiles
+from tvm_mulayer.schedules.gpu import tensor_core
+from tvm_mulayer.schedules.gpu.tensor_core import GemmTiles, TensorCoreGemm, gemm_tiles
 
 CUDA = Target({"kind": "cuda", "arch": "sm_90"}, host="llvm")
 CUDA_PASCAL = Target({"kind": "cuda", "arch": "sm_61"}, host="llvm")  # no tensor cores
@@ -81,13 +82,79 @@ TENSOR_CORE_CONVS = {
 }
 
 
+def conv_tiles(cin, cout, hw, k, stride, pad, stages=TensorCoreGemm.stages):
+    """The tiles the rule picks for a conv (gemm_tiles of its GEMM shape)."""
+    oh = (hw + 2 * pad - k) // stride + 1
+    return gemm_tiles(cout, oh * oh, cin * k * k, k * k, stages, cin)
+
+
 @pytest.mark.parametrize("case", list(TENSOR_CORE_CONVS), ids=list(TENSOR_CORE_CONVS))
 def test_fp16_conv_uses_tensor_cores_on_sm90(case):
     cin, cout, hw, k, stride, pad = TENSOR_CORE_CONVS[case]
     rule, source = build_source(layer_func("conv2d", (1, cin, hw, hw), (cout, cin, k, k), stride, pad), CUDA)
     assert rule == "gpu.Conv2d"
     assert "wmma::mma_sync" in source and "wmma::load_matrix_sync" in source
-    assert kernel_count(source) == 1  # padding, GEMM and epilogue: one kernel
+    # padding, GEMM and epilogue: one kernel; split-K adds the kernel that sums the ranges
+    assert kernel_count(source) == (2 if conv_tiles(*TENSOR_CORE_CONVS[case]).split_k > 1 else 1)
+
+
+def kernels_of(source):
+    """{kernel name: body} of a generated CUDA source."""
+    parts = re.split(r'extern "C" __global__ void (?:__launch_bounds__\(\d+\) )?(\w+)\(', source)
+    return {name: body for name, body in zip(parts[1::2], parts[2::2]) if "{" in body.split(";")[0]}
+
+
+def test_deep_k_on_a_small_plane_splits_k_and_drops_padded_pixels():
+    """VGG's 512->512 3x3 conv on 14x14: 64x64 tiles give 32 blocks for 132 SMs, so K is
+    split over blockIdx.z and a second kernel adds the ranges; its write must skip the
+    pixels 196..255 of the padded tile (they once overwrote the next channel's first ones)."""
+    tiles = conv_tiles(512, 512, 14, 3, 1, 1)
+    assert tiles.split_k > 1 and tiles.bm * tiles.bn == 64 * 64
+    assert -(-512 // tiles.bm) * -(-196 // tiles.bn) * tiles.split_k >= tensor_core.TARGET_BLOCKS
+    _, source = build_source(layer_func("conv2d", (1, 512, 14, 14), (512, 512, 3, 3), 1, 1), CUDA)
+    gemm, total = kernels_of(source).values()
+    assert "blockIdx.z" in gemm and "wmma::mma_sync" in gemm and "compute_intermediate_ptr" not in gemm
+    assert "wmma" not in total and "blockIdx.z" not in total
+    guard = total[:total.index("compute_intermediate_ptr[")]  # what precedes the output store
+    assert "< 196" in guard or "< 49" in guard  # pixel < 196 (or pixel / 4 < 49)
+
+
+def test_channels_inner_gather_has_no_window_division():
+    """K = (ky, kx, c) for a 3x3 conv with 256 channels: the gather finds c with a mask and
+    (ky, kx) per slab, not with divisions by 9 and 3 per element; weights at stride 9."""
+    assert conv_tiles(256, 256, 56, 3, 1, 1).channels_inner
+    _, source = build_source(layer_func("conv2d", (1, 256, 56, 56), (256, 256, 3, 3), 1, 1), CUDA)
+    gemm = next(iter(kernels_of(source).values()))
+    assert not re.search(r"[%/] 9\)", gemm) and not re.search(r"% 3\)", gemm)
+    assert re.search(r"\(\(int\)threadIdx.x\) \* 9\)", gemm)  # consecutive lanes: consecutive c
+
+
+def test_k_loop_is_double_buffered():
+    """stages 2: both operand slabs go through registers (the next slab's global loads are
+    issued before this slab's MMAs) into two shared-memory buffers."""
+    assert TensorCoreGemm.stages == 2
+    _, source = build_source(layer_func("conv2d", (1, 256, 56, 56), (256, 256, 3, 3), 1, 1), CUDA)
+    staged = set(re.findall(r"(pad_temp|w)_reindex\w*_shared_dyn_local_ptr\[", source))
+    assert staged == {"pad_temp", "w"}
+    # the MMAs of the last slab are peeled after the loop: more than one mma_sync site
+    assert source.count("wmma::mma_sync") >= 2
+
+
+@pytest.mark.parametrize("cin,cout,hw,k,pad,stages,vector", [
+    (512, 512, 14, 1, 0, 2, True),  # 1x1, split K: ranges of whole 32-deep slabs
+    (512, 512, 14, 1, 0, 1, True),
+    (8, 64, 56, 4, 0, 1, True),  # 4x4 on 8 channels: K = (c, ky, kx) = 128, two 64-deep slabs
+    (256, 256, 56, 3, 1, 2, False),  # K = (ky, kx, c): weights read at a stride of 9 elements
+    (3, 64, 56, 3, 1, 1, False),  # K = 27: rows of W are not whole 16-byte vectors
+])
+def test_weight_slab_uses_16_byte_loads_where_contiguous(monkeypatch, cin, cout, hw, k, pad, stages, vector):
+    """8 float16 weights per load where they are contiguous and every K offset keeps them in
+    one 16-byte vector (else TVM scalarizes the vector's index arithmetic lane by lane)."""
+    monkeypatch.setattr(TensorCoreGemm, "stages", stages)
+    assert (conv_tiles(cin, cout, hw, k, 1, pad, stages).vector_w == 8) == vector
+    _, source = build_source(layer_func("conv2d", (1, cin, hw, hw), (cout, cin, k, k), 1, pad), CUDA)
+    assert ("*(uint4*)(w_ptr" in source) == vector
+    assert "((int2*)" not in source  # no lane-by-lane index arithmetic of a failed vectorization
 
 
 @pytest.mark.parametrize("target,precision,cout", [(CUDA, "fp32", 64), (CUDA_PASCAL, "fp16", 64), (OPENCL, "fp16", 64),
@@ -111,29 +178,54 @@ def test_fp16_depthwise_and_grouped_take_the_direct_rules(target):
     assert rule == "gpu.Conv2d" and "wmma" not in source
 
 
-@pytest.mark.parametrize("m,n,k", [(20, 784, 576), (37, 196, 1152), (64, 50176, 27), (64, 50176, 576),
-                                   (128, 12544, 1152), (512, 196, 4608), (1000, 169, 512), (384, 169, 1728),
-                                   (48, 196, 400)])
-def test_gemm_tiles_fit_and_cover(m, n, k):
-    t = gemm_tiles(m, n, k)
-    assert t.shared_bytes() <= 48 * 1024  # static + dynamic, padded rows included
+@pytest.mark.parametrize("stages", [1, 2])
+@pytest.mark.parametrize("m,n,k,window", [(20, 784, 576, 9), (37, 196, 1152, 9), (64, 50176, 27, 9),
+                                          (64, 50176, 576, 9), (128, 12544, 1152, 9), (512, 196, 4608, 9),
+                                          (1000, 169, 512, 1), (384, 169, 1728, 9), (48, 196, 400, 25),
+                                          (256, 169, 3456, 9), (144, 196, 528, 1), (1024, 49, 1024, 1)])
+def test_gemm_tiles_fit_and_cover(m, n, k, window, stages):
+    t = gemm_tiles(m, n, k, window, stages)
+    assert t.shared_bytes() <= 48 * 1024  # static + dynamic, padded rows and both stages included
     assert t.warps == 4 and t.bm % 16 == 0 and t.bn % 16 == 0
     assert t.bm <= max(32, 2 * m)  # few channels: a 32-row tile, not 64
-    assert -(-k // t.bk) * t.bk <= max(k + k // 8, 32)  # K padded by at most an eighth
-    blocks = -(-m // t.bm) * -(-n // t.bn)
+    padded_k = -(-k // (t.bk * t.split_k)) * t.bk * t.split_k
+    assert padded_k <= max(k + k // 8, 32)  # K padded by at most an eighth
+    if t.split_k > 1:  # whole slabs per range, each deep enough to pay for the partial sums
+        assert padded_k // t.split_k >= tensor_core.MIN_SPLIT_DEPTH
+    blocks = -(-m // t.bm) * -(-n // t.bn) * t.split_k
     assert blocks >= 132 or t.bm * t.bn <= 32 * 32  # the grid fills the GPU, or the tile is minimal
+    if t.vector_w == 8:  # whole 16-byte vectors in every range and slab
+        assert k % t.bk == 0 and (k // t.split_k) % window == 0 and (stages == 1 or t.bk % window == 0)
 
 
+def test_split_k_prefers_whole_windows():
+    # 512->512 3x3 on 14x14: 32 blocks of 64x64; 6 ranges would reach 132 SMs but 768 is not a
+    # multiple of 9; 8 ranges of 576 are
+    assert tensor_core.split_k_factor(4608, 64, 9, 32) == (8, True)
+    assert tensor_core.split_k_factor(4608, 32, 9, 32) == (8, True)
+    # 132 blocks out of reach (at most 5 ranges of >= 256): as many as allowed, K padded
+    assert tensor_core.split_k_factor(1296, 32, 9, 20) == (5, False)
+    assert tensor_core.split_k_factor(200, 32, 1, 10) == (1, True)  # too shallow to split
+
+
+@pytest.mark.parametrize("channels_inner", [False, True], ids=["k=c,ky,kx", "k=ky,kx,c"])
+@pytest.mark.parametrize("split_k", [1, 3])
 @pytest.mark.parametrize("cin,cout,hw,k,stride,pad", [(13, 37, 9, 3, 1, 1), (3, 19, 23, 11, 4, 2),
-                                                      (24, 33, 7, 1, 1, 0), (8, 21, 13, 5, 2, 2)])
-def test_implicit_gemm_rewrite_is_exact_on_cpu(cin, cout, hw, k, stride, pad):
-    """The im2col view + tile padding the tensor-core schedule starts from, run on LLVM."""
+                                                      (24, 33, 7, 1, 1, 0), (8, 21, 13, 5, 2, 2),
+                                                      (40, 17, 6, 3, 1, 1)])
+def test_implicit_gemm_rewrite_is_exact_on_cpu(cin, cout, hw, k, stride, pad, split_k, channels_inner):
+    """The im2col view + tile padding the tensor-core schedule starts from, and its split-K
+    form (partial sums over split_k K ranges, K padded to whole ranges, then their sum), run
+    on LLVM."""
     func = layer_func("conv2d", (1, cin, hw, hw), (cout, cin, k, k), stride, pad)
     sch = s_tir.Schedule(func)
     main = next(b for b in sch.get_child_blocks(sch.get_sblock("root")) if sch.get(b).name_hint == "conv2d_nchw")
     m, n, kk = TensorCoreGemm.gemm_shape(sch.get(main))
     assert (m, n, kk) == (cout, ((hw + 2 * pad - k) // stride + 1) ** 2, cin * k * k)
-    TensorCoreGemm.normalize(sch, main, gemm_tiles(m, n, kk))
+    tiles = GemmTiles(wm=2, wn=2, fm=1, fn=1, kf=2, split_k=split_k, channels_inner=channels_inner)
+    TensorCoreGemm.normalize(sch, main, tiles)
+    if split_k > 1:
+        TensorCoreGemm.split_reduction(sch, main, tiles)
     lib = tvm.tirx.build(tvm.IRModule({"main": sch.mod["main"].with_attr("global_symbol", "main")}), target=CPU)
     x = RNG.standard_normal((1, cin, hw, hw)).astype("float16")
     w = RNG.standard_normal((cout, cin, k, k)).astype("float16")
