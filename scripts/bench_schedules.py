@@ -531,13 +531,15 @@ def gpu_pack(out_dir, models, rules_rev="HEAD", baseline_rev=None):
         print(f"packed {len(funcs)} kernels ({variant})", file=sys.stderr, flush=True)
     model_runs = []
     for model in models:
-        for precision, package in (("fp16", schedules), ("fp32", old)):
+        # fp16 with both revisions' rules (what the rules changed) and fp32 with the old ones
+        for variant, precision, package in (("fp16_new", "fp16", schedules), ("fp16_old", "fp16", old),
+                                            ("fp32_old", "fp32", old)):
             t0 = time.perf_counter()
             ex, weights = gpu_model(model, precision, package, target)
-            path = f"model_{model}_{precision}.so"
+            path = f"model_{model}_{variant}.so"
             _export_gpu(ex, os.path.join(out_dir, path), fatbins)
-            model_runs.append({"model": model, "precision": precision, "lib": path, "weights": weights,
-                               "rules": rev if package is old else new_rev,
+            model_runs.append({"model": model, "variant": variant, "precision": precision, "lib": path,
+                               "weights": weights, "rules": rev if package is old else new_rev,
                                "build_s": time.perf_counter() - t0})
             print(f"packed {path}", file=sys.stderr, flush=True)
     with open(os.path.join(out_dir, "gpu_bench.json"), "w", encoding="utf-8") as fh:
@@ -717,10 +719,19 @@ def gpu_run(directory, out_path):
         print(kernel["desc"], {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()
                                if k.endswith(("_ms", "_rel_error", "_error"))}, flush=True)
     save()
+    outputs = {}  # (model, precision) -> output of the first variant: new and old rules agree?
     for run in spec["models"]:
         row = {k: run[k] for k in ("model", "precision", "rules", "build_s")}
+        row["variant"] = run.get("variant", {"fp16": "fp16_new", "fp32": "fp32_old"}[run["precision"]])
         try:
-            row.update(_gpu_model_run(directory, run, dev, rng))
+            # the same input and weights for every variant of a model
+            seed = sum(ord(c) for c in run["model"])
+            result, output = _gpu_model_run(directory, run, dev, np.random.default_rng(seed))
+            row.update(result)
+            first = outputs.setdefault((run["model"], run["precision"]), (row["variant"], output))
+            if first[0] != row["variant"]:
+                row["rel_diff_vs_" + first[0]] = float(np.max(np.abs(output - first[1])) /
+                                                       max(np.max(np.abs(first[1])), 1e-30))
         except Exception as err:  # pylint: disable=broad-except
             row["error"] = f"{type(err).__name__}: {err}"[-1000:]
         results["models"].append(row)
@@ -742,7 +753,8 @@ def _gpu_model_run(directory, run, dev, rng):
         weights.append(tvm.runtime.tensor((rng.standard_normal(shape) * np.sqrt(2 / fan_in)).astype(dtype), dev))
     main = vm["main"]
     output = main(x, *weights).numpy()
-    return {"finite": bool(np.isfinite(output).all()), "median_ms": _gpu_time_ms(lambda: main(x, *weights), dev, 50)}
+    return ({"finite": bool(np.isfinite(output).all()), "median_ms": _gpu_time_ms(lambda: main(x, *weights), dev, 50)},
+            output.astype("float64"))
 
 
 def gpu_peer(model):
@@ -762,20 +774,24 @@ def gpu_report(results_path) -> str:
     """Markdown tables (per model, per op) of a --gpu-run results file."""
     with open(results_path, encoding="utf-8") as fh:
         res = json.load(fh)
-    lines = [f"Rules: new = `{res['rules']}`, old = `{res['baseline']}` (before tensor cores); date {res['date']}.", "",
-             "| model | GPU-only fp16, new rules ms | GPU-only fp32, old rules ms | PyTorch fp16 eager ms | "
-             "PyTorch fp16 CUDA graph ms | fp16 new / PyTorch eager | fp32 old / PyTorch eager | "
-             "fp16 new / PyTorch graph |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [f"Rules: new = `{res['rules']}`, old = `{res['baseline']}`; date {res['date']}.", "",
+             "| model | GPU-only fp16, new rules ms | GPU-only fp16, old rules ms | GPU-only fp32, old rules ms | "
+             "PyTorch fp16 eager ms | PyTorch fp16 CUDA graph ms | fp16 new / PyTorch eager | "
+             "fp16 old / PyTorch eager | fp16 new / PyTorch graph |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     models = {}
-    for row in res["models"]:
-        models.setdefault(row["model"], {})[row["precision"]] = row.get("median_ms")
+    for row in res["models"]:  # results before the fp16-old model: variant from the precision
+        variant = row.get("variant", {"fp16": "fp16_new", "fp32": "fp32_old"}[row["precision"]])
+        models.setdefault(row["model"], {})[variant] = row.get("median_ms") if row.get("finite", True) else None
+
+    def ratio(a, b):
+        return _fmt(a / b if a and b else None, 2)
+
     for model, ms in models.items():
         peer = res["peers"].get(model, {})
         eager, graph = peer.get("eager_ms"), peer.get("graph_ms")
-        new, old = ms.get("fp16"), ms.get("fp32")
-        lines.append(f"| {model} | {_fmt(new)} | {_fmt(old)} | {_fmt(eager)} | {_fmt(graph)} | "
-                     f"{_fmt(new / eager if new and eager else None, 2)} | {_fmt(old / eager if old and eager else None, 2)} | "
-                     f"{_fmt(new / graph if new and graph else None, 2)} |")
+        new, old16, old32 = ms.get("fp16_new"), ms.get("fp16_old"), ms.get("fp32_old")
+        lines.append(f"| {model} | {_fmt(new)} | {_fmt(old16)} | {_fmt(old32)} | {_fmt(eager)} | {_fmt(graph)} | "
+                     f"{ratio(new, eager)} | {ratio(old16, eager)} | {ratio(new, graph)} |")
     lines += ["", "| model | layer | tensor cores | GFLOP | fp16 new ms | fp16 old ms | fp32 old ms | "
               "fp32 old / fp16 new | fp16 old / fp16 new | TFLOP/s (new) | max rel. error (new) |",
               "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -785,6 +801,15 @@ def gpu_report(results_path) -> str:
                      f"{_fmt(new, 4)} | {_fmt(old16, 4)} | {_fmt(old32, 4)} | "
                      f"{_fmt(old32 / new if new and old32 else None, 2)} | {_fmt(old16 / new if new and old16 else None, 2)} | "
                      f"{_fmt(k['flops'] / new / 1e9 if new else None, 1)} | {k.get('fp16_new_rel_error', float('nan')):.1e} |")
+    failed = [f"{k['desc']} ({v})" for k in res["kernels"] for v in ("fp16_new", "fp16_old", "fp32_old")
+              if f"{v}_error" in k or k.get(f"{v}_rel_error", 0) > 1e-3]
+    lines += ["", f"Kernels over the 1e-3 relative tolerance or failed: {', '.join(failed) or 'none'}."]
+    diffs = [f"{row['model']} {row['variant']} vs {key[len('rel_diff_vs_'):]}: {row[key]:.1e}"
+             for row in res["models"] for key in row if key.startswith("rel_diff_vs_")]
+    broken = [f"{row['model']} {row.get('variant', row['precision'])}" for row in res["models"]
+              if "error" in row or not row.get("finite", False)]
+    lines += ["", f"Whole models, max |difference| / max |output| between rules on the same input and weights: "
+              f"{'; '.join(diffs) or '-'}. Failed or non-finite: {', '.join(broken) or 'none'}."]
     return "\n".join(lines)
 
 
