@@ -564,8 +564,9 @@ def _measure_into(csv_path, cpu, gpu, configs: list[Layer], devices: list, kerne
                 chunk = pending[first:first + size]
                 module, names, specs = kernels(role, processor, chunk, [])
                 vm = tvm.runtime.vm.VirtualMachine(module, device)
+                compiled = set(chunk)
                 for concurrent in (False, True):
-                    items = [item for item, c in todo[role] if c == concurrent and item in set(chunk)]
+                    items = [item for item, c in todo[role] if c == concurrent and item in compiled]
                     if not items:
                         continue
                     # a CPU kernel is timed with GPU kernels queued before it; a GPU kernel while
