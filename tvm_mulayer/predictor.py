@@ -196,7 +196,10 @@ class KernelFeatures:
             n = 1 if layer.op == "dense" else layer.output_shape[2] * layer.output_shape[3]
             k = layer.weight_shape[0] if layer.op == "dense" else int(np.prod(layer.weight_shape[1:]))
             if n >= TensorCoreGemm.min_pixels and m >= TensorCoreGemm.min_channels and k >= 16:
-                t = gemm_tiles(m, n, k)
+                # as the rule calls it: the K window is kh * kw of a conv (1 for a matmul)
+                window = 1 if layer.op == "dense" else layer.weight_shape[2] * layer.weight_shape[3]
+                in_channels = 0 if layer.op == "dense" else layer.weight_shape[1]
+                t = gemm_tiles(m, n, k, window, TensorCoreGemm.stages, in_channels)
                 # thread blocks: output tiles, times the K splits where the rule splits the reduction
                 blocks = -(-m // t.bm) * -(-n // t.bn) * getattr(t, "split_k", 1)
                 return {"rule": RULE_TENSOR_CORE, "tile_channels": t.bm, "tile_width": t.bn,
