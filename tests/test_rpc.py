@@ -146,7 +146,9 @@ def test_deploy_over_rpc_cli_matches_local_and_onnxruntime(artifact, model, serv
             assert np.array_equal(data[name], local[name])  # same kernels, same devices: bit-exact
         expected = ort_run(model, {"input": x})
         for name, value in zip(executable.outputs, expected):
-            assert relative_error(data[name], value) < 1e-4
+            # the artifact is native (int8 CPU half, fp16 GPU half, calibrated on random
+            # inputs): ~1e-2 per int8 layer, compounding over SqueezeNet's 26 conv layers
+            assert relative_error(data[name], value) < 5e-2
 
 
 def test_deploy_through_tracker_api_and_cli(artifact, servers, tmp_path, capsys):
@@ -262,8 +264,10 @@ def test_profile_over_rpc_measures_both_remote_devices(servers, tmp_path, capsys
     kernels = {(r["role"], r["config"]) for r in rows if r["kind"] == "kernel"}
     from tvm_mulayer.profiler import config_key, zoo_configs
 
-    expected = {config_key(c) for c in zoo_configs(["alexnet"], fractions=(1.0,), image_size=67, width=0.1)}
-    assert {c for _, c in kernels} == expected and len(expected) == 8  # AlexNet's 5 conv + 3 dense
-    assert {role for role, _ in kernels} == {"cpu", "gpu"}
+    layers = zoo_configs(["alexnet"], fractions=(1.0,), image_size=67, width=0.1)
+    assert len(layers) == 8  # AlexNet's 5 conv + 3 dense
+    # the default --precision (native and fp32): each processor in both of its slice precisions
+    precisions = {"cpu": ("int8", "fp32"), "gpu": ("fp16", "fp32")}
+    assert kernels == {(role, config_key(c, p)) for role, ps in precisions.items() for p in ps for c in layers}
     assert all(float(r["seconds"]) > 0 for r in rows)
     assert {r["config"] for r in rows if r["kind"] == "copy"} == {"h2d", "d2h"}
