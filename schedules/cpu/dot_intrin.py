@@ -6,14 +6,23 @@ unsigned byte and a signed byte:
     C[i] += A[0]*B[i,0] + A[1]*B[i,1] + A[2]*B[i,2] + A[3]*B[i,3]     i < LANES
 
 A is 4 consecutive reduction elements of the activation (broadcast to every lane), B the
-matching 4 x LANES weights, laid out lane-major so that they are one vector load. That is
-x86's vpdpbusd (AVX512-VNNI: 16 lanes; AVX-VNNI: 8 lanes). It is exact: products and sums
-are formed in 32 bits (the AVX-512BW pmaddubsw route saturates at int16 and is not).
+matching 4 x LANES weights, laid out lane-major so that they are one vector load. Two ISAs
+have exactly this instruction, products and sums formed in 32 bits:
+
+- x86 vpdpbusd: AVX512-VNNI 16 lanes, AVX-VNNI 8 lanes. (The AVX-512BW pmaddubsw route
+  saturates at int16 and is not exact.)
+- aarch64 usdot (Armv8.6 i8mm, optional from Armv8.2): 4 lanes, a 128-bit NEON register.
+  Without i8mm aarch64 has no exact mixed-sign dot product: sdot/udot (dotprod) multiply
+  bytes of the same signedness, and the u8 activations span 0..255. Such targets get None,
+  and the rules' generic int32 path, which LLVM vectorizes with widening multiplies.
+
+Both LLVM intrinsics take (accumulator, unsigned bytes, signed bytes) as same-width vectors,
+so one builder makes both; only the intrinsic's name and the lane count differ.
 
 TVM ships a VNNI intrinsic (s_tir.tensor_intrin.x86), but it passes the operands as
 <16 x i32> while LLVM 22 (the wheel's) declares vpdpbusd on <64 x i8>, so the module fails
 LLVM verification; its accumulator is also a global-scope buffer, ours is the register tile
-(local scope).
+(local scope). Its aarch64 intrinsics (arm_cpu.py) are sdot/udot, same-sign only.
 """
 
 from __future__ import annotations
@@ -31,10 +40,17 @@ DEPTH = 4  # products summed into each lane per instruction
 
 @dataclass(frozen=True)
 class DotProduct:
-    """A registered dot-product intrinsic: its name and int32 lanes per instruction."""
+    """A dot-product intrinsic: its TensorIntrin name, int32 lanes per instruction and the
+    LLVM intrinsic it calls."""
 
     name: str
     lanes: int
+    llvm_intrinsic: str
+
+
+AVX512_VNNI = DotProduct("mulayer_vpdpbusd_16x4", 16, "llvm.x86.avx512.vpdpbusd.512")
+AVX_VNNI = DotProduct("mulayer_vpdpbusd_8x4", 8, "llvm.x86.avx512.vpdpbusd.256")
+I8MM = DotProduct("mulayer_usdot_4x4", 4, "llvm.aarch64.neon.usdot.v4i32.v16i8")
 
 
 def _llvm_declares_byte_operands() -> bool:
@@ -45,10 +61,10 @@ def _llvm_declares_byte_operands() -> bool:
     return codegen.llvm_version_major() >= 22
 
 
-def _vpdpbusd(lanes: int):
-    """(description, implementation) PrimFuncs of vpdpbusd on `lanes` int32 accumulators."""
+def _intrin_funcs(dot: DotProduct):
+    """(description, implementation) PrimFuncs of `dot` on its `lanes` int32 accumulators."""
+    lanes = dot.lanes
     nbytes = lanes * DEPTH
-    llvm_name = f"llvm.x86.avx512.vpdpbusd.{lanes * 32}"
 
     @T.prim_func(s_tir=True)
     def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
@@ -73,7 +89,7 @@ def _vpdpbusd(lanes: int):
             T.writes(C[0:lanes])
             quad = T.reinterpret(A.vload([0], f"uint8x{DEPTH}"), dtype="int32")
             C[T.ramp(T.int32(0), 1, lanes)] = T.call_llvm_pure_intrin(
-                T.llvm_lookup_intrinsic_id(llvm_name),
+                T.llvm_lookup_intrinsic_id(dot.llvm_intrinsic),
                 C.vload([0], dtype=f"int32x{lanes}"),
                 T.reinterpret(T.broadcast(quad, lanes), dtype=f"uint8x{nbytes}"),
                 B.vload([0, 0], dtype=f"int8x{nbytes}"),
@@ -83,23 +99,26 @@ def _vpdpbusd(lanes: int):
     return desc, impl
 
 
-_REGISTERED: dict = {}
+_REGISTERED: set = set()
 
 
-def _registered(name: str, lanes: int) -> DotProduct:
-    if name not in _REGISTERED:
-        TensorIntrin.register(name, *_vpdpbusd(lanes), override=True)
-        _REGISTERED[name] = DotProduct(name, lanes)
-    return _REGISTERED[name]
+def _registered(dot: DotProduct) -> DotProduct:
+    if dot.name not in _REGISTERED:
+        TensorIntrin.register(dot.name, *_intrin_funcs(dot), override=True)
+        _REGISTERED.add(dot.name)
+    return dot
 
 
 def dot_product_for(target: Target) -> DotProduct | None:
-    """The widest exact u8 x i8 dot product the target's mcpu/mattr has, else None."""
+    """The widest exact u8 x i8 dot product the target's mcpu/mattr has, else None
+    (aarch64 without i8mm included: see the module docstring)."""
     feats = cpu_features(target)
+    if "i8mm" in feats and "neon" in feats:
+        return _registered(I8MM)
     if not _llvm_declares_byte_operands():
         return None
     if "avx512vnni" in feats and "avx512bw" in feats:
-        return _registered("mulayer_vpdpbusd_16x4", 16)
+        return _registered(AVX512_VNNI)
     if "avxvnni" in feats:
-        return _registered("mulayer_vpdpbusd_8x4", 8)
+        return _registered(AVX_VNNI)
     return None
