@@ -82,6 +82,10 @@ def test_dot_product_by_aarch64_target():
     for mcpu in ("cortex-a76", "cortex-a55"):
         assert dot_product_for(Target({"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": mcpu})) is None
     assert dot_product_for(Target({"kind": "llvm", "mtriple": "aarch64-linux-gnu"})) is None
+    # 32-bit Arm with i8mm: its vusdot is not the aarch64 intrinsic
+    assert dot_product_for(Target({"kind": "llvm", "mtriple": "armv8.6a-linux-gnueabihf",
+                                   "mattr": ["+neon", "+i8mm"]})) is None
+    assert dot_product_for(Target({"kind": "llvm", "mtriple": "arm64-apple-macos", "mcpu": "apple-m2"})) == I8MM
 
 
 def test_aarch64_register_file():

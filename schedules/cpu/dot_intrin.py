@@ -109,11 +109,16 @@ def _registered(dot: DotProduct) -> DotProduct:
     return dot
 
 
+def _is_aarch64(target: Target) -> bool:
+    """32-bit Arm has i8mm too (vusdot), but not the aarch64 LLVM intrinsic we call."""
+    return str(target.attrs.get("mtriple", "")).split("-", 1)[0] in ("aarch64", "arm64")
+
+
 def dot_product_for(target: Target) -> DotProduct | None:
     """The widest exact u8 x i8 dot product the target's mcpu/mattr has, else None
     (aarch64 without i8mm included: see the module docstring)."""
     feats = cpu_features(target)
-    if "i8mm" in feats and "neon" in feats:
+    if "i8mm" in feats and _is_aarch64(target):
         return _registered(I8MM)
     if not _llvm_declares_byte_operands():
         return None
