@@ -54,13 +54,16 @@ def _runtime_tarball(out: Path) -> None:
         tar.add(root, arcname="tvm", filter=keep)
 
 
-def _ffi_wheel(out_dir: Path, python: str) -> None:
+def _ffi_wheels(out_dir: Path, pythons: list[str]) -> None:
+    """The tvm-ffi wheel (it has a compiled extension) for each Python the host may have;
+    run.sh lets pip pick the one matching the host's."""
     import tvm_ffi
 
-    subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
-                    "--python-version", python, "--implementation", "cp",
-                    "--platform", "manylinux_2_28_x86_64", "--platform", "manylinux_2_24_x86_64",
-                    "-d", str(out_dir), f"apache-tvm-ffi=={tvm_ffi.__version__}"], check=True)
+    for python in pythons:
+        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
+                        "--python-version", python, "--implementation", "cp",
+                        "--platform", "manylinux_2_28_x86_64", "--platform", "manylinux_2_24_x86_64",
+                        "-d", str(out_dir), f"apache-tvm-ffi=={tvm_ffi.__version__}"], check=True)
 
 
 def _cuda_sources(module) -> list[str]:
@@ -126,13 +129,13 @@ def cmd_pack(args) -> int:
                 print(f"packed {directory}: {executable.plan.description}", flush=True)
     if args.profile:
         from tvm_mulayer.build import resolve_processors
-        from tvm_mulayer.profiler import export_kernels, sampled_configs, zoo_configs
+        from tvm_mulayer.profiler import export_kernels, profile_precisions, sampled_configs, zoo_configs
 
         cpu, gpu = resolve_processors(args.cpu, args.gpu)
         configs = zoo_configs(args.profile_models, fractions=tuple(args.profile_fractions),
                               channel_multiple=max(cpu.channel_multiple, gpu.channel_multiple))
         configs += sampled_configs(configs, args.profile_sampled)
-        modules = export_kernels(out / "kernels", cpu, gpu, configs)
+        modules = export_kernels(out / "kernels", cpu, gpu, configs, profile_precisions(args.profile_precision))
         cuda_sources += [src for module in modules.values() for src in _cuda_sources(module.mod)]
         print(f"exported kernels of {len(configs)} layer configurations", flush=True)
     if cuda_sources:
@@ -145,11 +148,15 @@ def cmd_pack(args) -> int:
     (out / "runs.json").write_text(json.dumps({"repeat": args.repeat, "peers": args.peers, "runs": runs,
                                                "profile": bool(args.profile)}, indent=1))
     _runtime_tarball(out / "tvm_runtime.tar.gz")
-    _ffi_wheel(out, args.python)
+    _ffi_wheels(out, args.python)
+    import tvm_ffi
+
     here = out.as_posix()
     (out / "run.sh").write_text(
         "set -e\n"
-        f"python3 -m pip install -q --upgrade --no-index --no-deps --target /tmp/site {here}/apache_tvm_ffi-*.whl\n"
+        "(lscpu | grep -E 'Model name|^CPU\\(s\\)'; nvidia-smi -L; python3 --version) || true\n"
+        f"python3 -m pip install -q --upgrade --no-index --no-deps --target /tmp/site --find-links {here} "
+        f"apache-tvm-ffi=={tvm_ffi.__version__}\n"
         f"tar xzf {here}/tvm_runtime.tar.gz -C /tmp/site\n"
         f"mkdir -p /tmp/payload && tar xzf {here}/payload.tar.gz -C /tmp/payload && cp {here}/runs.json /tmp/payload\n"
         "export PYTHONPATH=/tmp/site:$PWD:$PWD/scripts TVM_USE_RUNTIME_LIB=1 PYTHONUNBUFFERED=1\n"
@@ -265,13 +272,16 @@ def main(argv=None) -> int:
     p.add_argument("--profile-fractions", nargs="+", type=float, default=[i / 8 for i in range(1, 9)],
                    help="split fractions whose parts to profile")
     p.add_argument("--profile-sampled", type=int, default=250, help="layer shapes sampled around the zoo's")
+    p.add_argument("--profile-precision", nargs="+", default=["native", "fp32"], metavar="SPEC",
+                   help="slice precisions to profile, as `mulayer profile --precision` takes them")
     p.add_argument("--predictor", help="predictor JSON for 'auto' splits")
     p.add_argument("--precision", nargs="+", default=["native"],
                    help="slice precisions, each packed at every split (see `mulayer compile --precision`)")
     p.add_argument("--cpu", default="x86-avx512")
     p.add_argument("--gpu", default="cuda:sm_90")
     p.add_argument("--repeat", type=int, default=50)
-    p.add_argument("--python", default="3.12", help="the host's Python version (for the tvm-ffi wheel)")
+    p.add_argument("--python", nargs="+", default=["3.10", "3.11", "3.12", "3.13"],
+                   help="Python versions the host may have (a tvm-ffi wheel is carried for each)")
     p.set_defaults(func=cmd_pack)
     p = sub.add_parser("peer", help="(internal) time onnxruntime and PyTorch on one zoo model, print JSON")
     p.add_argument("name")
