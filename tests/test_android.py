@@ -134,3 +134,16 @@ def test_host_targets_need_no_cross_compiler():
     assert not is_cross(host) and export_fcompile(host) is None
     assert not is_cross(cpu_processor("x86-avx512"))
     assert is_cross(cpu_processor("arm64-android"))
+
+
+def test_i8mm_preset_int8_slices_use_usdot(model):
+    """`--cpu arm64-android-i8mm` (Armv8.6+ phones): the int8 CPU slices' dot products are
+    usdot; plain `arm64-android` (dotprod only, no mixed-sign instruction) has none."""
+
+    def cpu_asm(cpu):
+        executable = tvm_mulayer.compile(model, cpu=cpu, gpu="adreno", split=0.5, precision="native")
+        return "\n".join(m.inspect_source("asm")
+                         for m in executable.module.mod._collect_from_import_tree(lambda m: m.kind == "llvm"))
+
+    assert "usdot\t" in cpu_asm("arm64-android-i8mm")
+    assert "usdot" not in cpu_asm("arm64-android")

@@ -79,6 +79,7 @@ def test_dot_product_by_aarch64_target():
     # no exact u8 x s8 instruction without i8mm: sdot/udot multiply same-sign bytes
     assert dot_product_for(Target(TARGETS["dotprod"])) is None
     assert dot_product_for(Target(cpu_processor("arm64-android").target)) is None
+    assert dot_product_for(Target(cpu_processor("arm64-android-i8mm").target)) == I8MM
     for mcpu in ("cortex-a76", "cortex-a55"):
         assert dot_product_for(Target({"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": mcpu})) is None
     assert dot_product_for(Target({"kind": "llvm", "mtriple": "aarch64-linux-gnu"})) is None

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import MulayerError
+from .processors import CPU_PRESETS
 
 
 def _parse_shapes(items) -> dict | None:
@@ -52,7 +53,7 @@ def _load_inputs(items, executable) -> dict | None:
 
 
 def _add_processor_args(parser):
-    parser.add_argument("--cpu", default="host", help="CPU preset (host, x86-avx512, arm64-android) or TVM target JSON")
+    parser.add_argument("--cpu", default="host", help=f"CPU preset ({', '.join(CPU_PRESETS)}) or TVM target JSON")
     parser.add_argument("--gpu", default=None,
                         help="GPU preset (emulated, cuda[:sm_XX], opencl, adreno, mali) or TVM target JSON; "
                              "default: cuda if present, else emulated")

@@ -15,7 +15,17 @@ from dataclasses import dataclass, field
 
 from .errors import MulayerError
 
-CPU_PRESETS = ("host", "x86-avx512", "arm64-android")
+# Fixed CPU targets by preset name ("host" is detected instead). Phones: Armv8.2 dotprod is
+# on nearly every 64-bit phone since 2018; Armv8.6 i8mm (Snapdragon 8 Gen 1, Dimensity 9000,
+# Armv9 cores and later) adds usdot, the exact uint8 x int8 dot product our int8 slices use,
+# but code using it dies (SIGILL) on older phones, so it is a preset of its own.
+CPU_PRESET_TARGETS = {
+    "x86-avx512": {"kind": "llvm", "mcpu": "skylake-avx512", "num-cores": 16},
+    "arm64-android": {"kind": "llvm", "mtriple": "aarch64-linux-android", "mattr": ["+neon", "+dotprod"]},
+    "arm64-android-i8mm": {"kind": "llvm", "mtriple": "aarch64-linux-android",
+                           "mattr": ["+neon", "+dotprod", "+i8mm"]},
+}
+CPU_PRESETS = ("host", *CPU_PRESET_TARGETS)
 GPU_PRESETS = ("emulated", "cuda", "opencl", "adreno", "mali")
 
 
@@ -88,14 +98,8 @@ def cpu_processor(spec: str | dict = "host") -> Processor:
     if target is None:
         if spec == "host":
             target = _host_cpu_target()
-        elif spec == "x86-avx512":
-            target = {"kind": "llvm", "mcpu": "skylake-avx512", "num-cores": 16}
-        elif spec == "arm64-android":
-            target = {
-                "kind": "llvm",
-                "mtriple": "aarch64-linux-android",
-                "mattr": ["+neon", "+dotprod"],
-            }
+        elif spec in CPU_PRESET_TARGETS:
+            target = dict(CPU_PRESET_TARGETS[spec])
         else:
             raise MulayerError(
                 f"unknown CPU preset {spec!r}: use one of {', '.join(CPU_PRESETS)} "
