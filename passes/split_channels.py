@@ -39,7 +39,7 @@ from tvm.relax import op as ops
 
 from tvm_mulayer.layers import is_tensor_constant, layer_bindings
 from tvm_mulayer.plan import Plan
-from tvm_mulayer.quantization import UINT8_MAX, activation_qparams, quantize_weights, weight_axis
+from tvm_mulayer.quantization import FLOAT32, UINT8_MAX, Form, input_form, quantize_weights, weight_axis
 
 CPU, GPU = 0, 1
 DEVICE_INDEX = {"cpu": CPU, "gpu": GPU}
@@ -71,19 +71,6 @@ class Part:
     hi: int
     dev: int
     expr: relax.Expr
-
-
-@dataclass(frozen=True)
-class Form:
-    """How a slice reads its input: float32 as computed, float16, or uint8 with a scale
-    and zero point (x ≈ (q - zero_point) · scale)."""
-
-    dtype: str = "float32"
-    scale: float = 0.0
-    zero_point: int = 0
-
-
-FLOAT32 = Form()
 
 
 @dataclass(frozen=True)
@@ -119,12 +106,6 @@ def _nbytes(expr) -> int:
 def _channel_split_ok(expr) -> bool:
     shape = _shape(expr)
     return shape is not None and len(shape) >= 2
-
-
-def _input_form(precision: str, input_range) -> Form:
-    if precision == "int8":
-        return Form("uint8", *activation_qparams(*input_range))
-    return Form("float16") if precision == "fp16" else FLOAT32
 
 
 def _convert(expr, form: Form):
@@ -313,7 +294,7 @@ class _Rewriter:
                 parts.append(Part(lo, hi, dev, self.bb.emit(out)))
                 continue
             precision = layer_plan.precision(processor)
-            form = _input_form(precision, layer_plan.input_range)
+            form = input_form(precision, layer_plan.input_range)
             if layer.op != "dense" and layer.groups > 1:
                 per_group_in = layer.input_shape[1] // layer.groups
                 g0, g1 = lo // layer.channels_per_unit, hi // layer.channels_per_unit

@@ -253,3 +253,41 @@ def test_partition_without_precision_is_float32(small_zoo, int8_fast_predictor):
     choice = partition(graph, int8_fast_predictor, 8)
     assert choice.times.precision == {"cpu": "fp32", "gpu": "fp32"}
     assert choice.latency <= min(choice.single.values()) * (1 + 1e-9)
+
+
+def test_exported_kernels_are_measured_with_the_tvm_runtime_alone(tmp_path):
+    """A GPU host has only the TVM runtime (no Relax, no compiler; scripts/gpu_host_run.py
+    carries it): measuring exported int8/fp16 kernels must not import the compiler side (it
+    once did, through the split pass, to learn the slices' input dtype)."""
+    import json
+    import os
+    import subprocess
+    import sys
+    import tarfile
+    from pathlib import Path
+
+    import tvm_ffi
+
+    from tvm_mulayer.profiler import export_kernels
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    from gpu_host_run import _runtime_tarball  # pylint: disable=import-outside-toplevel
+
+    configs = zoo_configs(["alexnet"], fractions=(1.0,), small=True)[:2]
+    export_kernels(tmp_path / "kernels", CPU, EMULATED, configs, profile_precisions("native"))
+    site = tmp_path / "site"
+    _runtime_tarball(tmp_path / "runtime.tar.gz")
+    with tarfile.open(tmp_path / "runtime.tar.gz") as tar:
+        tar.extractall(site, filter="data")
+    os.symlink(Path(tvm_ffi.__file__).parent, site / "tvm_ffi")
+    repo = Path(__file__).resolve().parents[1]
+    code = ("import json, sys\n"
+            "from tvm_mulayer.profiler import measure_exported\n"
+            f"measure_exported({str(tmp_path / 'kernels')!r}, {str(tmp_path / 'p.csv')!r}, quiet=True)\n"
+            "print(json.dumps(sorted(m for m in sys.modules if m.startswith(('tvm.relax', 'passes', 'tvm_mulayer.passes')))))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=600,
+                          env={**os.environ, "TVM_USE_RUNTIME_LIB": "1", "PYTHONPATH": f"{site}{os.pathsep}{repo}"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == []
+    kernels = {(r["role"], r["config"]) for r in read_rows(tmp_path / "p.csv") if r["kind"] == "kernel"}
+    assert kernels == {(role, config_key(c, p)) for role, p in (("cpu", "int8"), ("gpu", "fp16")) for c in configs}

@@ -188,10 +188,10 @@ def _layer_call(layer: Layer, x, w):
 
 
 def input_form(precision: str):
-    """The split pass's `Form` of a slice's input in `precision` (int8: the profile's range)."""
-    from .passes.split_channels import _input_form
+    """The `Form` of a profiled slice's input in `precision` (int8: over the profile's range)."""
+    from .quantization import input_form as slice_input_form
 
-    return _input_form(precision, PROFILE_INPUT_RANGE)
+    return slice_input_form(precision, PROFILE_INPUT_RANGE)
 
 
 def slice_function(bb, name: str, layer: Layer, precision: str, weight=None, bias=None):

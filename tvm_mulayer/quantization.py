@@ -22,6 +22,7 @@ take float16 inputs with float32 accumulation at full rate, so nothing is lost.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -73,6 +74,28 @@ def activation_qparams(lo: float, hi: float) -> tuple[float, int]:
         raise MulayerError(f"activation range [{lo}, {hi}] is degenerate; it cannot be quantized")
     zero_point = int(np.clip(round(-lo / scale), 0, UINT8_MAX))
     return scale, zero_point
+
+
+@dataclass(frozen=True)
+class Form:
+    """How a slice reads its input: float32 as computed, float16, or uint8 with a scale
+    and zero point (x ≈ (q - zero_point) · scale)."""
+
+    dtype: str = "float32"
+    scale: float = 0.0
+    zero_point: int = 0
+
+
+FLOAT32 = Form()
+
+
+def input_form(precision: str, input_range) -> Form:
+    """The form a slice computing in `precision` reads its input in (int8: uint8 over
+    `input_range`). Here, not in the split pass, because the profiler's runtime-only half
+    needs it where Relax is not installed."""
+    if precision == "int8":
+        return Form("uint8", *activation_qparams(*input_range))
+    return Form("float16") if precision == "fp16" else FLOAT32
 
 
 def quantize_weights(weight: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
