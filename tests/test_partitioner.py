@@ -135,20 +135,23 @@ def test_simulated_copies_are_the_split_pass_copies(small_zoo, balanced_async, n
 
 
 def test_shipped_predictor_for_the_gpu_host_is_found_and_plans(small_zoo):
-    """The predictor measured on the H100 host (16-core Xeon + H100) ships with the package."""
+    """The predictor measured on the GPU host (16-core Xeon + H200) ships with the package,
+    profiled in every slice precision: native plans use int8/fp16 predictions, no warning."""
+    import warnings
+
     from tvm_mulayer.partitioner import default_predictor
 
     cpu = cpu_processor("x86-avx512")
     gpu = gpu_processor("cuda:sm_90", cpu)
     predictor = default_predictor(cpu, gpu)
-    assert predictor.gpu_async and "H100" in " ".join(predictor.meta["devices"]["gpu"])
+    assert predictor.gpu_async and "H200" in " ".join(predictor.meta["devices"]["gpu"])
     mod, info = import_onnx(small_zoo["squeezenet1_1"])
-    # it was profiled in float32 only: at the default (native) precision it plans with
-    # float32 predictions and warns
-    with pytest.warns(UserWarning, match="no int8 CPU kernel timings .* no fp16 GPU kernel timings"):
-        plan, choice, _, _ = auto_plan(mod["main"], cpu, gpu, None, info.sources, 16)
-    assert choice.times.precision == {"cpu": "fp32", "gpu": "fp32"}
-    assert choice.latency <= min(choice.single.values()) * (1 + 1e-9)
+    for precision, expected in (("native", {"cpu": "int8", "gpu": "fp16"}), ("fp32", {"cpu": "fp32", "gpu": "fp32"})):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            plan, choice, _, _ = auto_plan(mod["main"], cpu, gpu, None, info.sources, 16, precision=precision)
+        assert choice.times.precision == expected
+        assert choice.latency <= min(choice.single.values()) * (1 + 1e-9)
     with pytest.raises(MulayerError, match="no latency predictor"):
         default_predictor(cpu_processor("arm64-android"), gpu_processor("adreno", cpu_processor("arm64-android")))
 

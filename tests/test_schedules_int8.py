@@ -11,6 +11,7 @@ from tvm import relax, tirx
 from tvm.target import Target
 
 from tvm_mulayer import schedules
+from tvm_mulayer.processors import cpu_processor
 from tvm_mulayer.schedules.cpu.dot_intrin import dot_product_for
 
 # AVX-512 with VNNI, and nothing newer: CI lands on Intel (Cascade Lake and later) and AMD
@@ -255,7 +256,8 @@ def test_dot_product_by_target():
     assert dot_product_for(Target({"kind": "llvm", "mcpu": "sapphirerapids"})).lanes == 16
     assert dot_product_for(Target({"kind": "llvm", "mcpu": "alderlake"})).lanes == 8  # AVX-VNNI only
     assert dot_product_for(NO_VNNI) is None
-    assert dot_product_for(Target({"kind": "llvm", "mcpu": "skylake-avx512"})) is None  # x86-avx512 preset
+    assert dot_product_for(Target({"kind": "llvm", "mcpu": "skylake-avx512"})) is None  # AVX-512 before VNNI
+    assert dot_product_for(Target(cpu_processor("x86-avx512").target)).lanes == 16
     assert dot_product_for(Target("llvm")) is None
 
 

@@ -20,7 +20,8 @@ from .errors import MulayerError
 # Armv9 cores and later) adds usdot, the exact uint8 x int8 dot product our int8 slices use,
 # but code using it dies (SIGILL) on older phones, so it is a preset of its own.
 CPU_PRESET_TARGETS = {
-    "x86-avx512": {"kind": "llvm", "mcpu": "skylake-avx512", "num-cores": 16},
+    # AVX-512 with VNNI (int8 dot products): Xeons since Cascade Lake, AMD since Zen 4
+    "x86-avx512": {"kind": "llvm", "mcpu": "cascadelake", "num-cores": 16},
     "arm64-android": {"kind": "llvm", "mtriple": "aarch64-linux-android", "mattr": ["+neon", "+dotprod"]},
     "arm64-android-i8mm": {"kind": "llvm", "mtriple": "aarch64-linux-android",
                            "mattr": ["+neon", "+dotprod", "+i8mm"]},
