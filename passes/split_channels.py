@@ -39,7 +39,7 @@ from tvm.relax import op as ops
 
 from tvm_mulayer.layers import is_tensor_constant, layer_bindings
 from tvm_mulayer.plan import Plan
-from tvm_mulayer.quantization import FLOAT32, UINT8_MAX, Form, input_form, quantize_weights, weight_axis
+from tvm_mulayer.quantization import FLOAT32_FORM, UINT8_MAX, Form, input_form, quantize_weights, weight_axis
 
 CPU, GPU = 0, 1
 DEVICE_INDEX = {"cpu": CPU, "gpu": GPU}
@@ -204,10 +204,10 @@ class _Rewriter:
             self.cache[key] = self.bb.emit(make())
         return self.cache[key]
 
-    def whole(self, value: Value, dev: int, form: Form = FLOAT32):
+    def whole(self, value: Value, dev: int, form: Form = FLOAT32_FORM):
         return self.gather(value, 0, value.channels, dev, form)
 
-    def gather(self, value: Value, lo: int, hi: int, dev: int, form: Form = FLOAT32):
+    def gather(self, value: Value, lo: int, hi: int, dev: int, form: Form = FLOAT32_FORM):
         """Channels [lo, hi) of `value` as one tensor in `form` on `dev` (slices, conversions
         on the holding device — before any copy, so copies carry the compact form —, copies,
         concat)."""
@@ -223,7 +223,7 @@ class _Rewriter:
                     lambda e=expr, s=a - part.lo, t=b - part.lo: ops.strided_slice(
                         e, axes=[value.axis], begin=[s], end=[t]),
                 )
-            if form != FLOAT32:
+            if form != FLOAT32_FORM:
                 expr = self._emit_cached(("convert", expr, form), lambda e=expr: _convert(e, form))
             if part.dev != dev:
                 expr = self._emit_cached(

@@ -54,16 +54,18 @@ def _runtime_tarball(out: Path) -> None:
         tar.add(root, arcname="tvm", filter=keep)
 
 
-def _ffi_wheels(out_dir: Path, pythons: list[str]) -> None:
-    """The tvm-ffi wheel (it has a compiled extension) for each Python the host may have;
-    run.sh lets pip pick the one matching the host's."""
+def _ffi_wheels(out_dir: Path, pythons: list[str]) -> str:
+    """Download the tvm-ffi wheel (it has a compiled extension) for each Python the host may
+    have; return the requirement run.sh installs, letting pip pick the host's wheel."""
     import tvm_ffi
 
+    requirement = f"apache-tvm-ffi=={tvm_ffi.__version__}"
     for python in pythons:
         subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
                         "--python-version", python, "--implementation", "cp",
                         "--platform", "manylinux_2_28_x86_64", "--platform", "manylinux_2_24_x86_64",
-                        "-d", str(out_dir), f"apache-tvm-ffi=={tvm_ffi.__version__}"], check=True)
+                        "-d", str(out_dir), requirement], check=True)
+    return requirement
 
 
 def _cuda_sources(module) -> list[str]:
@@ -148,15 +150,13 @@ def cmd_pack(args) -> int:
     (out / "runs.json").write_text(json.dumps({"repeat": args.repeat, "peers": args.peers, "runs": runs,
                                                "profile": bool(args.profile)}, indent=1))
     _runtime_tarball(out / "tvm_runtime.tar.gz")
-    _ffi_wheels(out, args.python)
-    import tvm_ffi
-
+    ffi_requirement = _ffi_wheels(out, args.python)
     here = out.as_posix()
     (out / "run.sh").write_text(
         "set -e\n"
         "(lscpu | grep -E 'Model name|^CPU\\(s\\)'; nvidia-smi -L; python3 --version) || true\n"
         f"python3 -m pip install -q --upgrade --no-index --no-deps --target /tmp/site --find-links {here} "
-        f"apache-tvm-ffi=={tvm_ffi.__version__}\n"
+        f"{ffi_requirement}\n"
         f"tar xzf {here}/tvm_runtime.tar.gz -C /tmp/site\n"
         f"mkdir -p /tmp/payload && tar xzf {here}/payload.tar.gz -C /tmp/payload && cp {here}/runs.json /tmp/payload\n"
         "export PYTHONPATH=/tmp/site:$PWD:$PWD/scripts TVM_USE_RUNTIME_LIB=1 PYTHONUNBUFFERED=1\n"

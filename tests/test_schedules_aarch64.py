@@ -14,17 +14,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import tvm
-from tvm import relax, tirx
 from tvm.target import Target
 
-from tvm_mulayer import schedules
 from tvm_mulayer.cross import export_fcompile
 from tvm_mulayer.processors import cpu_processor
 from tvm_mulayer.schedules.common import num_vector_registers, vector_bits
 from tvm_mulayer.schedules.cpu.dot_intrin import I8MM, dot_product_for
 
-from test_schedules_int8 import CONV_CASES, qconv_case, qdense_case
+from test_schedules_int8 import CONV_CASES, compile_scheduled, qconv_case, qdense_case
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 import aarch64_qemu_check  # noqa: E402  pylint: disable=wrong-import-position
@@ -58,13 +55,7 @@ def compiled(kind: str, case: str, isa: str):
         mod, x, ref = qconv_case(**CONV_CASES_AARCH64[case][0])
     else:
         mod, x, ref = qdense_case(*DENSE_CASES[case])
-    target = Target(TARGETS[isa])
-    for g_var, func in list(mod.functions_items()):
-        if isinstance(func, tirx.PrimFunc):
-            mod[g_var] = func.with_attr("target", target)
-    mod = tvm.transform.Sequential([schedules.ScheduleForTargets(prepacked_weights=True),
-                                    relax.transform.SplitLayoutRewritePreproc(), schedules.PrepackWeights()])(mod)
-    return tvm.compile(mod, target=target), x, ref
+    return compile_scheduled(mod, Target(TARGETS[isa]))[0], x, ref
 
 
 def kernel_asm(executable) -> str:

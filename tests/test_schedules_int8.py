@@ -14,9 +14,7 @@ from tvm_mulayer import schedules
 from tvm_mulayer.processors import cpu_processor
 from tvm_mulayer.schedules.cpu.dot_intrin import dot_product_for
 
-# AVX-512 with VNNI, and nothing newer: CI lands on Intel (Cascade Lake and later) and AMD
-# (Zen 4) machines, and a host-specific mcpu (znver4) made code the Intel ones cannot run
-VNNI = Target({"kind": "llvm", "mcpu": "cascadelake", "num-cores": 2})
+from test_schedules import CPU as VNNI  # the portable AVX-512 + VNNI target
 NO_VNNI = Target({"kind": "llvm", "mcpu": "haswell", "num-cores": 2})
 HAS_VNNI_HOST = "avx512_vnni" in open("/proc/cpuinfo", encoding="utf-8").read() if os.path.exists(
     "/proc/cpuinfo") else False
@@ -84,8 +82,9 @@ def build_module(body, in_shape):
                                      relax.transform.FuseOps(), relax.transform.FuseTIR()])(bb.get())
 
 
-def compile_and_run(mod, target, x, prepacked=True):
-    """Schedule like the build does (repacks hoisted with prepacked=True) and run on the VM."""
+def compile_scheduled(mod, target, prepacked=True):
+    """(executable, scheduled module): scheduled like the build does (repacks hoisted with
+    prepacked=True) and compiled for `target`."""
     for g_var, func in list(mod.functions_items()):
         if isinstance(func, tirx.PrimFunc):
             mod[g_var] = func.with_attr("target", target)
@@ -93,7 +92,13 @@ def compile_and_run(mod, target, x, prepacked=True):
     if prepacked:
         passes += [relax.transform.SplitLayoutRewritePreproc(), schedules.PrepackWeights()]
     mod = tvm.transform.Sequential(passes)(mod)
-    vm = relax.VirtualMachine(tvm.compile(mod, target=target), tvm.cpu())
+    return tvm.compile(mod, target=target), mod
+
+
+def compile_and_run(mod, target, x, prepacked=True):
+    """`compile_scheduled`, run on this machine's VM: (output, scheduled module)."""
+    executable, mod = compile_scheduled(mod, target, prepacked)
+    vm = relax.VirtualMachine(executable, tvm.cpu())
     return vm["main"](tvm.runtime.tensor(x)).numpy(), mod
 
 

@@ -86,7 +86,7 @@ class Form:
     zero_point: int = 0
 
 
-FLOAT32 = Form()
+FLOAT32_FORM = Form()
 
 
 def input_form(precision: str, input_range) -> Form:
@@ -95,7 +95,7 @@ def input_form(precision: str, input_range) -> Form:
     needs it where Relax is not installed."""
     if precision == "int8":
         return Form("uint8", *activation_qparams(*input_range))
-    return Form("float16") if precision == "fp16" else FLOAT32
+    return Form("float16") if precision == "fp16" else FLOAT32_FORM
 
 
 def quantize_weights(weight: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
