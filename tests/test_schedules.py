@@ -152,6 +152,37 @@ def test_cpu_conv2d_modes_covered():
     assert modes == {"xvec", "fvec", "dw"}
 
 
+# Pointwise convs the GEMM register tile takes (1x1, stride 1, >= 64 input channels, with the
+# build's prepacked weights): output channels that pad to the channel block (40 -> 48,
+# 100 -> 128, 37 -> 48), pixel tiles running across rows (20x20 -> 10 pixels, 9x9 -> 9), every
+# epilogue, and the K-chunked form (512 and 520 input channels; 520 leaves a chunk tail).
+POINTWISE_CASES = [(64, 32, 7, "relu"), (64, 40, 7, "clip"), (96, 100, 9, "bias"), (64, 80, 20, "none"),
+                   (512, 37, 5, "relu"), (520, 64, 4, "relu")]
+
+
+@pytest.mark.parametrize("case", POINTWISE_CASES, ids=lambda c: "x".join(map(str, c)))
+@pytest.mark.parametrize("target", [CPU, CPU_GENERIC], ids=["cascadelake", "llvm"])
+def test_cpu_pointwise_conv2d_gemm(case, target):
+    from tvm import s_tir
+
+    conv2d = schedules.cpu.conv2d
+    cin, cout, hw, epi = case
+    mod, w, b = conv_relax(cin, cout, hw, 1, 1, 0, 1, epi)
+    func = the_func(mod, "conv2d")
+    plain = s_tir.Schedule(func)
+    tiles = conv2d.Conv2d.tiles(conv2d.ConvInfo(plain, conv2d.find_conv_block(plain)), target, True)
+    if target is CPU:  # (SSE2's smaller register tile finds no pixel tile for some planes)
+        assert tiles["mode"] == "gemm" and (tiles["KC"] is not None) == (cin >= 512), tiles
+    rule, sch = schedules.apply_rules(func, target, schedules.schedule_rules(target, prepacked_weights=True))
+    assert rule_name(rule) == "Conv2d"
+    x = RNG.standard_normal((1, cin, hw, hw)).astype("float32")
+    ref = conv_ref(x, w, b, 1, 0, 1, epi)
+    args = [x, w] + ([b] if epi in ("bias", "relu", "clip") else []) + [np.zeros(ref.shape, "float32")]
+    out = run_prim(sch.mod["main"], target, args)
+    # float32 sums of up to 520 products: 1e-5 of the largest output
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+
+
 # ---------------------------------------------------------------- CPU: other ops vs unscheduled
 def _random_args(func, seed=1):
     rng = np.random.default_rng(seed)

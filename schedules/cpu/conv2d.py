@@ -15,6 +15,10 @@ One weight scalar is broadcast per FMA row and one input vector load feeds FI FM
 inner loop is FMA bound when FI * ceil(XI/lanes) accumulators fill the register file.
 Output channel counts that the tile does not divide (split layers: 13, 37, ...) get a
 predicated tail; widths get a dividing tile when one exists.
+A 1x1 stride-1 unpadded conv is the GEMM out[f, p] = sum_c W[f, c] * X[c, p] over the
+flattened pixels p, and gets a GEMM register tile instead (`schedule_gemm`): FO weight vectors
+of output channels x PU pixels, the pixel tile running across rows, so that on 7x7-28x28
+planes each weight vector feeds FO*PU FMAs instead of one row's worth (7-28).
 The accumulation dtype is the conv block's output dtype (float32, or int32 for int8 inputs).
 A uint8 x int8 -> int32 conv that fits the target's exact dot-product instruction (VNNI) is
 scheduled by conv2d_int8 instead.
@@ -42,6 +46,7 @@ from ..common import (
     loop_extent,
     num_cores,
     num_vector_registers,
+    try_compute_inline,
     try_reverse_compute_inline,
     vector_bits,
     spatial_loops,
@@ -141,6 +146,39 @@ def _pick_channel_tile(f: int, target_fi: int) -> int:
     return target_fi  # predicated tail (odd split-layer channel counts)
 
 
+def is_pointwise(info: ConvInfo) -> bool:
+    """A 1x1, stride-1, unpadded conv with one group: a GEMM over the flattened pixels."""
+    return (info.kh == info.kw == 1 and info.stride_h == info.stride_w == 1 and not info.depthwise
+            and info.rc == info.in_c and (info.in_h, info.in_w) == (info.oh, info.ow))
+
+
+# GEMM tiling thresholds, measured on 1x1 convs of the zoo (1 thread, AVX-512, BENCHMARKS.md):
+# - fewer input channels than this and the direct schedules are as fast (too short a
+#   reduction to amortise the register tile's write-back);
+GEMM_MIN_IN_CHANNELS = 64
+# - reduction split in chunks of GEMM_K_CHUNK input channels (the accumulators of all pixels
+#   of a channel block then live in L1/L2 across chunks) for deep layers (1024->1024 at 7x7:
+#   0.82 -> 0.75 ms) and for inputs larger than L2 (128->128 at 56x56: 1.45 -> 1.24 ms);
+GEMM_K_CHUNK = 64
+GEMM_CHUNKED_MIN_IN_CHANNELS = 512
+GEMM_CHUNKED_MIN_INPUT_BYTES = 1 << 20
+
+
+def _gemm_tiles(info: ConvInfo, lanes: int, acc_budget: int) -> dict | None:
+    """Register tile of a pointwise conv: FO vectors of `lanes` output channels x PU pixels
+    (PU divides the pixel count: a pixel tail's predicate inside the fused pixel loop breaks
+    the accumulator tile), or None where the direct schedules serve as well."""
+    if not is_pointwise(info) or info.rc < GEMM_MIN_IN_CHANNELS or info.f < 2 * lanes:
+        return None
+    fo = 2 if info.f >= 4 * lanes else 1
+    pu = best_divisor(info.oh * info.ow, acc_budget // fo, lower=4)
+    if pu is None:
+        return None
+    chunked = info.rc >= GEMM_CHUNKED_MIN_IN_CHANNELS or (
+        info.rc >= 2 * GEMM_K_CHUNK and info.input_bytes > GEMM_CHUNKED_MIN_INPUT_BYTES)
+    return {"mode": "gemm", "FV": lanes, "FO": fo, "PU": pu, "KC": GEMM_K_CHUNK if chunked else None}
+
+
 class Conv2d(NamedRule):
     """Direct NCHW conv2d with register tiling, parallel outer loops and fused epilogue."""
 
@@ -186,8 +224,6 @@ class Conv2d(NamedRule):
         xvec = {"mode": "xvec", "FI": fi, "XI": xi, "YI": 1, "pred_x": pred_x, "lanes": vl}
         # channel-vectorized variant: needs whole vectors of output channels
         fv = vl if info.f % vl == 0 else (8 if vl > 8 and info.f % 8 == 0 else None)
-        if fv is None:
-            return xvec
         spatial = info.oh * info.ow
         eff_x = xi / (nvec * vl)
         use_fvec = pred_x or (spatial >= 2000 and (eff_x < 1 or info.kh * info.kw > 1)) or (
@@ -199,7 +235,11 @@ class Conv2d(NamedRule):
         row_bytes = info.rc * info.kh * info.kw * dtype_bits(info.in_dtype) // 8
         if (row_bytes % 4096 == 0 and xvec["FI"] > 8) or prepacked_weights:
             use_fvec = True
-        if not use_fvec:
+        # the pointwise GEMM tile repacks (and pads) weights as the channel-vectorized form does
+        gemm = _gemm_tiles(info, vl, acc_budget) if use_fvec else None
+        if gemm is not None:
+            return gemm
+        if fv is None or not use_fvec:
             return xvec
         xu = best_divisor(info.ow, min(14, acc_budget // 2), lower=1)
         if xu < 4 and info.ow > 4:
@@ -211,6 +251,8 @@ class Conv2d(NamedRule):
         t.update(self.override or {})
         if t.get("mode") == "fvec":
             return self.schedule_fvec(sch, conv, info, target, t)
+        if t.get("mode") == "gemm":
+            return self.schedule_gemm(sch, conv, info, target, t)
         threads = num_cores(target)
         epilogues = inline_epilogue_chain(sch, conv)
         producers = inline_producers(sch, conv, keep=("pad_temp",))
@@ -345,6 +387,64 @@ class Conv2d(NamedRule):
         if t.get("wb_vec", True):
             sch.vectorize(wb_loops[-1])
         sch.decompose_reduction(conv, rc)
+        schedule_injective_block(sch, pack, target, vectorize=False)
+        for blk in producers:
+            _schedule_producer(sch, blk, target)
+        return sch
+
+    @staticmethod
+    def schedule_gemm(sch: s_tir.Schedule, conv, info: ConvInfo, target: Target, t: dict):
+        """Pointwise conv as a GEMM (`is_pointwise`), vectorized over output channels:
+
+            weights OIHW -> [F'/FB, C, 1, 1, FB]            FB = FO * FV, F' = F rounded up to FB
+            parallel (image, channel block)
+              [for c_chunk:]                                  KC input channels (see _gemm_tiles)
+                for pixel tile (PU pixels of the flattened plane):
+                  acc[PU][FO] vectors (FV channels each)     registers
+                  for c: acc[p][fo] += X[c, p] (broadcast) * W[c, fo] (vector load)
+              out[f, p] = epilogue(acc)                       only the F real channels
+
+        Channel counts that are not a multiple of FB (1000 classes, split tails) are padded:
+        a predicate on the vectorized channel lanes would scalarize the inner loop.
+        """
+        fb_, pu_, kc_ = t["FV"] * t["FO"], t["PU"], t["KC"]
+        epilogues = inline_epilogue_chain(sch, conv)
+        if epilogues is None:
+            raise ValueError("non-injective consumer")
+        producers = inline_producers(sch, conv, keep=("pad_temp",))
+        # pad the output-channel domain to whole FB blocks (pad_einsum needs einsum-indexed
+        # reads: the reindexed input copy is inlined back afterwards)
+        reindexed = sch.reindex(conv, ("read", 0))
+        sch.pad_einsum(conv, [1, fb_, 1, 1, 1, 1, 1])
+        sch.compute_inline(reindexed)
+        conv2d_int8.inline_crop(sch, conv)
+        pack = conv2d_int8.pack_weights(sch, conv, 1, lambda f, c, y, x: (f // fb_, c, y, x, f % fb_))
+
+        n, ff, yy, xx, rc, ry, rx = sch.get_loops(conv)
+        pixels = sch.fuse(yy, xx)
+        fo, fi = sch.split(ff, [None, fb_])
+        po, pu = sch.split(pixels, [None, pu_])
+        if kc_:
+            rco, rci = sch.split(rc, [None, kc_])
+            sch.reorder(n, fo, rco, po, rci, ry, rx, pu, fi)
+        else:
+            sch.reorder(n, fo, po, rc, ry, rx, pu, fi)
+        par = sch.fuse(n, fo)
+        sch.parallel(par)
+        fvo, fvi = sch.split(fi, [None, t["FV"]])
+        sch.unroll(pu)
+        sch.unroll(fvo)
+        sch.vectorize(fvi)
+        acc = sch.cache_write(conv, 0, "local")
+        # accumulator tile [pixel][channel]: each FV run of channels is one register
+        sch.transform_layout(conv, ("write", 0), lambda n_, f, y, x: (n_, y, x, f))
+        # chunked: the accumulators of the whole channel block persist across chunks
+        write_at = par if kc_ else po
+        sch.reverse_compute_at(acc, write_at, preserve_unit_loops=True)
+        for epi in conv2d_int8.blocks_after(sch, acc):
+            sch.reverse_compute_at(epi, write_at, preserve_unit_loops=True)
+        try_compute_inline(sch, acc)  # the epilogue then reads the accumulators directly
+        sch.decompose_reduction(conv, rco if kc_ else rc)
         schedule_injective_block(sch, pack, target, vectorize=False)
         for blk in producers:
             _schedule_producer(sch, blk, target)
