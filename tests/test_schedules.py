@@ -116,6 +116,7 @@ CONV_CASES = [
     (4, 8, 19, 7, 2, 3, 1, "none"),  # 7x7 stride 2, no epilogue
     (16, 16, 15, 3, 1, 1, 16, "relu"),  # depthwise
     (16, 16, 15, 3, 2, 1, 16, "clip"),  # depthwise stride 2
+    (8, 8, 30, 3, 2, 1, 8, "relu"),  # depthwise stride 2, long rows: de-interleaved input
     (12, 18, 9, 3, 1, 1, 3, "relu"),  # grouped
     (27, 27, 7, 3, 1, 1, 1, "relu"),  # odd everything
     (32, 64, 58, 3, 1, 1, 1, "relu"),  # big spatial: channel-vectorized path

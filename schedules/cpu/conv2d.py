@@ -152,6 +152,10 @@ def is_pointwise(info: ConvInfo) -> bool:
             and info.rc == info.in_c and (info.in_h, info.in_w) == (info.oh, info.ow))
 
 
+# Strided depthwise convs de-interleave their input only for output rows at least this long
+# (see Conv2d.tiles).
+DW_DEINTERLEAVE_MIN_WIDTH = 14
+
 # GEMM tiling thresholds, measured on 1x1 convs of the zoo (1 thread, AVX-512, BENCHMARKS.md):
 # - fewer input channels than this and the direct schedules are as fast (too short a
 #   reduction to amortise the register tile's write-back);
@@ -166,8 +170,8 @@ GEMM_CHUNKED_MIN_INPUT_BYTES = 1 << 20
 
 def _gemm_tiles(info: ConvInfo, lanes: int, acc_budget: int) -> dict | None:
     """Register tile of a pointwise conv: FO vectors of `lanes` output channels x PU pixels
-    (PU divides the pixel count: a pixel tail's predicate inside the fused pixel loop breaks
-    the accumulator tile), or None where the direct schedules serve as well."""
+    (PU divides the pixel count: with a pixel tail, the fused and split pixel loop computed
+    wrong results in TVM 0.27), or None where the direct schedules serve as well."""
     if not is_pointwise(info) or info.rc < GEMM_MIN_IN_CHANNELS or info.f < 2 * lanes:
         return None
     fo = 2 if info.f >= 4 * lanes else 1
@@ -216,8 +220,11 @@ class Conv2d(NamedRule):
             # several output rows per task: enough independent accumulators, and small planes
             # (7x7, 14x14) are done in one or two tasks per channel
             yi = best_divisor(info.oh, max(1, min(8, acc_budget // nvec))) or 1
+            # strided: de-interleave the padded input (see schedule) where the output rows are
+            # long enough to pay for the scattered copy (1 thread, 3x3/2: 112->56 0.85 -> 0.57
+            # ms, 28->14 0.22 -> 0.14 ms, but 14->7 0.10 -> 0.34 ms)
             return {"mode": "dw", "FI": 1, "XI": xi, "YI": yi, "pred_x": pred_x, "lanes": vl,
-                    "deinterleave": False}
+                    "deinterleave": info.ow >= DW_DEINTERLEAVE_MIN_WIDTH}
         xi, pred_x = _pick_width_tile(info.ow, max(vl, 8))
         nvec = max(1, -(-xi // vl))
         fi = _pick_channel_tile(info.f, max(1, min(16, (acc_budget * 3 // 4) // nvec)))
