@@ -4,7 +4,10 @@
 For every conv2d / dense PrimFunc of the chosen zoo models (as the project's ONNX frontend,
 LegalizeOps and FuseOps/FuseTIR produce them, so bias + relu are fused in), time:
 
-  * the kernel scheduled by ``schedules`` (the rule that matched is listed),
+  * the kernel scheduled by ``schedules`` (the rule that matched is listed) as `mulayer
+    compile` builds it: rules for prepacked weights, weight repacks folded at build time,
+    called through a one-op Relax VM (so a blocked-weight kernel is not charged a repack per
+    call, which no build runs),
   * the same kernel unscheduled (stock legalized TIR; ``--no-unscheduled`` to skip),
   * onnxruntime running the same single op (a one-node Conv/Gemm model + Relu/Clip),
 
@@ -67,6 +70,38 @@ def cpu_target(threads: int):
     return tvm.target.Target(spec)
 
 
+def schedule_module(mod, prepack: bool):
+    """Every PrimFunc of `mod` scheduled by the rules. With `prepack`, the way `mulayer
+    compile` builds CPU slices: rules for prepacked weights, the marked weight repacks moved
+    into their own PrimFuncs and folded into constants (run once, at build time)."""
+    from tvm import relax  # pylint: disable=import-outside-toplevel
+
+    mod = _schedules().ScheduleForTargets(prepacked_weights=prepack)(mod)
+    if prepack:
+        mod = relax.transform.SplitLayoutRewritePreproc()(mod)
+        mod = relax.transform.FoldConstant()(mod)
+    return mod
+
+
+def single_op_vm(func, target):
+    """(VM, input) running the one conv/dense PrimFunc `func` on its first argument, its
+    weights (random) as constants, scheduled by `schedule_module` with prepacked weights:
+    what the op costs inside a model compiled by the project."""
+    import tvm  # pylint: disable=import-outside-toplevel
+    from tvm import relax  # pylint: disable=import-outside-toplevel
+
+    args = [a.numpy() for a in _args_for(func)]
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType(args[0].shape, str(args[0].dtype)))
+    with bb.function("main", [x]):
+        op = bb.add_func(func.with_attr("target", target), "op")
+        out = relax.TensorType(args[-1].shape, str(args[-1].dtype))
+        y = bb.emit(relax.call_tir(op, [x] + [relax.const(a) for a in args[1:-1]], out))
+        bb.emit_func_output(y)
+    mod = schedule_module(bb.get(), prepack=True)
+    return relax.VirtualMachine(tvm.compile(mod, target=target), tvm.cpu()), _args_for(func)[0]
+
+
 def model_onnx(name: str):
     _setup_path()
     from tvm_mulayer import zoo  # pylint: disable=import-outside-toplevel
@@ -110,7 +145,6 @@ def op_specs(name: str):
         conv = find_conv_block(sch)
         if conv is not None:
             info = ConvInfo(sch, conv)
-            pad = (info.in_h - (info.oh - 1) * info.stride_h - info.kh)  # total padding
             pads = [0, 0, 0, 0]
             blocks = [b for b in sch.get_child_blocks(sch.get_sblock("root"))
                       if sch.get(b).name_hint == "pad_temp"]
@@ -118,7 +152,6 @@ def op_specs(name: str):
                 pshape = [int(s) for s in sch.get(blocks[0]).writes[0].source.shape]
                 ph, pw = pshape[2] - shapes[0][2], pshape[3] - shapes[0][3]
                 pads = [ph // 2, pw // 2, ph - ph // 2, pw - pw // 2]
-            del pad
             groups = shapes[0][1] // info.rc
             flops = 2 * info.f * info.rc * info.kh * info.kw * info.oh * info.ow
             spec = dict(kind="conv", x=shapes[0], w=shapes[1], stride=info.stride_h, pads=pads,
@@ -283,20 +316,18 @@ def worker_ort(models, threads):
 
 
 def worker_pair(models, threads, rounds):
-    """Scheduled TVM and onnxruntime, alternating op by op (pauses let the other runtime's
-    spinning worker threads go to sleep), best of ``rounds``."""
+    """Scheduled TVM (as the build runs it: `single_op_vm`) and onnxruntime, alternating op by
+    op (pauses let the other runtime's spinning worker threads go to sleep), best of
+    ``rounds``."""
     import numpy as np  # pylint: disable=import-outside-toplevel
-    import tvm  # pylint: disable=import-outside-toplevel
 
     schedules = _schedules()
     target = cpu_target(threads)
     res = {}
     for model in models:
         for fname, func, spec, _ in op_specs(model):
-            rule, sch = schedules.apply_rules(func, target)
-            f = sch.mod["main"] if sch is not None else func
-            lib = tvm.tirx.build(tvm.IRModule({"main": f.with_attr("global_symbol", "main")}), target=target)
-            args = _args_for(func)
+            rule, _ = schedules.apply_rules(func, target, schedules.schedule_rules(target, prepacked_weights=True))
+            vm, tvm_x = single_op_vm(func, target)
             sess = _ort_session(_onnx_single(spec), threads)
             x = np.random.default_rng(1).standard_normal(spec["x"]).astype("float32")
             best_t, best_o = float("inf"), float("inf")
@@ -304,7 +335,7 @@ def worker_pair(models, threads, rounds):
                 time.sleep(0.05)
                 best_o = min(best_o, _time_ort(sess, {"x": x}, budget_s=0.3))
                 time.sleep(0.05)
-                best_t = min(best_t, _time_lib(lib, args, budget_s=0.3))
+                best_t = min(best_t, _best_of(lambda: vm["main"](tvm_x), 0.3))
             res[f"{model}/{fname}"] = {"ms": best_t, "ort_ms": best_o,
                                         "rule": repr(rule) if rule is not None else None}
     return res
@@ -315,18 +346,13 @@ def worker_e2e_tvm(model, threads, prepack=False):
     import tvm  # pylint: disable=import-outside-toplevel
     from tvm import relax, tirx  # pylint: disable=import-outside-toplevel
 
-    schedules = _schedules()
     target = cpu_target(threads)
     t0 = time.perf_counter()
     mod, _ = model_relax(model)
     for gv, f in list(mod.functions_items()):
         if isinstance(f, tirx.PrimFunc):
             mod[gv] = f.with_attr("target", target)
-    mod = schedules.ScheduleForTargets(prepacked_weights=prepack)(mod)
-    if prepack:
-        # move the marked weight repacks into their own PrimFuncs and run them at build time
-        mod = relax.transform.SplitLayoutRewritePreproc()(mod)
-        mod = relax.transform.FoldConstant()(mod)
+    mod = schedule_module(mod, prepack)
     t1 = time.perf_counter()
     ex = tvm.compile(mod, target=target)
     t2 = time.perf_counter()
