@@ -14,6 +14,7 @@ Two halves, one file:
           --peers      on the host, rebuild the zoo models (numpy + onnx) and time
                        onnxruntime CPU and PyTorch fp16 (eager and CUDA graph) on them
           --profile    also export the profiler's kernels for both processors
+          --trace N    also time every kernel of each run (median of N traced inferences)
         CUDA kernels are compiled here with nvcc (fatbin/, found by the loader there through
         TVM_MULAYER_FATBIN_DIR), and artifacts, kernels and fatbins travel as one
         compressed payload.tar.gz (CUDA source compresses ~8x).
@@ -148,7 +149,7 @@ def cmd_pack(args) -> int:
                 tar.add(part, arcname=part.name)
                 shutil.rmtree(part) if part.is_dir() else part.unlink()
     (out / "runs.json").write_text(json.dumps({"repeat": args.repeat, "peers": args.peers, "runs": runs,
-                                               "profile": bool(args.profile)}, indent=1))
+                                               "profile": bool(args.profile), "trace": args.trace}, indent=1))
     _runtime_tarball(out / "tvm_runtime.tar.gz")
     ffi_requirement = _ffi_wheels(out, args.python)
     here = out.as_posix()
@@ -245,6 +246,8 @@ def cmd_run(args) -> int:
         row.update({"median_ms": timing["median"] * 1e3, "min_ms": timing["min"] * 1e3,
                     "plan": executable.plan.description,
                     "gpu_channels": {lp.name: lp.gpu_channels for lp in executable.plan.layers}})
+        if spec.get("trace"):
+            row["trace"] = _kernel_times(executable, x, spec["trace"])
         results["runs"].append(row)
         print(json.dumps(row), flush=True)
         if out_dir:  # after each run: a run cut off at its time limit keeps what it measured
@@ -255,6 +258,26 @@ def cmd_run(args) -> int:
         measure_exported(root / "kernels", out_dir / "profile.csv", quiet=True)
         print("profile measured", flush=True)
     return 0
+
+
+def _kernel_times(executable, x, runs: int) -> list:
+    """Per VM call symbol, in order of first call: lane, calls per inference and the median
+    over `runs` traced inferences of its total milliseconds (`Executable.trace`: each GPU
+    kernel synchronised, so this is where the time goes, not the overlapped latency)."""
+    import statistics
+
+    totals, first = {}, {}
+    for _ in range(runs):
+        per_run = {}
+        for call in executable.trace(x):
+            entry = per_run.setdefault(call["symbol"], [call["lane"], 0, 0.0])
+            entry[1] += 1
+            entry[2] += call["end"] - call["start"]
+            first.setdefault(call["symbol"], len(first))
+        for symbol, (lane, calls, seconds) in per_run.items():
+            totals.setdefault(symbol, (lane, calls, []))[2].append(seconds * 1e3)
+    return [{"symbol": symbol, "lane": lane, "calls": calls, "ms": statistics.median(ms)}
+            for symbol, (lane, calls, ms) in sorted(totals.items(), key=lambda item: first[item[0]])]
 
 
 def main(argv=None) -> int:
@@ -280,6 +303,8 @@ def main(argv=None) -> int:
     p.add_argument("--cpu", default="x86-avx512")
     p.add_argument("--gpu", default="cuda:sm_90")
     p.add_argument("--repeat", type=int, default=50)
+    p.add_argument("--trace", type=int, default=0, metavar="N",
+                   help="also time every kernel of each run (median of N traced inferences)")
     p.add_argument("--python", nargs="+", default=["3.10", "3.11", "3.12", "3.13"],
                    help="Python versions the host may have (a tvm-ffi wheel is carried for each)")
     p.set_defaults(func=cmd_pack)

@@ -204,6 +204,33 @@ def test_profile_configs_cover_both_parts_of_every_split_and_sampled_shapes_are_
         assert tuple(int(d) for d in inferred.shape.values) == layer.output_shape
 
 
+def test_cpu_kernel_features_name_the_conv_schedule_each_layer_gets():
+    """The CPU features carry which form the conv rule takes (channel-vectorized, depthwise,
+    pointwise GEMM, ...), and the form they name is the one the rule gives the real kernel."""
+    import tvm
+    from tvm import relax, s_tir
+
+    from tvm_mulayer.predictor import FEATURES, RULE_POINTWISE_GEMM, KernelFeatures
+    from tvm_mulayer.profiler import kernel_module
+    from tvm_mulayer.schedules.cpu.conv2d import Conv2d, ConvInfo, find_conv_block
+
+    target = {"kind": "llvm", "mcpu": "cascadelake", "num-cores": 1}
+    features = KernelFeatures(target, threads=1, fp32_prepacked=True)
+    layers = [c for c in zoo_configs(["mobilenet_v1"], fractions=(1.0,), image_size=112) if c.op == "conv2d"]
+    by_rule = {}
+    for layer in layers:
+        by_rule.setdefault(features(layer)[FEATURES.index("rule")], []).append(layer)
+    assert {1.0, 2.0, RULE_POINTWISE_GEMM} <= set(by_rule), sorted(by_rule)
+    gemm_layers = by_rule[RULE_POINTWISE_GEMM]
+    kernels = relax.transform.LegalizeOps()(kernel_module(gemm_layers))
+    modes = []
+    for func in kernels.functions.values():
+        if isinstance(func, tvm.tirx.PrimFunc) and find_conv_block(s_tir.Schedule(func)) is not None:
+            sch = s_tir.Schedule(func)
+            modes.append(Conv2d.tiles(ConvInfo(sch, find_conv_block(sch)), tvm.target.Target(target), True)["mode"])
+    assert modes == ["gemm"] * len(gemm_layers)
+
+
 def test_training_reports_alone_and_concurrent_accuracy_on_held_out_configs():
     """Concurrent measurements are a feature of the same regressor; a configuration's two
     measurements are held out together, and accuracy is reported for each kind."""

@@ -60,8 +60,9 @@ def _dtype_bytes(dtype: str) -> int:
 # slice precision -> (input dtype, weight dtype, accumulator/output dtype) of its kernel
 SLICE_DTYPES = {"int8": ("uint8", "int8", "int32"), "fp16": ("float16", "float16", "float32"),
                 "fp32": ("float32", "float32", "float32")}
-# rule codes of the precision-specific rules, after the float32 ones (0-5)
-RULE_INT8_CONV, RULE_INT8_DENSE, RULE_TENSOR_CORE = 6, 7, 8
+# rule codes of the precision-specific rules, after the float32 ones (0-5), and of the
+# pointwise-conv GEMM tile (added later, so after them)
+RULE_INT8_CONV, RULE_INT8_DENSE, RULE_TENSOR_CORE, RULE_POINTWISE_GEMM = 6, 7, 8, 9
 
 
 class KernelFeatures:
@@ -170,6 +171,11 @@ class KernelFeatures:
                     "waste": -(-info.f // channels) * channels / info.f, "tasks": tasks, "slots": slots,
                     "work": layer.macs / tasks}
         t = Conv2d.tiles(info, self.target, prepacked)
+        if t["mode"] == "gemm":  # parallel over channel blocks of FO x FV, pixel tiles of PU
+            channels = t["FO"] * t["FV"]
+            tasks = -(-info.f // channels)
+            return {"rule": RULE_POINTWISE_GEMM, "lanes": lanes, "tile_channels": channels, "tile_width": t["PU"],
+                    "waste": tasks * channels / info.f, "tasks": tasks, "slots": slots, "work": layer.macs / tasks}
         if t["mode"] == "fvec":
             tasks = info.f // t["FV"] * info.oh
             return {"rule": 1, "lanes": lanes, "tile_channels": t["FV"], "tile_width": t["XU"],
