@@ -222,3 +222,26 @@ def spatial_loops(sch: s_tir.Schedule, blk, target: Target):
     stmt = sch.get(blk)
     bits = dtype_bits(stmt.writes[0].source.dtype) if stmt.writes else 32
     return loops, exts, total, max(vector_bits(target) // bits, 1)
+
+
+def window_reduction(sch: s_tir.Schedule):
+    """(reduction block, its loops, their extents, number of leading output loops) when the
+    function has one reduction block 'S..SR..R' reading one tensor (pooling windows, LRN's
+    avg_pool3d, mean over axes: not a conv or matmul, which read two), else None."""
+    reds = [b for b in child_blocks(sch) if not is_spatial(sch, b)]
+    if len(reds) != 1:
+        return None
+    red = reds[0]
+    kinds = iter_kinds(sch, red)
+    ns = len(kinds) - len(kinds.lstrip("S"))
+    if ns == 0 or set(kinds[ns:]) != {"R"}:
+        return None
+    stmt = sch.get(red)
+    out = stmt.writes[0].source
+    if len({r.source for r in stmt.reads if not r.source.same_as(out)}) != 1:
+        return None
+    loops = sch.get_loops(red)
+    exts = [loop_extent(sch, l) for l in loops]
+    if any(e is None for e in exts) or len(loops) != len(kinds):
+        return None
+    return red, loops, exts, ns

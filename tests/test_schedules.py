@@ -363,6 +363,29 @@ def test_gpu_other_ops_compile(target):
             build_gpu(sch.mod["main"], target)
 
 
+WINDOW_POOLS = ["maxpool3s2", "maxpool3s2_ceil", "avgpool3s1", "lrn_pool3d"]
+
+
+@pytest.mark.parametrize("name", WINDOW_POOLS + ["maxpool2s2_to_fp16", "global_avg", "mean_hw"])
+@pytest.mark.parametrize("target", [CUDA, OPENCL], ids=["cuda", "opencl"])
+def test_gpu_window_pools_take_one_thread_per_output(name, target):
+    """Pooling windows (and LRN's) reduce in the thread that writes the output, the cast to
+    float16 a GPU slice's pool feeds fused in: no cross-thread reduction (dlight's Reduction
+    gave each output a thread block). Global pools keep dlight's cross-thread reduction."""
+    def body(bb, x):
+        if name == "maxpool2s2_to_fp16":  # VGG's pools as a float16 GPU slice sees them
+            return bb.emit(relax.op.astype(relax.op.nn.max_pool2d(x, pool_size=2, strides=2), "float16"))
+        return bb.emit(POOL_CASES[name](bb, x))
+
+    mod = _legalize(body, [("x", (1, 13, 15, 15), "float32")])
+    (_, func), = [(n, f) for n, f in prim_funcs(mod) if "pool" in n or "mean" in n]
+    rule, sch = schedules.apply_rules(func, target)
+    assert (rule_name(rule) == "WindowPool") == (name not in ("global_avg", "mean_hw")), rule
+    source = build_gpu(sch.mod["main"], target).imports[0].inspect_source()
+    if rule_name(rule) == "WindowPool":
+        assert "shfl" not in source and "barrier" not in source and "__syncthreads" not in source, source
+
+
 # ---------------------------------------------------------------- other dtypes
 def _int8_conv(cin, cout, hw, k, stride, pad, groups=1):
     w = RNG.integers(-128, 127, (cout, cin // groups, k, k)).astype("int8")

@@ -16,17 +16,14 @@ from ..common import (
     NamedRule,
     best_divisor,
     block_name,
-    child_blocks,
     const_int,
     dtype_bits,
     inline_epilogue_chain,
     inline_producers,
-    iter_kinds,
-    is_spatial,
-    loop_extent,
     num_cores,
     try_reverse_compute_inline,
     vector_bits,
+    window_reduction,
 )
 from .conv2d import schedule_injective_block, schedule_pad_block
 from .elementwise import schedule_flat
@@ -42,24 +39,10 @@ class Pool(NamedRule):
         if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
             return None
         sch = s_tir.Schedule(func)
-        blocks = child_blocks(sch)
-        reds = [b for b in blocks if not is_spatial(sch, b)]
-        if len(reds) != 1:
+        matched = window_reduction(sch)
+        if matched is None:
             return None
-        red = reds[0]
-        kinds = iter_kinds(sch, red)
-        ns = len(kinds) - len(kinds.lstrip("S"))
-        if ns == 0 or set(kinds[ns:]) != {"R"}:
-            return None
-        stmt = sch.get(red)
-        out = stmt.writes[0].source
-        inputs = {r.source for r in stmt.reads if not r.source.same_as(out)}
-        if len(inputs) != 1:  # conv / matmul read two tensors
-            return None
-        loops = sch.get_loops(red)
-        exts = [loop_extent(sch, l) for l in loops]
-        if any(e is None for e in exts) or len(loops) != len(kinds):
-            return None
+        red, loops, exts, ns = matched
         try:
             self._schedule(sch, red, loops, exts, ns, target)
         except Exception:  # pylint: disable=broad-except

@@ -5,6 +5,7 @@ from tvm.s_tir import dlight as dl
 
 from .conv2d import Conv2d, DepthwiseConv2d
 from .dense import Dense
+from .pool import WindowPool
 
 
 def default_rules():
@@ -13,6 +14,7 @@ def default_rules():
         Conv2d(),
         DepthwiseConv2d(),
         Dense(),
+        WindowPool(),
         dl.gpu.Matmul(),  # 1x1 conv (implicit GEMM via reindex) and larger matmuls
         dl.gpu.GEMV(),
         dl.gpu.Reduction(),

@@ -26,6 +26,7 @@ from ..common import (
     block_name,
     child_blocks,
     inline_epilogue_chain,
+    inline_producers,
     try_compute_inline,
     try_reverse_compute_inline,
 )
@@ -53,6 +54,23 @@ def _finish_epilogue(sch, acc, epilogues, target):
         if not (len(epilogues) == 1 and try_reverse_compute_inline(sch, epilogues[-1])):
             for epi in epilogues:
                 bind_flat(sch, epi, target)
+
+
+def thread_per_output(sch: s_tir.Schedule, block, spatial: int, epilogues: list, target: Target):
+    """One thread per output element of a reduction `block` (its first `spatial` loops fused
+    and bound), the reduction loops (a small window) unrolled in the thread, the accumulator
+    in a register and `epilogues` fused into its write-back."""
+    loops = sch.get_loops(block)
+    fused = sch.fuse(*loops[:spatial])
+    bx, tx = sch.split(fused, [None, min(256, _max_threads(target))])
+    sch.bind(bx, "blockIdx.x")
+    sch.bind(tx, "threadIdx.x")
+    for loop in loops[spatial:]:
+        sch.unroll(loop)
+    acc = sch.cache_write(block, 0, "local")
+    sch.reverse_compute_at(acc, tx, preserve_unit_loops=True)
+    _finish_epilogue(sch, acc, epilogues, target)
+    sch.decompose_reduction(block, loops[spatial])
 
 
 def bind_flat(sch: s_tir.Schedule, blk, target: Target, threads: int | None = None):
@@ -206,23 +224,9 @@ class DepthwiseConv2d(NamedRule):
             return None
         try:
             epilogues = inline_epilogue_chain(sch, conv)
-            blocks = child_blocks(sch)
-            idx = [block_name(sch, b) for b in blocks].index(block_name(sch, conv))
-            for blk in blocks[:idx]:
-                if not try_compute_inline(sch, blk):
-                    raise ValueError("producer")
-            n, ff, yy, xx, rc, ry, rx = sch.get_loops(conv)
-            threads = min(256, _max_threads(target))
-            fused = sch.fuse(n, ff, yy, xx)
-            bx, tx = sch.split(fused, [None, threads])
-            sch.bind(bx, "blockIdx.x")
-            sch.bind(tx, "threadIdx.x")
-            sch.unroll(ry)
-            sch.unroll(rx)
-            acc = sch.cache_write(conv, 0, "local")
-            sch.reverse_compute_at(acc, tx, preserve_unit_loops=True)
-            _finish_epilogue(sch, acc, epilogues, target)
-            sch.decompose_reduction(conv, rc)
+            if inline_producers(sch, conv):  # the padding too: read through a select
+                return None
+            thread_per_output(sch, conv, 4, epilogues, target)
         except Exception:  # pylint: disable=broad-except
             return None
         return sch
