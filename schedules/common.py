@@ -224,10 +224,14 @@ def spatial_loops(sch: s_tir.Schedule, blk, target: Target):
     return loops, exts, total, max(vector_bits(target) // bits, 1)
 
 
-def window_reduction(sch: s_tir.Schedule):
-    """(reduction block, its loops, their extents, number of leading output loops) when the
-    function has one reduction block 'S..SR..R' reading one tensor (pooling windows, LRN's
-    avg_pool3d, mean over axes: not a conv or matmul, which read two), else None."""
+def match_window_reduction(rule, func, target: Target):
+    """(schedule, reduction block, its loops, their extents, number of leading output loops)
+    when `func` is for a target `rule` serves and has one reduction block 'S..SR..R' reading
+    one tensor (pooling windows, LRN's avg_pool3d, mean over axes: not a conv or matmul,
+    which read two), else None: the common start of the pooling rules' `apply`."""
+    if not isinstance(func, tirx.PrimFunc) or not rule.is_target_available(target):
+        return None
+    sch = s_tir.Schedule(func)
     reds = [b for b in child_blocks(sch) if not is_spatial(sch, b)]
     if len(reds) != 1:
         return None
@@ -244,4 +248,4 @@ def window_reduction(sch: s_tir.Schedule):
     exts = [loop_extent(sch, l) for l in loops]
     if any(e is None for e in exts) or len(loops) != len(kinds):
         return None
-    return red, loops, exts, ns
+    return sch, red, loops, exts, ns

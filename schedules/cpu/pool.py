@@ -8,7 +8,7 @@ relu, ...) fused into the register write-back; the padding block computed per pa
 
 from __future__ import annotations
 
-from tvm import s_tir, tirx
+from tvm import tirx
 from tvm.sym.pattern import detect_linear_equation
 from tvm.target import Target
 
@@ -23,7 +23,7 @@ from ..common import (
     num_cores,
     try_reverse_compute_inline,
     vector_bits,
-    window_reduction,
+    match_window_reduction,
 )
 from .conv2d import schedule_injective_block, schedule_pad_block
 from .elementwise import schedule_flat
@@ -36,13 +36,10 @@ class Pool(NamedRule):
     plane_tasks = True  # parallel over whole planes (padding once per plane) when possible
 
     def apply(self, func, target: Target, tunable: bool):  # pylint: disable=unused-argument
-        if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
-            return None
-        sch = s_tir.Schedule(func)
-        matched = window_reduction(sch)
+        matched = match_window_reduction(self, func, target)
         if matched is None:
             return None
-        red, loops, exts, ns = matched
+        sch, red, loops, exts, ns = matched
         try:
             self._schedule(sch, red, loops, exts, ns, target)
         except Exception:  # pylint: disable=broad-except

@@ -11,10 +11,9 @@ cross-thread Reduction.
 
 from __future__ import annotations
 
-from tvm import s_tir, tirx
 from tvm.target import Target
 
-from ..common import NamedRule, inline_epilogue_chain, inline_producers, window_reduction
+from ..common import NamedRule, inline_epilogue_chain, inline_producers, match_window_reduction
 from .conv2d import thread_per_output
 
 
@@ -25,13 +24,10 @@ class WindowPool(NamedRule):
     max_window = 32
 
     def apply(self, func, target: Target, tunable: bool):  # pylint: disable=unused-argument
-        if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
-            return None
-        sch = s_tir.Schedule(func)
-        matched = window_reduction(sch)
+        matched = match_window_reduction(self, func, target)
         if matched is None:
             return None
-        red, _, exts, ns = matched
+        sch, red, _, exts, ns = matched
         window = 1
         for ext in exts[ns:]:
             window *= ext
