@@ -84,22 +84,23 @@ def schedule_module(mod, prepack: bool):
 
 
 def single_op_vm(func, target):
-    """(VM, input) running the one conv/dense PrimFunc `func` on its first argument, its
-    weights (random) as constants, scheduled by `schedule_module` with prepacked weights:
-    what the op costs inside a model compiled by the project."""
+    """(VM, input) running the one conv/dense PrimFunc `func` (already scheduled, or left to
+    the rules) on its first argument, its weights (random) as constants, through
+    `schedule_module` with prepacked weights: what the op costs inside a model compiled by
+    the project."""
     import tvm  # pylint: disable=import-outside-toplevel
     from tvm import relax  # pylint: disable=import-outside-toplevel
 
-    args = [a.numpy() for a in _args_for(func)]
+    x, *weights, out = _args_for(func)
     bb = relax.BlockBuilder()
-    x = relax.Var("x", relax.TensorType(args[0].shape, str(args[0].dtype)))
-    with bb.function("main", [x]):
+    param = relax.Var("x", relax.TensorType(x.shape, str(x.dtype)))
+    with bb.function("main", [param]):
         op = bb.add_func(func.with_attr("target", target), "op")
-        out = relax.TensorType(args[-1].shape, str(args[-1].dtype))
-        y = bb.emit(relax.call_tir(op, [x] + [relax.const(a) for a in args[1:-1]], out))
+        y = bb.emit(relax.call_tir(op, [param] + [relax.const(w.numpy()) for w in weights],
+                                   relax.TensorType(out.shape, str(out.dtype))))
         bb.emit_func_output(y)
     mod = schedule_module(bb.get(), prepack=True)
-    return relax.VirtualMachine(tvm.compile(mod, target=target), tvm.cpu()), _args_for(func)[0]
+    return relax.VirtualMachine(tvm.compile(mod, target=target), tvm.cpu()), x
 
 
 def model_onnx(name: str):
@@ -326,8 +327,10 @@ def worker_pair(models, threads, rounds):
     res = {}
     for model in models:
         for fname, func, spec, _ in op_specs(model):
-            rule, _ = schedules.apply_rules(func, target, schedules.schedule_rules(target, prepacked_weights=True))
-            vm, tvm_x = single_op_vm(func, target)
+            rule, sch = schedules.apply_rules(func, target, schedules.schedule_rules(target, prepacked_weights=True))
+            # scheduled once here (the table names the rule); schedule_module leaves it as is
+            scheduled = sch.mod["main"].with_attr("tirx.is_scheduled", True) if sch is not None else func
+            vm, tvm_x = single_op_vm(scheduled, target)
             sess = _ort_session(_onnx_single(spec), threads)
             x = np.random.default_rng(1).standard_normal(spec["x"]).astype("float32")
             best_t, best_o = float("inf"), float("inf")

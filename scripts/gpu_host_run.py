@@ -266,18 +266,16 @@ def _kernel_times(executable, x, runs: int) -> list:
     kernel synchronised, so this is where the time goes, not the overlapped latency)."""
     import statistics
 
-    totals, first = {}, {}
-    for _ in range(runs):
-        per_run = {}
+    lanes, calls, ms = {}, {}, {}  # dicts keep the order of first call
+    for run in range(runs):
         for call in executable.trace(x):
-            entry = per_run.setdefault(call["symbol"], [call["lane"], 0, 0.0])
-            entry[1] += 1
-            entry[2] += call["end"] - call["start"]
-            first.setdefault(call["symbol"], len(first))
-        for symbol, (lane, calls, seconds) in per_run.items():
-            totals.setdefault(symbol, (lane, calls, []))[2].append(seconds * 1e3)
-    return [{"symbol": symbol, "lane": lane, "calls": calls, "ms": statistics.median(ms)}
-            for symbol, (lane, calls, ms) in sorted(totals.items(), key=lambda item: first[item[0]])]
+            symbol = call["symbol"]
+            lanes[symbol] = call["lane"]
+            calls[symbol] = calls.get(symbol, 0) + (run == 0)
+            per_run = ms.setdefault(symbol, [0.0] * runs)
+            per_run[run] += (call["end"] - call["start"]) * 1e3
+    return [{"symbol": symbol, "lane": lanes[symbol], "calls": calls[symbol], "ms": statistics.median(ms[symbol])}
+            for symbol in ms]
 
 
 def main(argv=None) -> int:

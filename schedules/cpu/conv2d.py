@@ -46,7 +46,6 @@ from ..common import (
     loop_extent,
     num_cores,
     num_vector_registers,
-    try_compute_inline,
     try_reverse_compute_inline,
     vector_bits,
     spatial_loops,
@@ -419,12 +418,7 @@ class Conv2d(NamedRule):
         if epilogues is None:
             raise ValueError("non-injective consumer")
         producers = inline_producers(sch, conv, keep=("pad_temp",))
-        # pad the output-channel domain to whole FB blocks (pad_einsum needs einsum-indexed
-        # reads: the reindexed input copy is inlined back afterwards)
-        reindexed = sch.reindex(conv, ("read", 0))
-        sch.pad_einsum(conv, [1, fb_, 1, 1, 1, 1, 1])
-        sch.compute_inline(reindexed)
-        conv2d_int8.inline_crop(sch, conv)
+        conv2d_int8.pad_conv_iterations(sch, conv, [1, fb_, 1, 1, 1, 1, 1])  # whole FB blocks
         pack = conv2d_int8.pack_weights(sch, conv, 1, lambda f, c, y, x: (f // fb_, c, y, x, f % fb_))
 
         n, ff, yy, xx, rc, ry, rx = sch.get_loops(conv)
@@ -446,11 +440,7 @@ class Conv2d(NamedRule):
         # accumulator tile [pixel][channel]: each FV run of channels is one register
         sch.transform_layout(conv, ("write", 0), lambda n_, f, y, x: (n_, y, x, f))
         # chunked: the accumulators of the whole channel block persist across chunks
-        write_at = par if kc_ else po
-        sch.reverse_compute_at(acc, write_at, preserve_unit_loops=True)
-        for epi in conv2d_int8.blocks_after(sch, acc):
-            sch.reverse_compute_at(epi, write_at, preserve_unit_loops=True)
-        try_compute_inline(sch, acc)  # the epilogue then reads the accumulators directly
+        conv2d_int8.write_back_at(sch, acc, par if kc_ else po)
         sch.decompose_reduction(conv, rco if kc_ else rc)
         schedule_injective_block(sch, pack, target, vectorize=False)
         for blk in producers:

@@ -77,6 +77,26 @@ def blocks_after(sch: s_tir.Schedule, block) -> list:
     return blocks[names.index(block_name(sch, block)) + 1 :]
 
 
+def pad_conv_iterations(sch: s_tir.Schedule, conv, padding: list) -> None:
+    """pad_einsum on an NCHW conv block (output channels rounded up to a whole register
+    block, ...): its input read y*s+ry is not an einsum index, so the input is reindexed
+    first and the reindexed copy inlined back; the crop of the padded result goes into the
+    epilogue."""
+    reindexed = sch.reindex(conv, ("read", 0))
+    sch.pad_einsum(conv, padding)
+    sch.compute_inline(reindexed)
+    inline_crop(sch, conv)
+
+
+def write_back_at(sch: s_tir.Schedule, acc, loop) -> None:
+    """Move the accumulator's write-back `acc` and the epilogue blocks after it under
+    `loop`, and inline the write-back: the epilogue then reads the accumulators directly."""
+    sch.reverse_compute_at(acc, loop, preserve_unit_loops=True)
+    for epi in blocks_after(sch, acc):
+        sch.reverse_compute_at(epi, loop, preserve_unit_loops=True)
+    try_compute_inline(sch, acc)
+
+
 def pack_weights(sch: s_tir.Schedule, block, read_index: int, index_map):
     """Repack the weight `block` reads (through pad_einsum's zero-padding block when there is
     one) into `index_map`'s layout, marked as a layout-rewrite preprocessor."""
@@ -142,10 +162,7 @@ def schedule(sch: s_tir.Schedule, conv, info, target: Target, dot: DotProduct):
         raise ValueError("non-injective consumer")
     producers = inline_producers(sch, conv, keep=("pad_temp",))
     # pad the output-channel domain to whole LANES blocks
-    reindexed = sch.reindex(conv, ("read", 0))
-    sch.pad_einsum(conv, [1, lanes * fb_, 1, 1, DEPTH, 1, 1])
-    sch.compute_inline(reindexed)
-    inline_crop(sch, conv)
+    pad_conv_iterations(sch, conv, [1, lanes * fb_, 1, 1, DEPTH, 1, 1])
 
     wpack = pack_weights(sch, conv, 1, lambda f, c, y, x: (f // lanes, c // DEPTH, y, x, f % lanes, c % DEPTH))
     data = sch.get(conv).reads[0].source
@@ -168,10 +185,7 @@ def schedule(sch: s_tir.Schedule, conv, info, target: Target, dot: DotProduct):
     xo, xi = sch.split(xx, [None, xi_])
     sch.reorder(xo, rco, ry, rx, xi)
     sch.parallel(sch.fuse(n, fo, yy))
-    sch.reverse_compute_at(acc, xo, preserve_unit_loops=True)
-    for epi in blocks_after(sch, acc):
-        sch.reverse_compute_at(epi, xo, preserve_unit_loops=True)
-    try_compute_inline(sch, acc)  # the epilogue then reads the registers directly
+    write_back_at(sch, acc, xo)
     init = sch.decompose_reduction(dot_block, rco)
     sch.vectorize(sch.get_loops(init)[-1])
     sch.unroll(xi)

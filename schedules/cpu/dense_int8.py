@@ -23,8 +23,8 @@ from __future__ import annotations
 
 from tvm.target import Target
 
-from ..common import inline_epilogue_chain, inline_producers, num_cores, try_compute_inline
-from .conv2d_int8 import blocks_after, inline_crop, is_u8_i8_i32, pack_weights, producer_writing
+from ..common import inline_epilogue_chain, inline_producers, num_cores
+from .conv2d_int8 import inline_crop, is_u8_i8_i32, pack_weights, producer_writing, write_back_at
 from .dot_intrin import DEPTH, DotProduct
 from .elementwise import schedule_flat
 
@@ -59,10 +59,7 @@ def schedule(sch, blk, loops, exts, target: Target, dot: DotProduct):
     acc = sch.cache_write(blk, 0, "local")
     dot_block = sch.blockize(nl)
     sch.parallel(no)
-    sch.reverse_compute_at(acc, no, preserve_unit_loops=True)
-    for epi in blocks_after(sch, acc):
-        sch.reverse_compute_at(epi, no, preserve_unit_loops=True)
-    try_compute_inline(sch, acc)
+    write_back_at(sch, acc, no)
     init = sch.decompose_reduction(dot_block, ko)
     sch.vectorize(sch.get_loops(init)[-1])
     sch.unroll(nb)
