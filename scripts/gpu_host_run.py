@@ -149,7 +149,8 @@ def cmd_pack(args) -> int:
                 tar.add(part, arcname=part.name)
                 shutil.rmtree(part) if part.is_dir() else part.unlink()
     (out / "runs.json").write_text(json.dumps({"repeat": args.repeat, "peers": args.peers, "runs": runs,
-                                               "profile": bool(args.profile), "trace": args.trace}, indent=1))
+                                               "profile": bool(args.profile), "profile_passes": args.profile_passes,
+                                               "trace": args.trace}, indent=1))
     _runtime_tarball(out / "tvm_runtime.tar.gz")
     ffi_requirement = _ffi_wheels(out, args.python)
     here = out.as_posix()
@@ -255,7 +256,8 @@ def cmd_run(args) -> int:
     if spec.get("profile"):  # last: the profiler's second thread must not share the runs' process state
         from tvm_mulayer.profiler import measure_exported
 
-        measure_exported(root / "kernels", out_dir / "profile.csv", quiet=True)
+        measure_exported(root / "kernels", out_dir / "profile.csv", quiet=True,
+                         passes=spec.get("profile_passes", 1))
         print("profile measured", flush=True)
     return 0
 
@@ -295,6 +297,8 @@ def main(argv=None) -> int:
     p.add_argument("--profile-sampled", type=int, default=250, help="layer shapes sampled around the zoo's")
     p.add_argument("--profile-precision", nargs="+", default=["native", "fp32"], metavar="SPEC",
                    help="slice precisions to profile, as `mulayer profile --precision` takes them")
+    p.add_argument("--profile-passes", type=int, default=1, metavar="N",
+                   help="time every profiled kernel in N sweeps (as `mulayer profile --passes`)")
     p.add_argument("--predictor", help="predictor JSON for 'auto' splits")
     p.add_argument("--precision", nargs="+", default=["native"],
                    help="slice precisions, each packed at every split (see `mulayer compile --precision`)")

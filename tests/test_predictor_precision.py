@@ -141,6 +141,54 @@ def test_predictor_trained_on_a_measured_profile_keeps_precisions_apart(measured
             assert 0 < predictor.convert_time(1 << 12, role, dtype) < predictor.convert_time(1 << 24, role, dtype)
 
 
+def test_profile_passes_time_each_kernel_again_and_train_reports_their_agreement(tmp_path):
+    """--passes N: every kernel gets N rows (resuming tops up to N), the predictor answers
+    with the fastest, and `train` reports how well the two first timings agree."""
+    configs = zoo_configs(["vgg16"], fractions=(0.5, 1.0), image_size=32, width=0.25, channel_multiple=16)[:10]
+    path = tmp_path / "passes.csv"
+    fp32 = profile_precisions("fp32")
+    with pytest.raises(MulayerError, match="passes must be at least 1"):
+        profile(path, CPU, EMULATED, configs, precisions=fp32, quiet=True, passes=0)
+    profile(path, CPU, EMULATED, configs, precisions=fp32, quiet=True, passes=2)
+
+    def kernel_counts():
+        counts = {}
+        for r in read_rows(path):
+            if r["kind"] == "kernel":
+                counts[(r["role"], r["config"])] = counts.get((r["role"], r["config"]), 0) + 1
+        return counts
+
+    keys = {(role, config_key(c, "fp32")) for role in ("cpu", "gpu") for c in configs}
+    assert kernel_counts() == {key: 2 for key in keys}
+    profile(path, CPU, EMULATED, configs, precisions=fp32, quiet=True, passes=2)  # nothing left to do
+    assert kernel_counts() == {key: 2 for key in keys}
+    profile(path, CPU, EMULATED, configs, precisions=fp32, quiet=True, passes=3)  # one more each
+    assert kernel_counts() == {key: 3 for key in keys}
+    rows = read_rows(path)
+    predictor = train(rows, CPU, EMULATED, holdout=0.0)
+    for role in ("cpu", "gpu"):
+        fastest = [min(float(r["seconds"]) for r in rows if r["kind"] == "kernel" and r["role"] == role
+                       and r["config"] == config_key(c, "fp32")) for c in configs]
+        np.testing.assert_allclose(predictor.kernel_times(configs, role), fastest, rtol=1e-9)
+        assert predictor.meta["repeatability"][f"{role} fp32"]["samples"] == len(configs)
+
+
+def test_repeatability_is_the_agreement_of_the_first_two_timings():
+    from tvm_mulayer.predictor import _repeatability
+
+    layer = zoo_configs(["vgg16"], fractions=(1.0,), image_size=32, width=0.25)[0]
+    rows = [{"kind": kind, "role": role, "config": config_key(part, precision), "seconds": s}
+            for kind, role, part, precision, timings in [
+                ("kernel", "cpu", layer, "int8", (1.0, 1.05, 9.0)),  # third timing not compared
+                ("kernel", "cpu", layer.part(8), "int8", (1.3, 1.0)),
+                ("kernel", "cpu", layer.part(4), "int8", (1.0,)),  # timed once: no agreement to tell
+                ("kernel-concurrent", "gpu", layer, "fp16", (2.0, 2.1))]
+            for s in timings]
+    assert _repeatability(rows) == {
+        "cpu int8": {"samples": 2, "within_10pct": 0.5, "median_difference": pytest.approx((0.05 + 0.3) / 2)},
+        "gpu fp16 concurrent": {"samples": 1, "within_10pct": 1.0, "median_difference": pytest.approx(0.05)}}
+
+
 def _synthetic_rows(rates: dict, launch: float = 20e-6):
     """Kernel seconds = launch + MACs / rate per (role, precision); conversions and copies
     cost little. Known answers for the partitioner."""

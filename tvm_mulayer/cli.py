@@ -178,10 +178,10 @@ def cmd_profile(args) -> int:
 
         session = connect(rpc=args.rpc, tracker=args.tracker, key=args.key)
         print(f"profiling {len(configs)} layer configurations ({forms}) on the remote {cpu.label()} and {gpu.label()}")
-        path = profile_remote(session, args.output, cpu, gpu, configs, precisions=precisions)
+        path = profile_remote(session, args.output, cpu, gpu, configs, precisions=precisions, passes=args.passes)
     else:
         print(f"profiling {len(configs)} layer configurations ({forms}) on {cpu.label()} and {gpu.label()}")
-        path = profile(args.output, cpu, gpu, configs, precisions=precisions)
+        path = profile(args.output, cpu, gpu, configs, precisions=precisions, passes=args.passes)
     print(f"measurements in {path}")
     return 0
 
@@ -197,6 +197,10 @@ def cmd_train(args) -> int:
     for role, acc in predictor.meta["accuracy"].items():
         print(f"{role}: held-out {acc['samples']} configs, {acc['within_10pct'] * 100:.1f}% within +-10%, "
               f"median error {acc['median_error'] * 100:.1f}%")
+    for role, rep in predictor.meta["repeatability"].items():
+        print(f"{role}: {rep['samples']} kernels timed in two passes agree within +-10% for "
+              f"{rep['within_10pct'] * 100:.1f}% (median difference {rep['median_difference'] * 100:.1f}%): "
+              "the measurement's own limit")
     if args.runs:
         from .partitioner import calibrate, whole_model_runs
 
@@ -278,6 +282,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="slice precisions to profile, in --precision syntax of compile (native, fp32, "
                         "cpu=int8,gpu=fp32, ...); every precision any SPEC gives a processor is measured "
                         "(default: native fp32 — int8 and fp32 CPU slices, fp16 and fp32 GPU slices)")
+    p.add_argument("--passes", type=int, default=1, metavar="N",
+                   help="time every kernel in N separate sweeps (the predictor takes the fastest; `train` "
+                        "reports how well the sweeps agree: the measurement's own repeatability)")
     p.add_argument("--rpc", metavar="HOST:PORT", help="profile the devices of this TVM RPC server")
     p.add_argument("--tracker", metavar="HOST:PORT", help="profile a device from this RPC tracker (with --key)")
     p.add_argument("--key", help="the device key at the tracker")

@@ -368,6 +368,30 @@ BOOSTER_PARAMS = {"max_depth": 4, "eta": 0.05, "subsample": 0.9, "colsample_bytr
 BOOSTER_ROUNDS = 800
 
 
+def _label(role: str, precision: str, concurrent: bool) -> str:
+    """How accuracy and repeatability name a kind of kernel ("cpu int8", "gpu fp16 concurrent")."""
+    return f"{role} {precision}{' concurrent' if concurrent else ''}"
+
+
+def _repeatability(rows: list[dict]) -> dict:
+    """How well a profile's repeated timings of the same kernel (`mulayer profile --passes`)
+    agree, by kind: the share of kernels whose first two timings differ by at most 10% of
+    the faster, and the median difference — the measurement's own noise, which bounds what
+    any predictor of it can reach."""
+    from .profiler import parse_config
+
+    timings = {}
+    for row in rows:
+        timings.setdefault((row["kind"], row["role"], row["config"]), []).append(float(row["seconds"]))
+    differences = {}
+    for (kind, role, config), seconds in timings.items():
+        if len(seconds) >= 2:
+            label = _label(role, parse_config(config)[1], kind != "kernel")
+            differences.setdefault(label, []).append(abs(seconds[1] - seconds[0]) / min(seconds[:2]))
+    return {label: {"samples": len(d), "within_10pct": float(np.mean(np.array(d) <= 0.10)),
+                    "median_difference": float(np.median(d))} for label, d in sorted(differences.items())}
+
+
 def _fastest(rows: list[dict]) -> dict:
     """(kind, role, config) -> the fastest of its measurements (a profile may hold repeats)."""
     fastest = {}
@@ -405,6 +429,7 @@ def train(rows: list[dict], cpu, gpu, *, holdout: float = 0.2, seed: int = 0) ->
             # gives its float32 rows the rule choice of prepacked weights)
             "fp32_weights_prepacked": True}
     predictor = Predictor({}, {}, meta)
+    meta["repeatability"] = _repeatability(kernel_rows)
     fastest = _fastest(kernel_rows)
     parsed = {config: parse_config(config) for _, _, config in fastest}
     shapes = sorted({config_key(layer) for layer, _ in parsed.values()})
@@ -427,10 +452,10 @@ def train(rows: list[dict], cpu, gpu, *, holdout: float = 0.2, seed: int = 0) ->
         actual = np.exp(y[test] + log_macs[test])
         meta["precisions"][role] = sorted(set(precision), key=["int8", "fp16", "fp32"].index)
         for form in meta["precisions"][role]:
-            for is_concurrent, suffix in ((False, ""), (True, " concurrent")):
+            for is_concurrent in (False, True):
                 chosen = (precision[test] == form) & (concurrent[test] == is_concurrent)
                 if chosen.any():
-                    meta["accuracy"][f"{role} {form}{suffix}"] = _accuracy(predicted[chosen], actual[chosen])
+                    meta["accuracy"][_label(role, form, is_concurrent)] = _accuracy(predicted[chosen], actual[chosen])
         meta["samples"][role] = {form: {"alone": int(((precision == form) & ~concurrent).sum()),
                                         "concurrent": int(((precision == form) & concurrent).sum())}
                                  for form in meta["precisions"][role]}

@@ -28,7 +28,9 @@ kernel while another thread keeps the CPU's thread pool computing.
 
 from __future__ import annotations
 
+import collections
 import csv
+import itertools
 import json
 import platform
 import sys
@@ -498,7 +500,7 @@ def _check_precisions(precisions: dict) -> dict:
 
 def _measure_into(csv_path, cpu, gpu, configs: list[Layer], devices: list, kernels, *, threads: int | None,
                   precisions: dict | None = None, concurrent_share: float = 0.2, resume: bool = True,
-                  quiet: bool = False, batch: int | None = None) -> Path:
+                  quiet: bool = False, batch: int | None = None, passes: int = 1) -> Path:
     """Time `configs` in each of `precisions` (role -> slice precisions; default float32) on
     devices [cpu, gpu] (every one alone; a `concurrent_share` of them also with the other
     processor busy, where the GPU is a real, asynchronous one), the input conversions those
@@ -508,21 +510,26 @@ def _measure_into(csv_path, cpu, gpu, configs: list[Layer], devices: list, kerne
     kernels' names by item and their weight parameters' specs by name (`weight_specs`).
     Kernels are compiled and timed `batch` configurations at a time
     (all at once when None), rows written after each, so an interrupted run keeps what it
-    measured; with `resume`, measurements the CSV already holds are skipped. `threads`: the
-    CPU thread pool's size, recorded with each row (None where unknown)."""
+    measured; with `resume`, measurements the CSV already holds are skipped. Each kernel is
+    timed in `passes` separate sweeps over the compiled batch (a row each): a burst of other
+    load then slows one of its timings, not all, and the predictor takes the fastest.
+    `threads`: the CPU thread pool's size, recorded with each row (None where unknown)."""
     import contextlib
 
     import tvm.runtime.vm
 
     precisions = _check_precisions(precisions or {"cpu": (FLOAT32,), "gpu": (FLOAT32,)})
     path = Path(csv_path)
-    done = {(row["kind"], row["role"], row["config"]) for row in read_rows(path)} if resume else set()
+    if passes < 1:
+        raise MulayerError(f"passes must be at least 1, not {passes}")
+    done = collections.Counter((row["kind"], row["role"], row["config"]) for row in read_rows(path)) if resume \
+        else collections.Counter()
     step = max(1, round(1 / concurrent_share)) if concurrent_share and not gpu.emulated else 0
     sampled = set(range(0, len(configs), step)) if step else set()
     roles = (("cpu", cpu, devices[0]), ("gpu", gpu, devices[1]))
     todo = {role: [((i, precision), concurrent) for precision in precisions[role] for concurrent in (False, True)
                    for i in range(len(configs)) if (not concurrent or i in sampled)
-                   and (KERNEL_KINDS[concurrent], role, config_key(configs[i], precision)) not in done]
+                   and done[KERNEL_KINDS[concurrent], role, config_key(configs[i], precision)] < passes]
             for role, _, _ in roles}
     converting = {role: [dtype for dtype in conversions_for(precisions) if ("convert", role, dtype) not in done]
                   for role, _, _ in roles}
@@ -565,8 +572,9 @@ def _measure_into(csv_path, cpu, gpu, configs: list[Layer], devices: list, kerne
                 module, names, specs = kernels(role, processor, chunk, [])
                 vm = tvm.runtime.vm.VirtualMachine(module, device)
                 compiled = set(chunk)
-                for concurrent in (False, True):
-                    items = [item for item, c in todo[role] if c == concurrent and item in compiled]
+                for sweep, concurrent in itertools.product(range(passes), (False, True)):
+                    items = [item for item, c in todo[role] if c == concurrent and item in compiled
+                             and done[KERNEL_KINDS[c], role, config_key(configs[item[0]], item[1])] <= sweep]
                     if not items:
                         continue
                     # a CPU kernel is timed with GPU kernels queued before it; a GPU kernel while
@@ -575,7 +583,8 @@ def _measure_into(csv_path, cpu, gpu, configs: list[Layer], devices: list, kerne
                     busy = (lambda: _BusyLoop(*loads["cpu"])) if concurrent and role == "gpu" \
                         else contextlib.nullcontext
                     label = f"{role} kernels{' (other processor busy)' if concurrent else ''} " \
-                            f"[{first + len(chunk)}/{len(pending)} compiled]"
+                            f"[{first + len(chunk)}/{len(pending)} compiled]" + \
+                            (f" pass {sweep + 1}/{passes}" if passes > 1 else "")
                     with busy():
                         times = measure_kernels(vm, [names[item] for item in items],
                                                 [(configs[i], precision) for i, precision in items], device,
@@ -596,11 +605,12 @@ def _built(cpu, configs: list[Layer], processor, items: list[tuple[int, str]], c
 
 
 def profile(csv_path, cpu, gpu, configs: list[Layer], *, precisions: dict | None = None, quiet: bool = False,
-            batch: int = 24) -> Path:
+            batch: int = 24, passes: int = 1) -> Path:
     """Measure `configs` in `precisions` (role -> slice precisions, see `profile_precisions`;
     default float32) on both processors of this machine, the conversions they need and
     copies between them; append to `csv_path`, skipping what it already holds (so an
-    interrupted run resumes). Kernels are compiled and timed `batch` at a time."""
+    interrupted run resumes). Kernels are compiled and timed `batch` at a time, each in
+    `passes` sweeps over its batch."""
     from .runtime import cpu_threads, tvm_device
 
     threads = cpu_threads(cpu, gpu)
@@ -608,11 +618,11 @@ def profile(csv_path, cpu, gpu, configs: list[Layer], *, precisions: dict | None
     return _measure_into(csv_path, cpu, gpu, configs, devices,
                          lambda role, processor, items, conversions: _built(cpu, configs, processor, items,
                                                                             conversions),
-                         threads=threads, precisions=precisions, quiet=quiet, batch=batch)
+                         threads=threads, precisions=precisions, quiet=quiet, batch=batch, passes=passes)
 
 
 def profile_remote(session, csv_path, cpu, gpu, configs: list[Layer], *, precisions: dict | None = None,
-                   quiet: bool = False) -> Path:
+                   quiet: bool = False, passes: int = 1) -> Path:
     """Like `profile`, on the devices of a TVM RPC session (`tvm_mulayer.deploy.connect`):
     kernels are compiled here, uploaded, and timed there."""
     import tempfile
@@ -632,7 +642,7 @@ def profile_remote(session, csv_path, cpu, gpu, configs: list[Layer], *, precisi
 
         # the remote's thread pool is its own: its size is not known here
         return _measure_into(csv_path, cpu, gpu, configs, remote_devices(session, cpu, gpu), upload, threads=None,
-                             precisions=precisions, quiet=quiet)
+                             precisions=precisions, quiet=quiet, passes=passes)
 
 
 def _exported_items(configs: list[Layer], precisions: dict, role: str) -> list[tuple[int, str]]:
@@ -661,9 +671,9 @@ def export_kernels(directory, cpu, gpu, configs: list[Layer], precisions: dict |
     return modules
 
 
-def measure_exported(directory, csv_path, *, quiet: bool = False) -> Path:
-    """Measure kernels exported by `export_kernels` (needs only the TVM runtime); appends
-    to `csv_path`, skipping what it already holds."""
+def measure_exported(directory, csv_path, *, quiet: bool = False, passes: int = 1) -> Path:
+    """Measure kernels exported by `export_kernels` (needs only the TVM runtime), each in
+    `passes` sweeps over all of them; appends to `csv_path`, skipping what it already holds."""
     import tvm
 
     from .processors import Processor
@@ -686,4 +696,4 @@ def measure_exported(directory, csv_path, *, quiet: bool = False) -> Path:
         return modules[role], {item: f"k{position[item]}" for item in items}, spec.get("weights", {}).get(role, {})
 
     return _measure_into(csv_path, cpu, gpu, configs, [tvm_device(cpu, 0), tvm_device(gpu, 1)], exported,
-                         threads=threads, precisions=precisions, quiet=quiet)
+                         threads=threads, precisions=precisions, quiet=quiet, passes=passes)
