@@ -363,9 +363,13 @@ class Predictor:
                 "`mulayer train` for these processors")
 
 
-BOOSTER_PARAMS = {"max_depth": 4, "eta": 0.05, "subsample": 0.9, "colsample_bytree": 0.9, "min_child_weight": 1,
+# Chosen by 5-fold cross-validation over layer shapes on the H200 host's profile (depth 4-8,
+# eta 0.01-0.05, row/column sampling, leaf weight): deeper trees, learned slowly, gained
+# 4-9 points within +-10% on every processor and precision over depth 4, eta 0.05, 800
+# rounds; on the noise-bound 2-core machine's profile both did the same.
+BOOSTER_PARAMS = {"max_depth": 6, "eta": 0.02, "subsample": 0.8, "colsample_bytree": 0.8, "min_child_weight": 3,
                   "objective": "reg:squarederror"}
-BOOSTER_ROUNDS = 800
+BOOSTER_ROUNDS = 2000
 
 
 def _label(role: str, precision: str, concurrent: bool) -> str:
@@ -409,15 +413,69 @@ def _line(points: list) -> list:
     return [max(float(fixed), 0.0), max(float(per_byte), 0.0)]
 
 
+class KernelSamples:
+    """One processor's training data from a profile: every measured kernel (its fastest
+    timing), its feature row, target (log seconds per multiply-accumulate), precision,
+    concurrency and layer shape (the unit held out together)."""
+
+    def __init__(self, predictor: Predictor, fastest: dict, role: str):
+        from .profiler import config_key, parse_config
+
+        self.role = role
+        self.keys = [key for key in fastest if key[1] == role]
+        if sum(kind == "kernel" for kind, _, _ in self.keys) < 10:
+            raise MulayerError(f"only {len(self.keys)} {role} kernel measurements; profile more configurations")
+        parsed = [parse_config(config) for _, _, config in self.keys]
+        layers = [layer for layer, _ in parsed]
+        self.precision = np.array([precision for _, precision in parsed])
+        self.concurrent = np.array([kind != "kernel" for kind, _, _ in self.keys])
+        self.shape = np.array([config_key(layer) for layer in layers])
+        self.x = np.array([predictor.features(role)(layer, c, p)
+                           for layer, c, p in zip(layers, self.concurrent, self.precision)])
+        self.log_macs = np.log([max(layer.macs, 1) for layer in layers])
+        self.y = np.log([fastest[key] for key in self.keys]) - self.log_macs
+
+    def fit(self, chosen, params: dict, rounds: int):
+        import xgboost as xgb
+
+        return xgb.train(params, xgb.DMatrix(self.x[chosen], self.y[chosen], feature_names=list(FEATURES)), rounds)
+
+    def folds(self, count: int, seed: int = 0) -> np.ndarray:
+        """Each sample's fold of `count`, drawn by layer shape (for `accuracy`)."""
+        shapes = sorted(set(self.shape))
+        fold = {shape: n % count for n, shape in enumerate(np.random.default_rng(seed).permutation(shapes))}
+        return np.array([fold[shape] for shape in self.shape])
+
+    def accuracy(self, folds, params: dict, rounds: int) -> dict:
+        """Accuracy by kind ("cpu int8", "gpu fp16 concurrent") of boosters fitted with
+        `params` for `rounds`, on held-out samples: `folds` gives each sample's fold (-1:
+        never held out); each fold is predicted by boosters fitted on all other samples."""
+        import xgboost as xgb
+
+        folds = np.asarray(folds)
+        predicted = np.full(len(self.y), np.nan)
+        for fold in set(folds[folds >= 0].tolist()):
+            test = folds == fold
+            booster = self.fit(~test, params, rounds)
+            predicted[test] = booster.predict(xgb.DMatrix(self.x[test], feature_names=list(FEATURES)))
+        tested = ~np.isnan(predicted)
+        result = {}
+        for form in sorted(set(self.precision), key=["int8", "fp16", "fp32"].index):
+            for concurrent in (False, True):
+                chosen = tested & (self.precision == form) & (self.concurrent == concurrent)
+                if chosen.any():
+                    result[_label(self.role, form, concurrent)] = _accuracy(
+                        np.exp(predicted[chosen] + self.log_macs[chosen]), np.exp(self.y[chosen] + self.log_macs[chosen]))
+        return result
+
+
 def train(rows: list[dict], cpu, gpu, *, holdout: float = 0.2, seed: int = 0) -> Predictor:
     """Fit per-processor boosters on profiler rows (kernel time per multiply-accumulate in
     log space, from features of the layer, its slice precision and its schedule, alone or
     with the other processor busy). Accuracy is measured on held-out layer shapes — a
     shape's measurements in every precision, alone and concurrent, are held out together —
     and reported per processor, precision and kind ("cpu int8", "gpu fp16 concurrent")."""
-    import xgboost as xgb
-
-    from .profiler import KERNEL_KINDS, config_key, parse_config
+    from .profiler import KERNEL_KINDS
 
     kernel_rows = [r for r in rows if r["kind"] in KERNEL_KINDS.values()]
     meta = {"cpu_target": cpu.target, "gpu_target": gpu.target, "gpu_async": gpu.device_type != "cpu",
@@ -431,36 +489,20 @@ def train(rows: list[dict], cpu, gpu, *, holdout: float = 0.2, seed: int = 0) ->
     predictor = Predictor({}, {}, meta)
     meta["repeatability"] = _repeatability(kernel_rows)
     fastest = _fastest(kernel_rows)
-    parsed = {config: parse_config(config) for _, _, config in fastest}
-    shapes = sorted({config_key(layer) for layer, _ in parsed.values()})
-    held_out = set(np.array(shapes)[np.random.default_rng(seed).random(len(shapes)) < holdout])
     params = dict(BOOSTER_PARAMS, seed=seed)
     for role in ("cpu", "gpu"):
-        keys = [key for key in fastest if key[1] == role]
-        if sum(kind == "kernel" for kind, _, _ in keys) < 10:
-            raise MulayerError(f"only {len(keys)} {role} kernel measurements; profile more configurations")
+        samples = KernelSamples(predictor, fastest, role)
+        shapes = sorted(set(samples.shape))
+        held_out = np.array(shapes)[np.random.default_rng(seed).random(len(shapes)) < holdout]
+        meta["accuracy"].update(samples.accuracy(np.where(np.isin(samples.shape, held_out), 0, -1), params,
+                                                 BOOSTER_ROUNDS))
         meta["devices"][role] = sorted({r["device"] for r in kernel_rows if r["role"] == role})
-        layers = [parsed[config][0] for _, _, config in keys]
-        precision = np.array([parsed[config][1] for _, _, config in keys])
-        concurrent = np.array([kind != "kernel" for kind, _, _ in keys])
-        x = np.array([predictor.features(role)(layer, c, p) for layer, c, p in zip(layers, concurrent, precision)])
-        log_macs = np.log([max(layer.macs, 1) for layer in layers])
-        y = np.log([fastest[key] for key in keys]) - log_macs
-        test = np.array([config_key(layer) in held_out for layer in layers])
-        held = xgb.train(params, xgb.DMatrix(x[~test], y[~test], feature_names=list(FEATURES)), BOOSTER_ROUNDS)
-        predicted = np.exp(held.predict(xgb.DMatrix(x[test], feature_names=list(FEATURES))) + log_macs[test])
-        actual = np.exp(y[test] + log_macs[test])
-        meta["precisions"][role] = sorted(set(precision), key=["int8", "fp16", "fp32"].index)
-        for form in meta["precisions"][role]:
-            for is_concurrent in (False, True):
-                chosen = (precision[test] == form) & (concurrent[test] == is_concurrent)
-                if chosen.any():
-                    meta["accuracy"][_label(role, form, is_concurrent)] = _accuracy(predicted[chosen], actual[chosen])
-        meta["samples"][role] = {form: {"alone": int(((precision == form) & ~concurrent).sum()),
-                                        "concurrent": int(((precision == form) & concurrent).sum())}
+        meta["precisions"][role] = sorted(set(samples.precision), key=["int8", "fp16", "fp32"].index)
+        meta["samples"][role] = {form: {"alone": int(((samples.precision == form) & ~samples.concurrent).sum()),
+                                        "concurrent": int(((samples.precision == form) & samples.concurrent).sum())}
                                  for form in meta["precisions"][role]}
-        predictor.boosters[role] = xgb.train(params, xgb.DMatrix(x, y, feature_names=list(FEATURES)), BOOSTER_ROUNDS)
-        for kind, _, config in keys:
+        predictor.boosters[role] = samples.fit(slice(None), params, BOOSTER_ROUNDS)
+        for kind, _, config in samples.keys:
             predictor.measured.setdefault(role, {}).setdefault(kind, {})[config] = fastest[(kind, role, config)]
     for direction in ("h2d", "d2h"):
         points = [(float(r["bytes"]), float(r["seconds"])) for r in rows if r["kind"] == "copy" and r["config"] == direction]

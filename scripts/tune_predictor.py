@@ -1,0 +1,64 @@
+"""Cross-validate the predictor's booster settings on a profile.
+
+    python scripts/tune_predictor.py PROFILE.csv [...] --cpu x86-avx512 --gpu cuda:sm_90 \
+        [--folds 5] [--depth 4 6] [--eta 0.05 0.02] [--rounds 800 2000] [--min-child-weight 1 3] \
+        [--sample 0.9 0.8]
+
+Every combination of the settings given is scored the way `mulayer train` scores its
+predictor — share of held-out kernels predicted within +-10%, per processor, precision and
+kind — but over k folds of layer shapes, so every configuration is held out once and the
+score does not hang on one random 20%. The first row is the shipped setting
+(predictor.BOOSTER_PARAMS, BOOSTER_ROUNDS).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+from pathlib import Path
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("profiles", nargs="+")
+    parser.add_argument("--cpu", required=True)
+    parser.add_argument("--gpu", required=True)
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--depth", nargs="+", type=int, default=[4, 6])
+    parser.add_argument("--eta", nargs="+", type=float, default=[0.05, 0.02])
+    parser.add_argument("--rounds", nargs="+", type=int, default=[800, 2000])
+    parser.add_argument("--min-child-weight", nargs="+", type=float, default=[1, 3])
+    parser.add_argument("--sample", nargs="+", type=float, default=[0.9, 0.8],
+                        help="row and column subsampling (both the same)")
+    args = parser.parse_args(argv)
+
+    from tvm_mulayer.build import resolve_processors
+    from tvm_mulayer.predictor import (BOOSTER_PARAMS, BOOSTER_ROUNDS, KernelSamples, Predictor, _fastest,
+                                       _threads)
+    from tvm_mulayer.profiler import KERNEL_KINDS, read_rows
+
+    cpu, gpu = resolve_processors(args.cpu, args.gpu)
+    rows = [r for path in args.profiles for r in read_rows(Path(path)) if r["kind"] in KERNEL_KINDS.values()]
+    predictor = Predictor({}, {}, {"cpu_target": cpu.target, "gpu_target": gpu.target, "fp32_weights_prepacked": True,
+                                   "cpu_threads": _threads([r for r in rows if r["role"] == "cpu"], cpu)})
+    fastest = _fastest(rows)
+    samples = [KernelSamples(predictor, fastest, role) for role in ("cpu", "gpu")]
+    folds = [s.folds(args.folds) for s in samples]
+    shipped = (BOOSTER_PARAMS, BOOSTER_ROUNDS)
+    grid = [({**BOOSTER_PARAMS, "max_depth": d, "eta": e, "min_child_weight": m, "subsample": f,
+              "colsample_bytree": f}, r)
+            for d, e, r, m, f in itertools.product(args.depth, args.eta, args.rounds, args.min_child_weight,
+                                                   args.sample)]
+    for params, rounds in [shipped] + [g for g in grid if g != shipped]:
+        scores = {}
+        for s, fold in zip(samples, folds):
+            scores.update(s.accuracy(fold, dict(params, seed=0), rounds))
+        setting = (f"depth {params['max_depth']} eta {params['eta']} rounds {rounds} "
+                   f"min_child_weight {params['min_child_weight']} sample {params['subsample']}")
+        print(f"{setting}{' (shipped)' if (params, rounds) == shipped else ''}: " + ", ".join(
+            f"{label} {score['within_10pct'] * 100:.1f}%" for label, score in scores.items()), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
