@@ -363,13 +363,15 @@ class Predictor:
                 "`mulayer train` for these processors")
 
 
-# Chosen by 5-fold cross-validation over layer shapes on the H200 host's profile (depth 4-8,
-# eta 0.01-0.05, row/column sampling, leaf weight): deeper trees, learned slowly, gained
-# 4-9 points within +-10% on every processor and precision over depth 4, eta 0.05, 800
-# rounds; on the noise-bound 2-core machine's profile both did the same.
-BOOSTER_PARAMS = {"max_depth": 6, "eta": 0.02, "subsample": 0.8, "colsample_bytree": 0.8, "min_child_weight": 3,
+# Chosen by 5-fold cross-validation over layer shapes on the H200 host's profiles
+# (scripts/tune_predictor.py; depth 4-8, eta 0.01-0.05, row/column sampling, leaf weight):
+# depth 6 gained 2-7 points within +-10% over depth 4 alone, 1-13 concurrent, on every
+# processor and precision of the two-pass profile;
+# 2000 rounds at eta 0.02 scored within 4 points of these 800 at 0.05 but made a shipped
+# predictor 2.5x larger (17 MB). On the noise-bound 2-core machine's profile all scored alike.
+BOOSTER_PARAMS = {"max_depth": 6, "eta": 0.05, "subsample": 0.8, "colsample_bytree": 0.8, "min_child_weight": 3,
                   "objective": "reg:squarederror"}
-BOOSTER_ROUNDS = 2000
+BOOSTER_ROUNDS = 800
 
 
 def _label(role: str, precision: str, concurrent: bool) -> str:
