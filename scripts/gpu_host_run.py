@@ -220,6 +220,10 @@ def cmd_run(args) -> int:
     spec = json.loads((root / "runs.json").read_text())
     results = {"runs": [], "peers": {}}
     out_dir = Path(args.results) if args.results else None
+
+    def save():  # after each timing: a run cut off at its time limit keeps what it measured
+        if out_dir:
+            (out_dir / "results.json").write_text(json.dumps(results, indent=1))
     if spec.get("peers"):
         # Each peer in a fresh process: TVM's and onnxruntime's spinning thread pools in one
         # process slowed onnxruntime 2-6x and PyTorch's launches 2x on the host.
@@ -259,13 +263,11 @@ def cmd_run(args) -> int:
             row.update({"median_ms": min(row["round_medians_ms"]),
                         "min_ms": min(row.get("min_ms", float("inf")), timing["min"] * 1e3)})
             print(json.dumps({k: row[k] for k in ("model", "split", "precision", "median_ms")}), flush=True)
-            if out_dir:  # after each timing: a run cut off at its time limit keeps what it measured
-                (out_dir / "results.json").write_text(json.dumps(results, indent=1))
-    for row, executable, x in loaded:
-        if spec.get("trace"):
+            save()
+    if spec.get("trace"):
+        for row, executable, x in loaded:
             row["trace"] = _kernel_times(executable, x, spec["trace"])
-    if out_dir:
-        (out_dir / "results.json").write_text(json.dumps(results, indent=1))
+        save()
     if spec.get("profile"):  # last: the profiler's second thread must not share the runs' process state
         from tvm_mulayer.profiler import measure_exported
 

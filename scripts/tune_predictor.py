@@ -33,16 +33,12 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     from tvm_mulayer.build import resolve_processors
-    from tvm_mulayer.predictor import (BOOSTER_PARAMS, BOOSTER_ROUNDS, KernelSamples, Predictor, _fastest,
-                                       _threads)
-    from tvm_mulayer.profiler import KERNEL_KINDS, read_rows
+    from tvm_mulayer.predictor import BOOSTER_PARAMS, BOOSTER_ROUNDS, training_samples
+    from tvm_mulayer.profiler import read_rows
 
     cpu, gpu = resolve_processors(args.cpu, args.gpu)
-    rows = [r for path in args.profiles for r in read_rows(Path(path)) if r["kind"] in KERNEL_KINDS.values()]
-    predictor = Predictor({}, {}, {"cpu_target": cpu.target, "gpu_target": gpu.target, "fp32_weights_prepacked": True,
-                                   "cpu_threads": _threads([r for r in rows if r["role"] == "cpu"], cpu)})
-    fastest = _fastest(rows)
-    samples = [KernelSamples(predictor, fastest, role) for role in ("cpu", "gpu")]
+    _, _, by_role = training_samples([r for path in args.profiles for r in read_rows(Path(path))], cpu, gpu)
+    samples = list(by_role.values())
     folds = [s.folds(args.folds) for s in samples]
     shipped = (BOOSTER_PARAMS, BOOSTER_ROUNDS)
     grid = [({**BOOSTER_PARAMS, "max_depth": d, "eta": e, "min_child_weight": m, "subsample": f,

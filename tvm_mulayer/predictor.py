@@ -434,8 +434,14 @@ class KernelSamples:
         self.shape = np.array([config_key(layer) for layer in layers])
         self.x = np.array([predictor.features(role)(layer, c, p)
                            for layer, c, p in zip(layers, self.concurrent, self.precision)])
+        self.seconds = np.array([fastest[key] for key in self.keys])
         self.log_macs = np.log([max(layer.macs, 1) for layer in layers])
-        self.y = np.log([fastest[key] for key in self.keys]) - self.log_macs
+        self.y = np.log(self.seconds) - self.log_macs
+
+    @property
+    def precisions(self) -> list:
+        """The slice precisions measured, in the order int8, fp16, fp32."""
+        return sorted(set(self.precision), key=["int8", "fp16", "fp32"].index)
 
     def fit(self, chosen, params: dict, rounds: int):
         import xgboost as xgb
@@ -447,6 +453,13 @@ class KernelSamples:
         shapes = sorted(set(self.shape))
         fold = {shape: n % count for n, shape in enumerate(np.random.default_rng(seed).permutation(shapes))}
         return np.array([fold[shape] for shape in self.shape])
+
+    def held_out(self, share: float, seed: int = 0) -> np.ndarray:
+        """Folds (for `accuracy`) holding out about `share` of the layer shapes as fold 0,
+        the rest never (-1)."""
+        shapes = np.array(sorted(set(self.shape)))
+        chosen = shapes[np.random.default_rng(seed).random(len(shapes)) < share]
+        return np.where(np.isin(self.shape, chosen), 0, -1)
 
     def accuracy(self, folds, params: dict, rounds: int) -> dict:
         """Accuracy by kind ("cpu int8", "gpu fp16 concurrent") of boosters fitted with
@@ -462,21 +475,19 @@ class KernelSamples:
             predicted[test] = booster.predict(xgb.DMatrix(self.x[test], feature_names=list(FEATURES)))
         tested = ~np.isnan(predicted)
         result = {}
-        for form in sorted(set(self.precision), key=["int8", "fp16", "fp32"].index):
+        for form in self.precisions:
             for concurrent in (False, True):
                 chosen = tested & (self.precision == form) & (self.concurrent == concurrent)
                 if chosen.any():
                     result[_label(self.role, form, concurrent)] = _accuracy(
-                        np.exp(predicted[chosen] + self.log_macs[chosen]), np.exp(self.y[chosen] + self.log_macs[chosen]))
+                        np.exp(predicted[chosen] + self.log_macs[chosen]), self.seconds[chosen])
         return result
 
 
-def train(rows: list[dict], cpu, gpu, *, holdout: float = 0.2, seed: int = 0) -> Predictor:
-    """Fit per-processor boosters on profiler rows (kernel time per multiply-accumulate in
-    log space, from features of the layer, its slice precision and its schedule, alone or
-    with the other processor busy). Accuracy is measured on held-out layer shapes — a
-    shape's measurements in every precision, alone and concurrent, are held out together —
-    and reported per processor, precision and kind ("cpu int8", "gpu fp16 concurrent")."""
+def training_samples(rows: list[dict], cpu, gpu) -> tuple:
+    """(an untrained Predictor for `cpu` + `gpu` whose features the samples use, the kernel
+    rows of `rows`, {role: KernelSamples}): what `train` fits and scores, and what
+    scripts/tune_predictor.py cross-validates."""
     from .profiler import KERNEL_KINDS
 
     kernel_rows = [r for r in rows if r["kind"] in KERNEL_KINDS.values()]
@@ -489,23 +500,31 @@ def train(rows: list[dict], cpu, gpu, *, holdout: float = 0.2, seed: int = 0) ->
             # gives its float32 rows the rule choice of prepacked weights)
             "fp32_weights_prepacked": True}
     predictor = Predictor({}, {}, meta)
-    meta["repeatability"] = _repeatability(kernel_rows)
     fastest = _fastest(kernel_rows)
+    return predictor, kernel_rows, {role: KernelSamples(predictor, fastest, role) for role in ("cpu", "gpu")}
+
+
+def train(rows: list[dict], cpu, gpu, *, holdout: float = 0.2, seed: int = 0) -> Predictor:
+    """Fit per-processor boosters on profiler rows (kernel time per multiply-accumulate in
+    log space, from features of the layer, its slice precision and its schedule, alone or
+    with the other processor busy). Accuracy is measured on held-out layer shapes — a
+    shape's measurements in every precision, alone and concurrent, are held out together —
+    and reported per processor, precision and kind ("cpu int8", "gpu fp16 concurrent")."""
+    predictor, kernel_rows, samples_by_role = training_samples(rows, cpu, gpu)
+    meta = predictor.meta
+    meta["repeatability"] = _repeatability(kernel_rows)
     params = dict(BOOSTER_PARAMS, seed=seed)
-    for role in ("cpu", "gpu"):
-        samples = KernelSamples(predictor, fastest, role)
-        shapes = sorted(set(samples.shape))
-        held_out = np.array(shapes)[np.random.default_rng(seed).random(len(shapes)) < holdout]
-        meta["accuracy"].update(samples.accuracy(np.where(np.isin(samples.shape, held_out), 0, -1), params,
-                                                 BOOSTER_ROUNDS))
+    for role, samples in samples_by_role.items():
+        meta["accuracy"].update(samples.accuracy(samples.held_out(holdout, seed), params, BOOSTER_ROUNDS))
         meta["devices"][role] = sorted({r["device"] for r in kernel_rows if r["role"] == role})
-        meta["precisions"][role] = sorted(set(samples.precision), key=["int8", "fp16", "fp32"].index)
+        meta["precisions"][role] = samples.precisions
         meta["samples"][role] = {form: {"alone": int(((samples.precision == form) & ~samples.concurrent).sum()),
                                         "concurrent": int(((samples.precision == form) & samples.concurrent).sum())}
-                                 for form in meta["precisions"][role]}
+                                 for form in samples.precisions}
         predictor.boosters[role] = samples.fit(slice(None), params, BOOSTER_ROUNDS)
-        for kind, _, config in samples.keys:
-            predictor.measured.setdefault(role, {}).setdefault(kind, {})[config] = fastest[(kind, role, config)]
+        for key, seconds in zip(samples.keys, samples.seconds):
+            kind, _, config = key
+            predictor.measured.setdefault(role, {}).setdefault(kind, {})[config] = seconds
     for direction in ("h2d", "d2h"):
         points = [(float(r["bytes"]), float(r["seconds"])) for r in rows if r["kind"] == "copy" and r["config"] == direction]
         if len(points) < 2:

@@ -527,9 +527,12 @@ def _measure_into(csv_path, cpu, gpu, configs: list[Layer], devices: list, kerne
     step = max(1, round(1 / concurrent_share)) if concurrent_share and not gpu.emulated else 0
     sampled = set(range(0, len(configs), step)) if step else set()
     roles = (("cpu", cpu, devices[0]), ("gpu", gpu, devices[1]))
-    todo = {role: [((i, precision), concurrent) for precision in precisions[role] for concurrent in (False, True)
-                   for i in range(len(configs)) if (not concurrent or i in sampled)
-                   and done[KERNEL_KINDS[concurrent], role, config_key(configs[i], precision)] < passes]
+    # role -> {((config index, precision), concurrent): timings the CSV already holds}, for
+    # each kernel with fewer than `passes`
+    todo = {role: {((i, precision), concurrent): count for precision in precisions[role]
+                   for concurrent in (False, True) for i in range(len(configs)) if not concurrent or i in sampled
+                   for count in [done[KERNEL_KINDS[concurrent], role, config_key(configs[i], precision)]]
+                   if count < passes}
             for role, _, _ in roles}
     converting = {role: [dtype for dtype in conversions_for(precisions) if ("convert", role, dtype) not in done]
                   for role, _, _ in roles}
@@ -573,8 +576,8 @@ def _measure_into(csv_path, cpu, gpu, configs: list[Layer], devices: list, kerne
                 vm = tvm.runtime.vm.VirtualMachine(module, device)
                 compiled = set(chunk)
                 for sweep, concurrent in itertools.product(range(passes), (False, True)):
-                    items = [item for item, c in todo[role] if c == concurrent and item in compiled
-                             and done[KERNEL_KINDS[c], role, config_key(configs[item[0]], item[1])] <= sweep]
+                    items = [item for (item, c), count in todo[role].items()
+                             if c == concurrent and item in compiled and count <= sweep]
                     if not items:
                         continue
                     # a CPU kernel is timed with GPU kernels queued before it; a GPU kernel while
