@@ -231,6 +231,26 @@ def test_cpu_kernel_features_name_the_conv_schedule_each_layer_gets():
     assert modes == ["gemm"] * len(gemm_layers)
 
 
+def test_kernel_base_fits_a_launch_floor_plus_throughput_line_per_precision():
+    """The analytic base the boosters correct is fitted in relative error, per precision and
+    per schedule rule, with no negative coefficient: timings that are exactly a fixed
+    cost plus time per multiply-accumulate come back exactly, each precision its own."""
+    from tvm_mulayer.predictor import FEATURES, KernelBase, KernelFeatures
+
+    features = KernelFeatures({"kind": "llvm", "mcpu": "cascadelake", "num-cores": 1}, threads=1)
+    layers = zoo_configs(["vgg16", "squeezenet1_1", "googlenet"], fractions=(0.25, 0.5, 1.0), image_size=64,
+                         width=0.25)
+    precisions = np.array(["fp32", "int8"] * len(layers))
+    rows = np.array([features(layer, precision=p) for layer in layers for p in ("fp32", "int8")])
+    macs = np.exp(rows[:, FEATURES.index("log_macs")])
+    seconds = np.where(precisions == "fp32", 5e-6 + macs / 1e10, 2e-6 + macs / 4e10)
+    base = KernelBase.fit(rows, seconds, precisions)
+    assert set(base.coefficients) == {"fp32", "int8"}
+    assert any(len(lines) > 1 for lines in base.coefficients.values())  # some rule has a line of its own
+    assert all(c >= 0 for lines in base.coefficients.values() for line in lines.values() for c in line)
+    np.testing.assert_allclose(np.exp(base.log_seconds_per_mac(rows, precisions)) * macs, seconds, rtol=1e-6)
+
+
 def test_training_reports_alone_and_concurrent_accuracy_on_held_out_configs():
     """Concurrent measurements are a feature of the same regressor; a configuration's two
     measurements are held out together, and accuracy is reported for each kind."""

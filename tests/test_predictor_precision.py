@@ -173,7 +173,7 @@ def test_profile_passes_time_each_kernel_again_and_train_reports_their_agreement
         assert predictor.meta["repeatability"][f"{role} fp32"]["samples"] == len(configs)
 
 
-def test_repeatability_is_the_agreement_of_the_first_two_timings():
+def test_repeatability_is_the_agreement_of_the_first_two_timings_and_of_the_halves_fastest():
     from tvm_mulayer.predictor import _repeatability
 
     layer = zoo_configs(["vgg16"], fractions=(1.0,), image_size=32, width=0.25)[0]
@@ -182,11 +182,15 @@ def test_repeatability_is_the_agreement_of_the_first_two_timings():
                 ("kernel", "cpu", layer, "int8", (1.0, 1.05, 9.0)),  # third timing not compared
                 ("kernel", "cpu", layer.part(8), "int8", (1.3, 1.0)),
                 ("kernel", "cpu", layer.part(4), "int8", (1.0,)),  # timed once: no agreement to tell
-                ("kernel-concurrent", "gpu", layer, "fp16", (2.0, 2.1))]
+                ("kernel-concurrent", "gpu", layer, "fp16", (2.0, 2.1)),
+                # four timings: halves' fastest 1.5 and 1.6 agree, though the first two do not
+                ("kernel", "gpu", layer, "fp32", (2.0, 1.5, 1.6, 3.0))]
             for s in timings]
     assert _repeatability(rows) == {
         "cpu int8": {"samples": 2, "within_10pct": 0.5, "median_difference": pytest.approx((0.05 + 0.3) / 2)},
-        "gpu fp16 concurrent": {"samples": 1, "within_10pct": 1.0, "median_difference": pytest.approx(0.05)}}
+        "gpu fp16 concurrent": {"samples": 1, "within_10pct": 1.0, "median_difference": pytest.approx(0.05)},
+        "gpu fp32": {"samples": 1, "within_10pct": 0.0, "median_difference": pytest.approx(0.5 / 1.5),
+                     "halves": {"samples": 1, "within_10pct": 1.0, "median_difference": pytest.approx(0.1 / 1.5)}}}
 
 
 def _synthetic_rows(rates: dict, launch: float = 20e-6):

@@ -201,6 +201,10 @@ def cmd_train(args) -> int:
         print(f"{role}: {rep['samples']} kernels timed in two passes agree within +-10% for "
               f"{rep['within_10pct'] * 100:.1f}% (median difference {rep['median_difference'] * 100:.1f}%): "
               "the measurement's own limit")
+        if "halves" in rep:
+            halves = rep["halves"]
+            print(f"{role}: the fastest of each half of the passes agree within +-10% for "
+                  f"{halves['within_10pct'] * 100:.1f}% (median difference {halves['median_difference'] * 100:.1f}%)")
     if args.runs:
         from .partitioner import calibrate, whole_model_runs
 

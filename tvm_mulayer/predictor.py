@@ -3,7 +3,11 @@
 Kernel time is predicted per multiply-accumulate, in log space (so errors are relative and
 the trees learn a kernel's efficiency, not its size), from the layer's shape and costs and
 from what the project's schedule rules make of it on that processor (tiles, parallel tasks,
-thread blocks, tails), alone or with the other processor busy. Copies are a line,
+thread blocks, tails), alone or with the other processor busy. The trees correct an
+analytic base (`KernelBase`): a fixed cost plus time per multiply-accumulate, per byte
+moved and per unit of the busiest parallel slot's work, fitted per precision and schedule
+rule. Without it the trees had to build the launch floor (a GPU kernel's few
+microseconds) and the throughput line out of steps, and missed between them. Copies are a line,
 seconds = latency + bytes / bandwidth, per direction. What runs besides the layers (VM
 dispatch, GPU launches, pooling/LRN/concat kernels) is a small overhead model fitted to
 whole-model runs by `partitioner.calibrate`. Configurations the profile measured are
@@ -33,7 +37,7 @@ import numpy as np
 from .errors import MulayerError
 from .layers import Layer
 
-PREDICTOR_FORMAT = "tvm-mulayer-predictor/2"
+PREDICTOR_FORMAT = "tvm-mulayer-predictor/3"
 # What the regressors see: the layer's shape and costs, and what the project's schedule
 # rules will make of it on that processor (tiles, parallel tasks, thread blocks, tails),
 # since those — not the shape alone — decide a kernel's speed.
@@ -247,6 +251,76 @@ def _accuracy(predicted, actual) -> dict:
             "median_error": float(np.median(rel)), "p90_error": float(np.quantile(rel, 0.9))}
 
 
+class KernelBase:
+    """The analytic base the boosters correct, for one processor: seconds = fixed + macs x
+    per_mac + bytes x per_byte + critical x per_unit, where `critical` is the busiest
+    parallel slot's work (waves of tasks x work per task, from the schedule features).
+    Coefficients are fitted per precision and per schedule rule with enough samples (the
+    precision's own otherwise), non-negative, in relative error: {precision: {"any" or
+    rule code: [fixed, per_mac, per_byte, per_unit]}}."""
+
+    MIN_RULE_SAMPLES = 20  # fewer, and a rule's kernels take their precision's line
+
+    def __init__(self, coefficients: dict):
+        self.coefficients = coefficients
+
+    @staticmethod
+    def terms(rows: np.ndarray) -> np.ndarray:
+        """The base's columns for feature rows: 1, multiply-accumulates, bytes moved, critical work."""
+        column = lambda name: rows[:, FEATURES.index(name)]  # noqa: E731
+        moved = sum(np.exp(column(name)) for name in ("log_input_bytes", "log_weight_bytes", "log_output_bytes"))
+        # task_imbalance x tasks = waves x slots: proportional to the waves on one slot
+        critical = column("task_imbalance") * np.exp(column("log_tasks") + column("log_work_per_task"))
+        return np.column_stack([np.ones(len(rows)), np.exp(column("log_macs")), moved, critical])
+
+    @staticmethod
+    def _line(terms: np.ndarray, seconds: np.ndarray) -> list:
+        """Non-negative coefficients minimising the relative error (terms dropped while
+        the fit gives them a negative one, a kernel costs no less for doing more)."""
+        scaled = terms / seconds[:, None]
+        norm = np.abs(scaled).max(axis=0)
+        norm[norm == 0] = 1.0
+        kept = list(range(terms.shape[1]))
+        while True:  # ends: the fixed cost alone always fits positive (every scaled term is)
+            solved, *_ = np.linalg.lstsq(scaled[:, kept] / norm[kept], np.ones(len(seconds)), rcond=None)
+            solved = solved / norm[kept]
+            if (solved >= 0).all():
+                break
+            kept = [k for k, value in zip(kept, solved) if value > 0] or [0]
+        coefficients = np.zeros(terms.shape[1])
+        coefficients[kept] = solved
+        return coefficients.tolist()
+
+    @classmethod
+    def fit(cls, rows: np.ndarray, seconds: np.ndarray, precisions: np.ndarray) -> "KernelBase":
+        terms, rules = cls.terms(rows), rows[:, FEATURES.index("rule")]
+        coefficients = {}
+        for precision in sorted(set(precisions)):
+            mine = precisions == precision
+            lines = {"any": cls._line(terms[mine], seconds[mine])}
+            for rule in sorted(set(rules[mine])):
+                ruled = mine & (rules == rule)
+                if ruled.sum() >= cls.MIN_RULE_SAMPLES:
+                    lines[str(int(rule))] = cls._line(terms[ruled], seconds[ruled])
+            coefficients[precision] = lines
+        return cls(coefficients)
+
+    def log_seconds_per_mac(self, rows: np.ndarray, precisions) -> np.ndarray:
+        """The base's log seconds per multiply-accumulate of each feature row (the boosters' margin)."""
+        terms, rules = self.terms(rows), rows[:, FEATURES.index("rule")]
+        lines = [self.coefficients[precision] for precision in precisions]
+        chosen = np.array([line.get(str(int(rule)), line["any"]) for line, rule in zip(lines, rules)])
+        return np.log(np.maximum(np.sum(terms * chosen, axis=1), 1e-12)) - rows[:, FEATURES.index("log_macs")]
+
+
+def _predict_log(booster, base: KernelBase, rows: np.ndarray, precisions) -> np.ndarray:
+    """Log seconds per multiply-accumulate: the base, corrected by the booster."""
+    import xgboost as xgb
+
+    margin = base.log_seconds_per_mac(rows, precisions)
+    return booster.predict(xgb.DMatrix(rows, base_margin=margin, feature_names=list(FEATURES)))
+
+
 def _threads(rows: list[dict], cpu) -> int:
     """The CPU thread pool the rows were timed with: the profiler records it in the device
     column ("..., 15 threads"); older profiles were timed with TVM's default, half the
@@ -259,9 +333,11 @@ def _threads(rows: list[dict], cpu) -> int:
 
 
 class Predictor:
-    def __init__(self, boosters: dict, copy_model: dict, meta: dict, measured: dict | None = None,
+    def __init__(self, boosters: dict, bases: dict, copy_model: dict, meta: dict, measured: dict | None = None,
                  convert_model: dict | None = None):
-        self.boosters = boosters  # role -> xgboost.Booster (log seconds per multiply-accumulate)
+        # role -> xgboost.Booster: log seconds per multiply-accumulate, corrections to bases[role] (KernelBase)
+        self.boosters = boosters
+        self.bases = bases
         self.copy_model = copy_model  # "h2d"/"d2h" -> [seconds_fixed, seconds_per_byte]
         self.meta = meta
         # role -> profile kind -> config key -> seconds: configurations the profile measured
@@ -308,8 +384,6 @@ class Predictor:
                      precision: str = "fp32") -> np.ndarray:
         """Seconds of each layer part's slice kernel on `role` computing in `precision`
         (which must be one of `precisions(role)`)."""
-        import xgboost as xgb
-
         from .profiler import KERNEL_KINDS, config_key
 
         if precision not in self.precisions(role):
@@ -319,7 +393,7 @@ class Predictor:
             return np.zeros(0)
         rows = np.array([self.features(role)(layer, concurrent, precision) for layer in layers])
         log_macs = np.log([max(layer.macs, 1) for layer in layers])
-        predicted = np.exp(self.boosters[role].predict(xgb.DMatrix(rows, feature_names=list(FEATURES))) + log_macs)
+        predicted = np.exp(_predict_log(self.boosters[role], self.bases[role], rows, [precision] * len(rows)) + log_macs)
         table = self.measured.get(role, {}).get(KERNEL_KINDS[concurrent], {})
         return np.array([table.get(config_key(layer, precision), p) for layer, p in zip(layers, predicted)])
 
@@ -332,6 +406,7 @@ class Predictor:
     def save(self, path) -> None:
         data = {"format": PREDICTOR_FORMAT, "meta": self.meta, "copy_model": self.copy_model, "measured": self.measured,
                 "convert_model": self.convert_model,
+                "bases": {role: base.coefficients for role, base in self.bases.items()},
                 "boosters": {role: bytes(b.save_raw("json")).decode() for role, b in self.boosters.items()}}
         Path(path).write_text(json.dumps(data))
 
@@ -351,7 +426,9 @@ class Predictor:
             booster = xgb.Booster()
             booster.load_model(bytearray(text.encode()))
             boosters[role] = booster
-        return Predictor(boosters, data["copy_model"], data["meta"], data.get("measured"), data.get("convert_model"))
+        bases = {role: KernelBase(coefficients) for role, coefficients in data["bases"].items()}
+        return Predictor(boosters, bases, data["copy_model"], data["meta"], data.get("measured"),
+                         data.get("convert_model"))
 
     def check_processors(self, cpu, gpu) -> None:
         """A predictor measured on other processors predicts nothing useful: refuse it."""
@@ -383,19 +460,30 @@ def _repeatability(rows: list[dict]) -> dict:
     """How well a profile's repeated timings of the same kernel (`mulayer profile --passes`)
     agree, by kind: the share of kernels whose first two timings differ by at most 10% of
     the faster, and the median difference — the measurement's own noise, which bounds what
-    any predictor of it can reach."""
+    any predictor of it can reach. With four timings or more, also ("halves") how the
+    fastest of the first half of them agrees with the fastest of the second: the noise of
+    a fastest-of-several timing, such as the predictor's own target."""
     from .profiler import parse_config
 
     timings = {}
     for row in rows:
         timings.setdefault((row["kind"], row["role"], row["config"]), []).append(float(row["seconds"]))
-    differences = {}
+    pairs = {}
     for (kind, role, config), seconds in timings.items():
+        label = _label(role, parse_config(config)[1], kind != "kernel")
         if len(seconds) >= 2:
-            label = _label(role, parse_config(config)[1], kind != "kernel")
-            differences.setdefault(label, []).append(abs(seconds[1] - seconds[0]) / min(seconds[:2]))
-    return {label: {"samples": len(d), "within_10pct": float(np.mean(np.array(d) <= 0.10)),
-                    "median_difference": float(np.median(d))} for label, d in sorted(differences.items())}
+            pairs.setdefault(label, {}).setdefault("first two", []).append(seconds[:2])
+        if len(seconds) >= 4:
+            half = len(seconds) // 2
+            pairs[label].setdefault("halves", []).append((min(seconds[:half]), min(seconds[half:])))
+
+    def agreement(timing_pairs):
+        d = np.array([abs(a - b) / min(a, b) for a, b in timing_pairs])
+        return {"samples": len(d), "within_10pct": float(np.mean(d <= 0.10)), "median_difference": float(np.median(d))}
+
+    return {label: {**agreement(compared["first two"]),
+                    **({"halves": agreement(compared["halves"])} if "halves" in compared else {})}
+            for label, compared in sorted(pairs.items())}
 
 
 def _fastest(rows: list[dict]) -> dict:
@@ -443,10 +531,14 @@ class KernelSamples:
         """The slice precisions measured, in the order int8, fp16, fp32."""
         return sorted(set(self.precision), key=["int8", "fp16", "fp32"].index)
 
-    def fit(self, chosen, params: dict, rounds: int):
+    def fit(self, chosen, params: dict, rounds: int) -> tuple:
+        """(booster, KernelBase) fitted on the `chosen` samples."""
         import xgboost as xgb
 
-        return xgb.train(params, xgb.DMatrix(self.x[chosen], self.y[chosen], feature_names=list(FEATURES)), rounds)
+        base = KernelBase.fit(self.x[chosen], self.seconds[chosen], self.precision[chosen])
+        margin = base.log_seconds_per_mac(self.x[chosen], self.precision[chosen])
+        data = xgb.DMatrix(self.x[chosen], self.y[chosen], base_margin=margin, feature_names=list(FEATURES))
+        return xgb.train(params, data, rounds), base
 
     def folds(self, count: int, seed: int = 0) -> np.ndarray:
         """Each sample's fold of `count`, drawn by layer shape (for `accuracy`)."""
@@ -465,14 +557,11 @@ class KernelSamples:
         """Accuracy by kind ("cpu int8", "gpu fp16 concurrent") of boosters fitted with
         `params` for `rounds`, on held-out samples: `folds` gives each sample's fold (-1:
         never held out); each fold is predicted by boosters fitted on all other samples."""
-        import xgboost as xgb
-
         folds = np.asarray(folds)
         predicted = np.full(len(self.y), np.nan)
         for fold in set(folds[folds >= 0].tolist()):
             test = folds == fold
-            booster = self.fit(~test, params, rounds)
-            predicted[test] = booster.predict(xgb.DMatrix(self.x[test], feature_names=list(FEATURES)))
+            predicted[test] = _predict_log(*self.fit(~test, params, rounds), self.x[test], self.precision[test])
         tested = ~np.isnan(predicted)
         result = {}
         for form in self.precisions:
@@ -499,7 +588,7 @@ def training_samples(rows: list[dict], cpu, gpu) -> tuple:
             # made before slice precisions repacked in the kernel: retraining one of them
             # gives its float32 rows the rule choice of prepacked weights)
             "fp32_weights_prepacked": True}
-    predictor = Predictor({}, {}, meta)
+    predictor = Predictor({}, {}, {}, meta)
     fastest = _fastest(kernel_rows)
     return predictor, kernel_rows, {role: KernelSamples(predictor, fastest, role) for role in ("cpu", "gpu")}
 
@@ -521,7 +610,7 @@ def train(rows: list[dict], cpu, gpu, *, holdout: float = 0.2, seed: int = 0) ->
         meta["samples"][role] = {form: {"alone": int(((samples.precision == form) & ~samples.concurrent).sum()),
                                         "concurrent": int(((samples.precision == form) & samples.concurrent).sum())}
                                  for form in samples.precisions}
-        predictor.boosters[role] = samples.fit(slice(None), params, BOOSTER_ROUNDS)
+        predictor.boosters[role], predictor.bases[role] = samples.fit(slice(None), params, BOOSTER_ROUNDS)
         for key, seconds in zip(samples.keys, samples.seconds):
             kind, _, config = key
             predictor.measured.setdefault(role, {}).setdefault(kind, {})[config] = seconds
