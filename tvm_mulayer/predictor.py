@@ -46,7 +46,8 @@ FEATURES = (
     "out_height", "out_width", "kernel", "stride", "groups", "log_macs", "log_input_bytes", "log_weight_bytes",
     "log_output_bytes", "log_reduction", "log_output_elements", "log_intensity", "channel_tail", "width_tail",
     "rule", "tile_channels", "tile_width", "tile_waste", "log_tasks", "task_imbalance", "log_work_per_task",
-    "threads_per_block", "log_shared_bytes",
+    "threads_per_block", "log_shared_bytes", "reduction_splits", "vector_load",
+    "reduction_steps",
 )
 
 
@@ -119,7 +120,8 @@ class KernelFeatures:
             float(schedule["rule"]), float(schedule["tile_channels"]), float(schedule["tile_width"]),
             float(schedule["waste"]), math.log(tasks), waves * schedule["slots"] / tasks,
             math.log(max(schedule["work"], 1.0)), float(schedule.get("threads", 1)),
-            math.log(max(schedule.get("shared", 0.0), 1.0)),
+            math.log(max(schedule.get("shared", 0.0), 1.0)), float(schedule.get("splits", 1)),
+            float(schedule.get("vector", 1)), float(schedule.get("steps", 1)),
         ]
 
     def _conv_info(self, layer: Layer, depthwise: bool, precision: str = "fp32"):
@@ -210,12 +212,14 @@ class KernelFeatures:
                 window = 1 if layer.op == "dense" else layer.weight_shape[2] * layer.weight_shape[3]
                 in_channels = 0 if layer.op == "dense" else layer.weight_shape[1]
                 t = gemm_tiles(m, n, k, window, TensorCoreGemm.stages, in_channels)
-                # thread blocks: output tiles, times the K splits where the rule splits the reduction
-                blocks = -(-m // t.bm) * -(-n // t.bn) * getattr(t, "split_k", 1)
+                tiles = -(-m // t.bm) * -(-n // t.bn)
+                # thread blocks: output tiles times the K ranges the rule splits the reduction
+                # into, each block multiplying its range's slabs
                 return {"rule": RULE_TENSOR_CORE, "tile_channels": t.bm, "tile_width": t.bn,
-                        "waste": blocks * t.bm * t.bn / (m * n), "tasks": blocks, "slots": slots,
-                        "work": -(-k // t.bk) * t.bk * t.bm * t.bn / (t.warps * 32), "threads": t.warps * 32,
-                        "shared": t.shared_bytes()}
+                        "waste": tiles * t.bm * t.bn / (m * n), "tasks": tiles * t.split_k, "slots": slots,
+                        "work": -(-k // (t.bk * t.split_k)) * t.bk * t.bm * t.bn / (t.warps * 32),
+                        "threads": t.warps * 32, "shared": t.shared_bytes(), "splits": t.split_k,
+                        "vector": t.vector_w, "steps": -(-k // (t.bk * t.split_k))}
         if layer.op == "dense":
             k, n = layer.weight_shape
             t = Dense.tiles(n, k, 8 * _dtype_bytes(in_dtype), _max_threads(self.target))
@@ -242,7 +246,7 @@ class KernelFeatures:
         return {"rule": 0, "tile_channels": channels, "tile_width": t["TX"],
                 "waste": -(-info.f // channels) * channels / info.f, "tasks": tasks, "slots": slots,
                 "work": t["FI"] * info.rc * info.kh * info.kw, "threads": t["TF"] * t["TY"] * t["TX"],
-                "shared": Conv2d.shared_bytes(info, t)}
+                "shared": Conv2d.shared_bytes(info, t), "steps": -(-info.rc // t["RC"])}
 
 
 def _accuracy(predicted, actual) -> dict:
