@@ -19,9 +19,11 @@ dot-product conv/dense rules' tiles on the CPU, the tensor-core GEMM's on a CUDA
 generic rules with float16 inputs otherwise. The predictor records which precisions each
 processor was profiled in (`precisions`); one trained before precisions were profiled
 knows float32 only. Converting an input into a slice's form (quantize to uint8, cast to
-float16) is a line per processor and dtype, like the copies. A predictor is saved as one JSON file: XGBoost's own JSON
-model per processor, embedded as text, with the processors it was measured on, the data it
-was trained on (and those measurements), its held-out accuracy and the overheads. It loads
+float16) is a line per processor and dtype, like the copies.
+
+A predictor is saved as one JSON file: XGBoost's own JSON model per processor, embedded as
+text, and its base's coefficients, with the processors it was measured on, the data it was
+trained on (and those measurements), its held-out accuracy and the overheads. It loads
 without pickle.
 """
 
@@ -285,7 +287,7 @@ class KernelBase:
         norm = np.abs(scaled).max(axis=0)
         norm[norm == 0] = 1.0
         kept = list(range(terms.shape[1]))
-        while True:  # ends: the fixed cost alone always fits positive (every scaled term is)
+        while True:  # ends: every term is positive, so any one of them alone fits positive
             solved, *_ = np.linalg.lstsq(scaled[:, kept] / norm[kept], np.ones(len(seconds)), rcond=None)
             solved = solved / norm[kept]
             if (solved >= 0).all():
@@ -314,7 +316,7 @@ class KernelBase:
         terms, rules = self.terms(rows), rows[:, FEATURES.index("rule")]
         lines = [self.coefficients[precision] for precision in precisions]
         chosen = np.array([line.get(str(int(rule)), line["any"]) for line, rule in zip(lines, rules)])
-        return np.log(np.maximum(np.sum(terms * chosen, axis=1), 1e-12)) - rows[:, FEATURES.index("log_macs")]
+        return np.log(np.sum(terms * chosen, axis=1)) - rows[:, FEATURES.index("log_macs")]
 
 
 def _predict_log(booster, base: KernelBase, rows: np.ndarray, precisions) -> np.ndarray:
