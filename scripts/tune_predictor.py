@@ -2,19 +2,21 @@
 
     python scripts/tune_predictor.py PROFILE.csv [...] --cpu x86-avx512 --gpu cuda:sm_90 \
         [--folds 5] [--depth 4 6] [--eta 0.05 0.02] [--rounds 800 2000] [--min-child-weight 1 3] \
-        [--sample 0.9 0.8]
+        [--sample 0.9 0.8] [--by-rule]
 
 Every combination of the settings given is scored the way `mulayer train` scores its
 predictor — share of held-out kernels predicted within +-10%, per processor, precision and
 kind — but over k folds of layer shapes, so every configuration is held out once and the
 score does not hang on one random 20%. The first row is the shipped setting
-(predictor.BOOSTER_PARAMS, BOOSTER_ROUNDS).
+(predictor.BOOSTER_PARAMS, BOOSTER_ROUNDS). `--by-rule` adds, under each setting, the score
+of every schedule form within each kind (which rule the kernels got: where the model misses).
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
+import sys
 from pathlib import Path
 
 
@@ -30,6 +32,7 @@ def main(argv=None) -> int:
     parser.add_argument("--min-child-weight", nargs="+", type=float, default=[1, 3])
     parser.add_argument("--sample", nargs="+", type=float, default=[0.9, 0.8],
                         help="row and column subsampling (both the same)")
+    parser.add_argument("--by-rule", action="store_true", help="also score each schedule form within each kind")
     args = parser.parse_args(argv)
 
     from tvm_mulayer.build import resolve_processors
@@ -48,11 +51,16 @@ def main(argv=None) -> int:
     for params, rounds in [shipped] + [g for g in grid if g != shipped]:
         scores = {}
         for s, fold in zip(samples, folds):
-            scores.update(s.accuracy(fold, dict(params, seed=0), rounds))
+            scores.update(s.accuracy(fold, dict(params, seed=0), rounds, by_rule=args.by_rule))
         setting = (f"depth {params['max_depth']} eta {params['eta']} rounds {rounds} "
                    f"min_child_weight {params['min_child_weight']} sample {params['subsample']}")
         print(f"{setting}{' (shipped)' if (params, rounds) == shipped else ''}: " + ", ".join(
-            f"{label} {score['within_10pct'] * 100:.1f}%" for label, score in scores.items()), flush=True)
+            f"{label} {score['within_10pct'] * 100:.1f}%" for label, score in scores.items() if ":" not in label))
+        for label, score in scores.items():
+            if ":" in label:  # a schedule form within a kind
+                print(f"    {label}: {score['within_10pct'] * 100:.1f}% of {score['samples']} "
+                      f"(median error {score['median_error'] * 100:.1f}%)")
+        sys.stdout.flush()
     return 0
 
 

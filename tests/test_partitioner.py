@@ -251,6 +251,20 @@ def test_kernel_base_fits_a_launch_floor_plus_throughput_line_per_precision():
     np.testing.assert_allclose(np.exp(base.log_seconds_per_mac(rows, precisions)) * macs, seconds, rtol=1e-6)
 
 
+def test_cross_validated_accuracy_splits_each_kind_by_schedule_form():
+    """`accuracy(by_rule=True)` (scripts/tune_predictor.py --by-rule) scores every schedule
+    form within a kind; the forms' samples add up to the kind's."""
+    from tvm_mulayer.predictor import BOOSTER_PARAMS, training_samples
+
+    _, _, by_role = training_samples(_synthetic_rows(2e9, 2e9), CPU, gpu_processor("cuda:sm_90", CPU))
+    samples = by_role["gpu"]
+    scores = samples.accuracy(samples.folds(3), dict(BOOSTER_PARAMS, seed=0), 20, by_rule=True)
+    forms = {label: score for label, score in scores.items() if label.startswith("gpu fp32: ")}
+    assert {"gpu fp32: direct conv", "gpu fp32: dense"} <= set(forms), sorted(forms)
+    assert "gpu fp32: tensor-core GEMM" not in forms  # float32 slices never take the tensor cores
+    assert sum(score["samples"] for score in forms.values()) == scores["gpu fp32"]["samples"]
+
+
 def test_training_reports_alone_and_concurrent_accuracy_on_held_out_configs():
     """Concurrent measurements are a feature of the same regressor; a configuration's two
     measurements are held out together, and accuracy is reported for each kind."""

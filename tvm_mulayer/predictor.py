@@ -70,6 +70,13 @@ SLICE_DTYPES = {"int8": ("uint8", "int8", "int32"), "fp16": ("float16", "float16
 # rule codes of the precision-specific rules, after the float32 ones (0-5), and of the
 # pointwise-conv GEMM tile (added later, so after them)
 RULE_INT8_CONV, RULE_INT8_DENSE, RULE_TENSOR_CORE, RULE_POINTWISE_GEMM = 6, 7, 8, 9
+# what each rule code is, on an LLVM CPU (the emulated GPU's too) and on a real GPU
+RULE_NAMES = {
+    "cpu": {0: "conv, width-vectorized", 1: "conv, channel-vectorized", 2: "depthwise conv", 3: "dense",
+            4: "dense, split K", 5: "left whole", RULE_INT8_CONV: "int8 conv, dot product",
+            RULE_INT8_DENSE: "int8 dense, dot product", RULE_POINTWISE_GEMM: "pointwise conv GEMM"},
+    "gpu": {0: "direct conv", 1: "dlight GEMM", 2: "depthwise conv", 3: "dense", 4: "conv fallback",
+            5: "left whole", RULE_TENSOR_CORE: "tensor-core GEMM"}}
 
 
 class KernelFeatures:
@@ -518,6 +525,7 @@ class KernelSamples:
         from .profiler import config_key, parse_config
 
         self.role = role
+        self.rule_names = RULE_NAMES["gpu" if predictor.features(role).gpu else "cpu"]
         self.keys = [key for key in fastest if key[1] == role]
         if sum(kind == "kernel" for kind, _, _ in self.keys) < 10:
             raise MulayerError(f"only {len(self.keys)} {role} kernel measurements; profile more configurations")
@@ -559,10 +567,11 @@ class KernelSamples:
         chosen = shapes[np.random.default_rng(seed).random(len(shapes)) < share]
         return np.where(np.isin(self.shape, chosen), 0, -1)
 
-    def accuracy(self, folds, params: dict, rounds: int) -> dict:
+    def accuracy(self, folds, params: dict, rounds: int, by_rule: bool = False) -> dict:
         """Accuracy by kind ("cpu int8", "gpu fp16 concurrent") of boosters fitted with
         `params` for `rounds`, on held-out samples: `folds` gives each sample's fold (-1:
-        never held out); each fold is predicted by boosters fitted on all other samples."""
+        never held out); each fold is predicted by boosters fitted on all other samples.
+        `by_rule`: also by the schedule form within each kind ("gpu fp16: dense")."""
         folds = np.asarray(folds)
         predicted = np.full(len(self.y), np.nan)
         for fold in set(folds[folds >= 0].tolist()):
@@ -573,9 +582,14 @@ class KernelSamples:
         for form in self.precisions:
             for concurrent in (False, True):
                 chosen = tested & (self.precision == form) & (self.concurrent == concurrent)
-                if chosen.any():
-                    result[_label(self.role, form, concurrent)] = _accuracy(
-                        np.exp(predicted[chosen] + self.log_macs[chosen]), self.seconds[chosen])
+                groups = {_label(self.role, form, concurrent): chosen}
+                if by_rule:
+                    rules = self.x[:, FEATURES.index("rule")]
+                    groups.update({f"{_label(self.role, form, concurrent)}: {self.rule_names[int(rule)]}":
+                                   chosen & (rules == rule) for rule in sorted(set(rules[chosen]))})
+                result.update({label: _accuracy(np.exp(predicted[members] + self.log_macs[members]),
+                                                self.seconds[members])
+                               for label, members in groups.items() if members.any()})
         return result
 
 
