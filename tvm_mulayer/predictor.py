@@ -223,12 +223,12 @@ class KernelFeatures:
                 t = gemm_tiles(m, n, k, window, TensorCoreGemm.stages, in_channels)
                 tiles = -(-m // t.bm) * -(-n // t.bn)
                 # thread blocks: output tiles times the K ranges the rule splits the reduction
-                # into, each block multiplying its range's slabs
+                # into, each block multiplying its range's slabs (steps)
+                steps = -(-k // (t.bk * t.split_k))
                 return {"rule": RULE_TENSOR_CORE, "tile_channels": t.bm, "tile_width": t.bn,
                         "waste": tiles * t.bm * t.bn / (m * n), "tasks": tiles * t.split_k, "slots": slots,
-                        "work": -(-k // (t.bk * t.split_k)) * t.bk * t.bm * t.bn / (t.warps * 32),
-                        "threads": t.warps * 32, "shared": t.shared_bytes(), "splits": t.split_k,
-                        "vector": t.vector_w, "steps": -(-k // (t.bk * t.split_k))}
+                        "work": steps * t.bk * t.bm * t.bn / (t.warps * 32), "threads": t.warps * 32,
+                        "shared": t.shared_bytes(), "splits": t.split_k, "vector": t.vector_w, "steps": steps}
         if layer.op == "dense":
             k, n = layer.weight_shape
             t = Dense.tiles(n, k, 8 * _dtype_bytes(in_dtype), _max_threads(self.target))
@@ -291,8 +291,7 @@ class KernelBase:
         """Non-negative coefficients minimising the relative error (terms dropped while
         the fit gives them a negative one, a kernel costs no less for doing more)."""
         scaled = terms / seconds[:, None]
-        norm = np.abs(scaled).max(axis=0)
-        norm[norm == 0] = 1.0
+        norm = scaled.max(axis=0)  # columns scaled to 1 for the solver (MACs run to 1e10)
         kept = list(range(terms.shape[1]))
         while True:  # ends: every term is positive, so any one of them alone fits positive
             solved, *_ = np.linalg.lstsq(scaled[:, kept] / norm[kept], np.ones(len(seconds)), rcond=None)
@@ -326,12 +325,17 @@ class KernelBase:
         return np.log(np.sum(terms * chosen, axis=1)) - rows[:, FEATURES.index("log_macs")]
 
 
-def _predict_log(booster, base: KernelBase, rows: np.ndarray, precisions) -> np.ndarray:
-    """Log seconds per multiply-accumulate: the base, corrected by the booster."""
+def _boosted_matrix(base: KernelBase, rows: np.ndarray, precisions, label=None):
+    """The booster's input: feature rows with the base as margin (what the trees correct)."""
     import xgboost as xgb
 
-    margin = base.log_seconds_per_mac(rows, precisions)
-    return booster.predict(xgb.DMatrix(rows, base_margin=margin, feature_names=list(FEATURES)))
+    return xgb.DMatrix(rows, label, base_margin=base.log_seconds_per_mac(rows, precisions),
+                       feature_names=list(FEATURES))
+
+
+def _predict_log(booster, base: KernelBase, rows: np.ndarray, precisions) -> np.ndarray:
+    """Log seconds per multiply-accumulate: the base, corrected by the booster."""
+    return booster.predict(_boosted_matrix(base, rows, precisions))
 
 
 def _threads(rows: list[dict], cpu) -> int:
@@ -550,8 +554,7 @@ class KernelSamples:
         import xgboost as xgb
 
         base = KernelBase.fit(self.x[chosen], self.seconds[chosen], self.precision[chosen])
-        margin = base.log_seconds_per_mac(self.x[chosen], self.precision[chosen])
-        data = xgb.DMatrix(self.x[chosen], self.y[chosen], base_margin=margin, feature_names=list(FEATURES))
+        data = _boosted_matrix(base, self.x[chosen], self.precision[chosen], self.y[chosen])
         return xgb.train(params, data, rounds), base
 
     def folds(self, count: int, seed: int = 0) -> np.ndarray:
@@ -578,13 +581,13 @@ class KernelSamples:
             test = folds == fold
             predicted[test] = _predict_log(*self.fit(~test, params, rounds), self.x[test], self.precision[test])
         tested = ~np.isnan(predicted)
+        rules = self.x[:, FEATURES.index("rule")]
         result = {}
         for form in self.precisions:
             for concurrent in (False, True):
                 chosen = tested & (self.precision == form) & (self.concurrent == concurrent)
                 groups = {_label(self.role, form, concurrent): chosen}
                 if by_rule:
-                    rules = self.x[:, FEATURES.index("rule")]
                     groups.update({f"{_label(self.role, form, concurrent)}: {self.rule_names[int(rule)]}":
                                    chosen & (rules == rule) for rule in sorted(set(rules[chosen]))})
                 result.update({label: _accuracy(np.exp(predicted[members] + self.log_macs[members]),
