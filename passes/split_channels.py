@@ -19,7 +19,10 @@ GPU — and rewrites `main` so that:
 * each slice computes in the precision the plan gives it (see `tvm_mulayer.quantization`):
   an int8 CPU slice quantizes its input to uint8 with the calibrated range, multiplies
   int8 weights into int32, adds an int32 bias and dequantizes to float32 with one scale
-  per channel; an fp16 GPU slice reads float16 input and weights and accumulates in float32.
+  per channel (an int8 conv on a CPU with a dot-product instruction reads its input channels
+  zero-padded to whole groups of the instruction's depth, its weights padded with zeros:
+  `slice_input_channels`); an fp16 GPU slice reads float16 input and weights and
+  accumulates in float32.
   A conv's bias add (its only use) is folded into the slices so the int8 bias is int32;
 * what crosses to a slice crosses in the form the slice reads — uint8 or float16,
   converted on the sending side — so a compact slice also makes the copy compact;
@@ -39,7 +42,8 @@ from tvm.relax import op as ops
 
 from tvm_mulayer.layers import is_tensor_constant, layer_bindings
 from tvm_mulayer.plan import Plan
-from tvm_mulayer.quantization import FLOAT32_FORM, UINT8_MAX, Form, input_form, quantize_weights, weight_axis
+from tvm_mulayer.quantization import (
+    FLOAT32_FORM, UINT8_MAX, Form, input_form, quantize_weights, slice_input_channels, weight_axis)
 
 CPU, GPU = 0, 1
 DEVICE_INDEX = {"cpu": CPU, "gpu": GPU}
@@ -125,9 +129,12 @@ def _channel_vector(vector: np.ndarray, rank: int) -> np.ndarray:
 def _slice_layer(call: relax.Call, layer, channels: int, x, weight: np.ndarray, bias, precision: str, form: Form,
                  padding):
     """One slice of a conv2d/dense layer computing `channels` output channels from input `x`
-    (already in `form`, padded unless `padding` says) in `precision`, its bias included;
-    float32 out (the layer's dtype for fp32)."""
+    (already in `form`, padded unless `padding` says; a conv's input channels zero-padded
+    past the weights' where `slice_input_channels` says, the weights then padded with zeros
+    to match) in `precision`, its bias included; float32 out (the layer's dtype for fp32)."""
     rank = 2 if layer.op == "dense" else 4
+    if layer.op == "conv2d" and layer.groups == 1 and _shape(x)[1] > weight.shape[1]:
+        weight = np.pad(weight, ((0, 0), (0, _shape(x)[1] - weight.shape[1]), (0, 0), (0, 0)))
     if precision == "int8":
         qweight, wscale = quantize_weights(weight, weight_axis(layer.op))
         out = _layer_call(call, layer, channels, x, relax.const(qweight), padding, "int32")
@@ -305,16 +312,18 @@ class _Rewriter:
             w = np.take(weight, range(lo, hi), axis=axis)
             b = None if bias is None else bias[lo:hi]
             padding = None if layer.op == "dense" else [int(p) for p in call.attrs.padding]
-            if form.zero_point and any(padding or []):
-                x, padding = self._pad(x, padding, form.zero_point, dev), [0, 0, 0, 0]
+            extra = slice_input_channels(layer, precision, self.vdevices[dev].target) - layer.input_shape[1]
+            if extra or (form.zero_point and any(padding or [])):
+                x, padding = self._pad(x, padding, form.zero_point, dev, extra), [0, 0, 0, 0]
             out = _slice_layer(call, layer, hi - lo, x, w, b, precision, form, padding)
             parts.append(Part(lo, hi, dev, self.bb.emit(out)))
         return Value(tuple(parts))
 
-    def _pad(self, x, padding, value: int, dev: int):
-        """`x` padded with `value` — for uint8 data, the zero point is the quantized 0."""
+    def _pad(self, x, padding, value: int, dev: int, channels: int = 0):
+        """`x` padded with `value` — for uint8 data, the zero point is the quantized 0 —
+        spatially by `padding` and by `channels` more channels at the end."""
         top, left, bottom, right = padding
-        padded = self.bb.emit(ops.nn.pad(x, [0, 0, 0, 0, top, bottom, left, right], pad_value=float(value)))
+        padded = self.bb.emit(ops.nn.pad(x, [0, 0, 0, channels, top, bottom, left, right], pad_value=float(value)))
         ty = padded.ty  # nn.pad's type inference drops the vdevice (TVM 0.27): restore it
         return self.bb.match_cast(padded, relax.TensorType(ty.shape, ty.dtype, self.vdevices[dev]))
 

@@ -25,6 +25,7 @@ from tvm_mulayer.partitioner import KernelTimes, auto_plan, layer_graph, partiti
 from tvm_mulayer.plan import make_plan
 from tvm_mulayer.predictor import train
 from tvm_mulayer.processors import cpu_processor, gpu_processor
+from tvm_mulayer.schedules.cpu.dot_intrin import dot_product_for
 from tvm_mulayer.profiler import (PROFILE_INPUT_RANGE, build_kernels, config_key, input_form, parse_config,
                                   profile, profile_precisions, read_rows, zoo_configs)
 
@@ -32,10 +33,11 @@ CPU = cpu_processor("host")
 EMULATED = gpu_processor("emulated", CPU)
 
 
-def _one_layer_model(op: str, rng) -> onnx.ModelProto:
-    """Conv (3x3, pad 1, 8 -> 12 channels) or Gemm (40 -> 12), with bias, then Relu."""
+def _one_layer_model(op: str, rng, in_channels: int = 8) -> onnx.ModelProto:
+    """Conv (3x3, pad 1, `in_channels` -> 12 channels) or Gemm (40 -> 12), with bias, then Relu."""
     if op == "conv2d":
-        x_shape, w = [1, 8, 9, 11], rng.standard_normal((12, 8, 3, 3)).astype("float32") * 0.2
+        x_shape = [1, in_channels, 9, 11]
+        w = rng.standard_normal((12, in_channels, 3, 3)).astype("float32") * 0.2
         node = helper.make_node("Conv", ["x", "w", "b"], ["y"], pads=[1, 1, 1, 1], kernel_shape=[3, 3])
     else:
         x_shape, w = [1, 40], rng.standard_normal((40, 12)).astype("float32") * 0.2
@@ -51,16 +53,20 @@ def _one_layer_model(op: str, rng) -> onnx.ModelProto:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
 
 
-@pytest.mark.parametrize("op,precision", [("conv2d", "int8"), ("dense", "int8"), ("conv2d", "fp16")])
-def test_profiled_slice_kernel_computes_what_the_split_pass_emits(op, precision):
+@pytest.mark.parametrize("op,precision,in_channels", [("conv2d", "int8", 8), ("conv2d", "int8", 6),
+                                                     ("conv2d", "int8", 3),
+                                                     ("dense", "int8", 40), ("conv2d", "fp16", 8)])
+def test_profiled_slice_kernel_computes_what_the_split_pass_emits(op, precision, in_channels):
     """The profiler's kernel for an int8 (fp16) slice, fed the slice's uint8 (float16) input,
     equals the split pass's slice — built by compile's own path — fed the float32 input that
-    converts to exactly that. int8: the same int32 sums and the same per-channel float32
+    converts to exactly that. A 6-channel int8 conv reads its input padded to 8 channels on
+    a CPU with a dot product (the kernel computes the same: the padding meets zero weights);
+    a 3-channel one (a first layer) is not padded. int8: the same int32 sums and the same per-channel float32
     dequantize, so equal to float32 rounding (rtol 1e-6); fp16: float16 products summed in
     float32, in whatever order each schedule chose (rtol 1e-5, ~100x float32 epsilon for a
     72-term sum)."""
     rng = np.random.default_rng(7)
-    model = _one_layer_model(op, rng)
+    model = _one_layer_model(op, rng, in_channels)
     mod, info = import_onnx(model)
     layer = find_layers(mod["main"])[0]
     weight = layer_weights(mod["main"])[layer.name]
@@ -81,7 +87,10 @@ def test_profiled_slice_kernel_computes_what_the_split_pass_emits(op, precision)
     split = _build(mod, info, plan, CPU, EMULATED).run({"x": x})["out"]
 
     processor = CPU if role == "cpu" else EMULATED
-    module, weights = build_kernels([(layer, precision)], processor, CPU, values=[(weight, bias)])
+    module, weights, inputs = build_kernels([(layer, precision)], processor, CPU, values=[(weight, bias)])
+    padded = 2 if in_channels == 6 and dot_product_for(CPU.tvm_target()) is not None else 0
+    assert inputs["k0"] == ([1, in_channels + padded, *layer.input_shape[2:]], codes.dtype.name)
+    codes = np.pad(codes, ((0, 0), (0, padded)) + ((0, 0),) * (codes.ndim - 2), constant_values=7)
     device = tvm.cpu(0) if role == "cpu" else tvm.cpu(1)
     vm = tvm.runtime.vm.VirtualMachine(module, device)
     args = [tvm.runtime.tensor(a, device) for a in (codes, *weights["k0"])]

@@ -121,6 +121,8 @@ CONV_CASES = [
     (27, 27, 7, 3, 1, 1, 1, "relu"),  # odd everything
     (32, 64, 58, 3, 1, 1, 1, "relu"),  # big spatial: channel-vectorized path
     (16, 48, 28, 3, 2, 1, 1, "bias"),  # strided, channel-vectorized
+    (12, 22, 23, 3, 1, 1, 1, "none"),  # prime width, 22 channels: channel-vectorized, padded to 32
+    (10, 21, 19, 3, 2, 1, 1, "relu"),  # the same, strided, with an epilogue
 ]
 
 

@@ -38,6 +38,7 @@ import numpy as np
 
 from .errors import MulayerError
 from .layers import Layer
+from .quantization import slice_input_channels
 
 PREDICTOR_FORMAT = "tvm-mulayer-predictor/3"
 # What the regressors see: the layer's shape and costs, and what the project's schedule
@@ -141,12 +142,16 @@ class KernelFeatures:
         in_dtype, _, out_dtype = SLICE_DTYPES[precision] if precision != "fp32" else \
             (layer.dtype, layer.dtype, "int32" if "int" in layer.dtype else layer.dtype)
         nbytes = _dtype_bytes(in_dtype)
+        # input channels past the layer's: the padding an int8 slice reads (slice_input_channels)
+        extra = slice_input_channels(layer, precision, self.target) - layer.input_shape[1]
+        rc, in_c = layer.weight_shape[1] + extra, layer.input_shape[1] + extra
         return SimpleNamespace(
-            n=1, f=layer.channels, oh=layer.output_shape[2], ow=layer.output_shape[3], rc=layer.weight_shape[1],
+            n=1, f=layer.channels, oh=layer.output_shape[2], ow=layer.output_shape[3], rc=rc,
             kh=layer.weight_shape[2], kw=layer.weight_shape[3], stride_h=layer.strides[0], stride_w=layer.strides[1],
-            in_c=layer.input_shape[1], in_h=layer.input_shape[2], in_w=layer.input_shape[3], depthwise=depthwise,
+            in_c=in_c, in_h=layer.input_shape[2], in_w=layer.input_shape[3], depthwise=depthwise,
             in_dtype=in_dtype, out_dtype=out_dtype,
-            weight_bytes=int(np.prod(layer.weight_shape)) * nbytes, input_bytes=int(np.prod(layer.input_shape)) * nbytes)
+            weight_bytes=layer.channels * rc * layer.weight_shape[2] * layer.weight_shape[3] * nbytes,
+            input_bytes=in_c * layer.input_shape[2] * layer.input_shape[3] * nbytes)
 
     def _cpu_schedule(self, layer: Layer, depthwise: bool, precision: str = "fp32") -> dict:
         from .schedules.common import num_cores, vector_bits
@@ -177,7 +182,8 @@ class KernelFeatures:
             return {"rule": 3, "lanes": lanes, "tile_channels": tile, "tile_width": 1,
                     "waste": -(-n // tile) * tile / n, "tasks": -(-n // tile), "slots": slots, "work": k * tile}
         info = self._conv_info(layer, depthwise, precision)
-        # conv2d_int8.fits: groups 1 (not grouped or depthwise), input channels in whole quads
+        # conv2d_int8.fits: groups 1 (not grouped or depthwise), input channels in whole quads (the
+        # slice pads them to quads on such a CPU)
         if dot is not None and layer.groups == 1 and info.rc % DEPTH == 0:
             t = conv2d_int8.tiles(info, self.target, dot)
             channels = t["FB"] * dot.lanes
@@ -191,11 +197,12 @@ class KernelFeatures:
             tasks = -(-info.f // channels)
             return {"rule": RULE_POINTWISE_GEMM, "lanes": lanes, "tile_channels": channels, "tile_width": t["PU"],
                     "waste": tasks * channels / info.f, "tasks": tasks, "slots": slots, "work": layer.macs / tasks}
-        if t["mode"] == "fvec":
-            tasks = info.f // t["FV"] * info.oh
+        if t["mode"] == "fvec":  # parallel (channel vector, output row); channels padded to whole vectors
+            blocks = -(-info.f // t["FV"])
+            tasks = blocks * info.oh
             return {"rule": 1, "lanes": lanes, "tile_channels": t["FV"], "tile_width": t["XU"],
-                    "waste": -(-info.ow // t["XU"]) * t["XU"] / info.ow, "tasks": tasks, "slots": slots,
-                    "work": layer.macs / tasks}
+                    "waste": blocks * t["FV"] / info.f * -(-info.ow // t["XU"]) * t["XU"] / info.ow, "tasks": tasks,
+                    "slots": slots, "work": layer.macs / tasks}
         channel_blocks = -(-info.f // t["FI"])
         width_blocks = -(-info.ow // t["XI"])
         tasks = channel_blocks * -(-info.oh // t["YI"])

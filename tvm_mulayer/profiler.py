@@ -196,19 +196,19 @@ def input_form(precision: str):
     return slice_input_form(precision, PROFILE_INPUT_RANGE)
 
 
-def slice_function(bb, name: str, layer: Layer, precision: str, weight=None, bias=None):
+def slice_function(bb, name: str, layer: Layer, precision: str, weight=None, bias=None, target=None):
     """Add `name(x)` = relu(slice) to `bb`: the layer slice the split pass emits for a layer
-    configuration in `precision` — its `_slice_layer` on an input already in the slice's form,
-    constant weights, the folded bias and the dequantize included. Weights and bias are
-    constants, 0.5 unless given (a kernel's speed does not depend on their values; no
-    denormals)."""
+    configuration in `precision` on `target` — its `_slice_layer` on an input already in the
+    slice's form (`slice_input_shape`), constant weights, the folded bias and the dequantize
+    included. Weights and bias are constants, 0.5 unless given (a kernel's speed does not
+    depend on their values; no denormals)."""
     from tvm import relax
     from tvm.relax import op
 
     from .passes.split_channels import _slice_layer
 
     form = input_form(precision)
-    x = relax.Var("x", relax.TensorType(layer.input_shape, form.dtype))
+    x = relax.Var("x", relax.TensorType(slice_input_shape(layer, precision, target), form.dtype))
     # the float32 call the slice replaces: the split pass reads its attributes (strides,
     # layouts, out_dtype) and type from it
     original = bb.normalize(_layer_call(layer, relax.Var("x32", relax.TensorType(layer.input_shape, "float32")),
@@ -245,15 +245,26 @@ def convert_name(dtype: str, nbytes: int) -> str:
     return f"convert_{dtype}_{nbytes}"
 
 
-def slice_module(items: list[tuple[Layer, str]], conversions=(), values=None):
-    """A Relax module with `k{n}` = the slice kernel of items[n] (layer, precision) and a
-    `convert_{dtype}_{bytes}` function per (dtype, bytes) of `conversions`; `values`, when
-    given, holds each item's (weight, bias) arrays."""
+def slice_input_shape(layer: Layer, precision: str, target) -> tuple:
+    """The shape of the input a slice kernel reads on `target` (`slice_input_channels`: an
+    int8 conv on a dot-product CPU reads its channels padded, the pad being part of the
+    input's conversion)."""
+    from .quantization import slice_input_channels
+
+    shape = list(layer.input_shape)
+    shape[1] = slice_input_channels(layer, precision, target)
+    return tuple(shape)
+
+
+def slice_module(items: list[tuple[Layer, str]], conversions=(), values=None, target=None):
+    """A Relax module with `k{n}` = the slice kernel of items[n] (layer, precision) on
+    `target` and a `convert_{dtype}_{bytes}` function per (dtype, bytes) of `conversions`;
+    `values`, when given, holds each item's (weight, bias) arrays."""
     from tvm import relax
 
     bb = relax.BlockBuilder()
     for index, (layer, precision) in enumerate(items):
-        slice_function(bb, f"k{index}", layer, precision, *(values[index] if values else ()))
+        slice_function(bb, f"k{index}", layer, precision, *(values[index] if values else (None, None)), target)
     for dtype, nbytes in conversions:
         conversion_function(bb, convert_name(dtype, nbytes), dtype, nbytes)
     return bb.get()
@@ -263,9 +274,10 @@ def build_kernels(items: list[tuple[Layer, str]], processor, host, conversions=(
     """Compile the slice kernels of `items` (layer, precision) and the `conversions` for one
     processor (host = the CPU processor) as `build.lower` compiles a model's: weights lifted
     into parameters, legalize, fuse, the project's schedules for prepacked weights, and the
-    weight repacks run here, at compile time. Returns (module, weights): `k{n}(x, *weights)`
-    takes the weights[f"k{n}"] arrays (repacked, in parameter order) after its input; the
-    module does not hold them, so it stays small to upload or export."""
+    weight repacks run here, at compile time. Returns (module, weights, inputs):
+    `k{n}(x, *weights)` takes an input x of inputs[f"k{n}"] (shape, dtype) and the
+    weights[f"k{n}"] arrays (repacked, in parameter order); the module does not hold them,
+    so it stays small to upload or export."""
     import tvm
     from tvm import relax
 
@@ -274,7 +286,7 @@ def build_kernels(items: list[tuple[Layer, str]], processor, host, conversions=(
     from .schedules import PrepackWeights, ScheduleForTargets
 
     target = processor.tvm_target(host)
-    mod = slice_module(items, conversions, values)
+    mod = slice_module(items, conversions, values, target)
     names = [f"k{n}" for n in range(len(items))]
     with target:
         mod = tvm.transform.Sequential([
@@ -286,18 +298,20 @@ def build_kernels(items: list[tuple[Layer, str]], processor, host, conversions=(
             relax.transform.SplitLayoutRewritePreproc(),
             *[PrepackWeights(name) for name in names],
         ])(mod)
-    weights = {}
+    weights, inputs = {}, {}
     for name in names:
         func = mod[name]
+        inputs[name] = ([int(d) for d in func.params[0].ty.shape.values], str(func.params[0].ty.dtype))
         weights[name] = [w.numpy() for w in func.attrs["params"]] if "params" in func.attrs else []
         if "params" in func.attrs:
             mod.update_func(mod.get_global_var(name), func.without_attr("params"))
-    return tvm.compile(mod, target=target, relax_pipeline=vm_pipeline()), weights
+    return tvm.compile(mod, target=target, relax_pipeline=vm_pipeline()), weights, inputs
 
 
-def weight_specs(weights: dict) -> dict:
-    """name -> [(shape, dtype)] of each kernel's weight parameters."""
-    return {name: [(list(w.shape), str(w.dtype)) for w in arrays] for name, arrays in weights.items()}
+def parameter_specs(weights: dict, inputs: dict) -> dict:
+    """name -> [(shape, dtype)] of each kernel's parameters: its input, then its weights
+    (`build_kernels`' results)."""
+    return {name: [inputs[name]] + [(list(w.shape), str(w.dtype)) for w in arrays] for name, arrays in weights.items()}
 
 
 def _bind_target(target):
@@ -313,16 +327,15 @@ def _bind_target(target):
     return bind
 
 
-def _kernel_args(layer: Layer, precision: str, device, specs=()) -> list:
-    """The input of a configuration's slice kernel, in the slice's form, then its weight
-    parameters (`specs`: shapes and dtypes), on `device`. Constant values: a kernel's speed
-    does not depend on them (no denormals), and drawing VGG's 100M random weights would take
-    longer than timing them."""
+def _kernel_args(specs, device) -> list:
+    """Arguments for a slice kernel with parameters `specs` (`parameter_specs`: its input,
+    then its weights), on `device`. Constant values: a kernel's speed does not depend on them
+    (no denormals), and drawing VGG's 100M random weights would take longer than timing them."""
     import tvm
 
-    dtype = input_form(precision).dtype
-    arrays = [np.full(layer.input_shape, 1 if dtype == "uint8" else 0.5, dtype)]
-    arrays += [np.full(shape, 1, dtype) for shape, dtype in specs]
+    (shape, dtype), weights = specs[0], specs[1:]
+    arrays = [np.full(shape, 1 if dtype == "uint8" else 0.5, dtype)]
+    arrays += [np.full(shape, 1, dtype) for shape, dtype in weights]
     return [tvm.runtime.tensor(array, device) for array in arrays]
 
 
@@ -370,22 +383,22 @@ class _QueuedLoad:
         self.device.sync()
 
 
-def measure_kernels(vm, names: list[str], items: list[tuple[Layer, str]], device, *, specs: dict | None = None,
-                    min_repeat_ms: int = 5, repeat: int = 7, load=None, progress=None) -> list[float]:
-    """Seconds of the kernels `names` of `vm` (computing `items`, (layer, precision), with
-    weight parameters `specs` by name) on `device`, inputs already there: the fastest of
+def measure_kernels(vm, names: list[str], device, *, specs: dict, min_repeat_ms: int = 5, repeat: int = 7,
+                    load=None, progress=None) -> list[float]:
+    """Seconds of the kernels `names` of `vm` (with parameters `specs` by name,
+    `parameter_specs`) on `device`, inputs already there: the fastest of
     `repeat` timings, since other load on the machine only ever adds time. `load()`, when
     given, is entered around each timing (`_QueuedLoad`)."""
     import contextlib
 
     times = []
-    for index, (name, (layer, precision)) in enumerate(zip(names, items)):
-        args = _kernel_args(layer, precision, device, (specs or {}).get(name, ()))
+    for index, name in enumerate(names):
+        args = _kernel_args(specs[name], device)
         timer = vm.time_evaluator(name, device, number=1, repeat=repeat, min_repeat_ms=min_repeat_ms)
         with load() if load else contextlib.nullcontext():
             times.append(float(np.min(timer(*args).results)))
         if progress:
-            progress(index + 1, len(items))
+            progress(index + 1, len(names))
     return times
 
 
@@ -507,7 +520,7 @@ def _measure_into(csv_path, cpu, gpu, configs: list[Layer], devices: list, kerne
     precisions need, on both, and copies between them, appending rows to `csv_path`.
     `kernels(role, processor, items, conversions)` gives a module holding the slice kernels
     of items [(config index, precision)] and the conversion kernels [(dtype, bytes)], the
-    kernels' names by item and their weight parameters' specs by name (`weight_specs`).
+    kernels' names by item and their parameters' specs by name (`parameter_specs`).
     Kernels are compiled and timed `batch` configurations at a time
     (all at once when None), rows written after each, so an interrupted run keeps what it
     measured; with `resume`, measurements the CSV already holds are skipped. Each kernel is
@@ -547,7 +560,7 @@ def _measure_into(csv_path, cpu, gpu, configs: list[Layer], devices: list, kerne
                 item = (largest, precisions[role][0])
                 module, names, specs = kernels(role, processor, [item], [])
                 vm = tvm.runtime.vm.VirtualMachine(module, device)
-                loads[role] = (vm[names[item]], _kernel_args(configs[largest], item[1], device, specs[names[item]]),
+                loads[role] = (vm[names[item]], _kernel_args(specs[names[item]], device),
                                device)
             # enough GPU launches to outlast a timing (repeat x min_repeat_ms and more)
             gpu_function, gpu_args, gpu_device = loads["gpu"]
@@ -589,9 +602,7 @@ def _measure_into(csv_path, cpu, gpu, configs: list[Layer], devices: list, kerne
                             f"[{first + len(chunk)}/{len(pending)} compiled]" + \
                             (f" pass {sweep + 1}/{passes}" if passes > 1 else "")
                     with busy():
-                        times = measure_kernels(vm, [names[item] for item in items],
-                                                [(configs[i], precision) for i, precision in items], device,
-                                                specs=specs, load=each,
+                        times = measure_kernels(vm, [names[item] for item in items], device, specs=specs, load=each,
                                                 progress=None if quiet else progress_bar(label))
                     writer.writerows(_kernel_row(KERNEL_KINDS[concurrent], role, processor, configs[i], precision,
                                                  t, stamp, threads) for (i, precision), t in zip(items, times))
@@ -601,10 +612,11 @@ def _measure_into(csv_path, cpu, gpu, configs: list[Layer], devices: list, kerne
     return path
 
 def _built(cpu, configs: list[Layer], processor, items: list[tuple[int, str]], conversions=()):
-    """(module, names by item, weight specs by name) of the slice kernels of items [(config
+    """(module, names by item, parameter specs by name) of the slice kernels of items [(config
     index, precision)] and the conversion kernels, compiled here."""
-    module, weights = build_kernels([(configs[i], precision) for i, precision in items], processor, cpu, conversions)
-    return module, {item: f"k{n}" for n, item in enumerate(items)}, weight_specs(weights)
+    module, weights, inputs = build_kernels([(configs[i], precision) for i, precision in items], processor, cpu,
+                                            conversions)
+    return module, {item: f"k{n}" for n, item in enumerate(items)}, parameter_specs(weights, inputs)
 
 
 def profile(csv_path, cpu, gpu, configs: list[Layer], *, precisions: dict | None = None, quiet: bool = False,
@@ -664,13 +676,14 @@ def export_kernels(directory, cpu, gpu, configs: list[Layer], precisions: dict |
     conversions = [(dtype, size) for dtype in conversions_for(precisions) for size in CONVERT_SIZES]
     for role, processor in (("cpu", cpu), ("gpu", gpu)):
         items = _exported_items(configs, precisions, role)
-        modules[role], weights = build_kernels([(configs[i], p) for i, p in items], processor, cpu, conversions)
-        specs[role] = weight_specs(weights)
+        modules[role], weights, inputs = build_kernels([(configs[i], p) for i, p in items], processor, cpu,
+                                                       conversions)
+        specs[role] = parameter_specs(weights, inputs)
         modules[role].export_library(str(out / f"{role}.so"))
     (out / "configs.json").write_text(json.dumps({"cpu": cpu.to_json(), "gpu": gpu.to_json(),
                                                   "configs": [config_key(c) for c in configs],
                                                   "precisions": {r: list(v) for r, v in precisions.items()},
-                                                  "weights": specs}))
+                                                  "parameters": specs}))
     return modules
 
 
@@ -684,6 +697,8 @@ def measure_exported(directory, csv_path, *, quiet: bool = False, passes: int = 
 
     src = Path(directory)
     spec = json.loads((src / "configs.json").read_text())
+    if "parameters" not in spec:  # older exports listed only the weights, not the inputs' shapes
+        raise MulayerError(f"{src} was exported by an older tvm-mulayer; export the kernels again with this one")
     cpu, gpu = Processor.from_json(spec["cpu"]), Processor.from_json(spec["gpu"])
     configs = [layer_from_key(key) for key in spec["configs"]]
     precisions = {role: tuple(values) for role, values in spec.get("precisions", {"cpu": [FLOAT32],
@@ -696,7 +711,7 @@ def measure_exported(directory, csv_path, *, quiet: bool = False, passes: int = 
         if role not in modules:
             modules[role] = tvm.runtime.load_module(str(src / f"{role}.so"))
         position = {item: n for n, item in enumerate(_exported_items(configs, precisions, role))}
-        return modules[role], {item: f"k{position[item]}" for item in items}, spec.get("weights", {}).get(role, {})
+        return modules[role], {item: f"k{position[item]}" for item in items}, spec["parameters"][role]
 
     return _measure_into(csv_path, cpu, gpu, configs, [tvm_device(cpu, 0), tvm_device(gpu, 1)], exported,
                          threads=threads, precisions=precisions, quiet=quiet, passes=passes)

@@ -98,6 +98,25 @@ def input_form(precision: str, input_range) -> Form:
     return Form("float16") if precision == "fp16" else FLOAT32_FORM
 
 
+def slice_input_channels(layer, precision: str, target) -> int:
+    """The input channels a slice of `layer` in `precision` reads on `target` (a TVM target;
+    None: unknown). An int8 conv of one group and more input channels than the depth of the
+    CPU's dot-product instruction reads them zero-padded to whole groups of that depth: the
+    dot-product rule needs whole groups, and the generic int32 schedule ran such layers a
+    median 5x slower on the H200 host's 15 threads (BENCHMARKS.md). The padded channels meet
+    zero weights. A network's first layer (1-3 channels) keeps them: its padded input, one
+    group of channels, is repacked by at most 4 threads sharing cache lines, 2-4x slower there.
+    Every other slice reads the layer's own channels."""
+    channels = layer.input_shape[1]
+    if precision != "int8" or layer.op != "conv2d" or layer.groups != 1 or target is None:
+        return channels
+    from .schedules.cpu.dot_intrin import DEPTH, dot_product_for
+
+    if channels <= DEPTH or dot_product_for(target) is None:
+        return channels
+    return -(-channels // DEPTH) * DEPTH
+
+
 def quantize_weights(weight: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
     """(int8 weights, float32 scale per output channel along `axis`), symmetric: w ≈ q · scale.
     An all-zero channel gets scale 1 (its weights are exactly 0 either way)."""

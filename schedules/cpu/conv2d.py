@@ -14,7 +14,9 @@ Schedule-only on NCHW (no layout change), direct convolution with register block
 One weight scalar is broadcast per FMA row and one input vector load feeds FI FMAs, so the
 inner loop is FMA bound when FI * ceil(XI/lanes) accumulators fill the register file.
 Output channel counts that the tile does not divide (split layers: 13, 37, ...) get a
-predicated tail; widths get a dividing tile when one exists.
+predicated tail; widths get a dividing tile when one exists. Where neither does (a prime
+width), the predicated width tail would scalarize the vector loop, so the conv is
+vectorized over output channels instead, padded to whole vectors (`schedule_fvec`).
 A 1x1 stride-1 unpadded conv is the GEMM out[f, p] = sum_c W[f, c] * X[c, p] over the
 flattened pixels p, and gets a GEMM register tile instead (`schedule_gemm`): FO weight vectors
 of output channels x PU pixels, the pixel tile running across rows, so that on 7x7-28x28
@@ -228,8 +230,10 @@ class Conv2d(NamedRule):
         nvec = max(1, -(-xi // vl))
         fi = _pick_channel_tile(info.f, max(1, min(16, (acc_budget * 3 // 4) // nvec)))
         xvec = {"mode": "xvec", "FI": fi, "XI": xi, "YI": 1, "pred_x": pred_x, "lanes": vl}
-        # channel-vectorized variant: needs whole vectors of output channels
-        fv = vl if info.f % vl == 0 else (8 if vl > 8 and info.f % 8 == 0 else None)
+        # channel-vectorized variant: whole vectors of output channels (8 lanes where they
+        # divide the channels and the register's lanes do not); other channel counts are
+        # padded to whole registers (schedule_fvec)
+        fv = 8 if vl > 8 and info.f % vl and info.f % 8 == 0 else vl
         spatial = info.oh * info.ow
         eff_x = xi / (nvec * vl)
         use_fvec = pred_x or (spatial >= 2000 and (eff_x < 1 or info.kh * info.kw > 1)) or (
@@ -245,7 +249,12 @@ class Conv2d(NamedRule):
         gemm = _gemm_tiles(info, vl, acc_budget) if use_fvec else None
         if gemm is not None:
             return gemm
-        if fv is None or not use_fvec:
+        # channels padded to whole vectors: far faster than the x-vectorized form with a
+        # predicated width tail, which scalarizes (5-30x, 1 thread: 64 -> 212 on 57x57 fp32
+        # 134 -> 7.3 ms); elsewhere slower once the padding adds more than an eighth
+        # (10 -> 14 on 16x16: 7 -> 8 us, 13 -> 13: 7 -> 10 us)
+        padded_waste = -(-info.f // fv) * fv / info.f
+        if not use_fvec or (padded_waste > 9 / 8 and not pred_x):
             return xvec
         xu = best_divisor(info.ow, min(14, acc_budget // 2), lower=1)
         if xu < 4 and info.ow > 4:
@@ -356,19 +365,20 @@ class Conv2d(NamedRule):
         """Vectorize over output channels instead of width.
 
         The input value is a broadcast scalar, so stride and odd widths cost nothing; the
-        weights are repacked per call to [F/FV, I, KH, KW, FV] (cheap when I*KH*KW*F is small,
-        e.g. the first layer of a network). Needs F % FV == 0.
+        weights are repacked to [F'/FV, I, KH, KW, FV], marked as a layout-rewrite preprocessor
+        (`conv2d_int8.pack_weights`: a build with prepacked weights runs it once, at compile
+        time; otherwise it runs per call, cheap when I*KH*KW*F is small, e.g. the first layer
+        of a network). Output channels that are not a multiple of FV (274 -> 212) are padded
+        to F' (zero weights; only the real channels are written): a predicate on the
+        vectorized channel lanes would scalarize the inner loop.
         """
         fv_ = t["FV"]
         xu_ = t["XU"]
         epilogues = inline_epilogue_chain(sch, conv)
         producers = inline_producers(sch, conv, keep=("pad_temp",))
-        pack = sch.cache_read(conv, info.weight_buffer, "global")
-        sch.transform_layout(pack, ("write", 0), lambda f, c, y, x: (f // fv_, c, y, x, f % fv_))
-        # Marked as a layout-rewrite preprocessor: relax.transform.SplitLayoutRewritePreproc()
-        # can move the repack into its own PrimFunc, which FoldConstant / LiftTransformParams
-        # then run once at build/load time instead of every call.
-        sch.annotate(pack, "meta_schedule.layout_rewrite_preproc", True)
+        if info.f % fv_:
+            conv2d_int8.pad_conv_iterations(sch, conv, [1, fv_, 1, 1, 1, 1, 1])
+        pack = conv2d_int8.pack_weights(sch, conv, 1, lambda f, c, y, x: (f // fv_, c, y, x, f % fv_))
         n, ff, yy, xx, rc, ry, rx = sch.get_loops(conv)
         fo, fv = sch.split(ff, [None, fv_])
         xo, xu = sch.split(xx, [None, xu_])
@@ -384,14 +394,19 @@ class Conv2d(NamedRule):
         acc = sch.cache_write(conv, 0, "local")
         # accumulator tile laid out [x][f] so that each register holds FV channels
         sch.transform_layout(conv, ("write", 0), lambda n_, f, y, x: (n_, y, x, f))
-        sch.reverse_compute_at(acc, xo, preserve_unit_loops=True)
-        if epilogues:
-            if not (len(epilogues) == 1 and try_reverse_compute_inline(sch, epilogues[-1])):
+        if info.f % fv_:
+            # the crop to the real channels and the epilogue read the accumulators under the
+            # tile (inlining the epilogue into the padded write-back loses its width predicate)
+            if epilogues is None:
+                raise ValueError("non-injective consumer")
+            conv2d_int8.write_back_at(sch, acc, xo)
+        else:
+            sch.reverse_compute_at(acc, xo, preserve_unit_loops=True)
+            if epilogues and not (len(epilogues) == 1 and try_reverse_compute_inline(sch, epilogues[-1])):
                 for epi in epilogues:
                     schedule_injective_block(sch, epi, target)
-        wb_loops = sch.get_loops(acc)
-        if t.get("wb_vec", True):
-            sch.vectorize(wb_loops[-1])
+            if t.get("wb_vec", True):
+                sch.vectorize(sch.get_loops(acc)[-1])
         sch.decompose_reduction(conv, rc)
         schedule_injective_block(sch, pack, target, vectorize=False)
         for blk in producers:

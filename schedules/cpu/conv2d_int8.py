@@ -26,8 +26,9 @@ in the kernel (cheap next to the convolution for all but the deepest, smallest l
 
 The Conv2d rule (conv2d.py) schedules a conv this way when `fits` and the target has an exact
 dot product (dot_intrin.py); otherwise (no VNNI, depthwise and grouped convs, input channel
-counts that are not a multiple of 4 such as a network's 3-channel first layer) it uses its
-generic int32 path.
+counts that are not a multiple of 4) it uses its generic int32 path. The split pass's int8
+slices of convs with more than 4 input channels read them zero-padded to a multiple of 4 on
+such a target (`quantization.slice_input_channels`), so those run here too.
 """
 
 from __future__ import annotations
