@@ -132,12 +132,16 @@ def cmd_pack(args) -> int:
                 print(f"packed {directory}: {executable.plan.description}", flush=True)
     if args.profile:
         from tvm_mulayer.build import resolve_processors
-        from tvm_mulayer.profiler import export_kernels, profile_precisions, sampled_configs, zoo_configs
+        from tvm_mulayer.profiler import (configs_from_file, export_kernels, profile_precisions, sampled_configs,
+                                          zoo_configs)
 
         cpu, gpu = resolve_processors(args.cpu, args.gpu)
-        configs = zoo_configs(args.profile_models, fractions=tuple(args.profile_fractions),
-                              channel_multiple=max(cpu.channel_multiple, gpu.channel_multiple))
-        configs += sampled_configs(configs, args.profile_sampled)
+        if args.profile_configs:
+            configs = configs_from_file(args.profile_configs)
+        else:
+            configs = zoo_configs(args.profile_models, fractions=tuple(args.profile_fractions),
+                                  channel_multiple=max(cpu.channel_multiple, gpu.channel_multiple))
+            configs += sampled_configs(configs, args.profile_sampled)
         modules = export_kernels(out / "kernels", cpu, gpu, configs, profile_precisions(args.profile_precision))
         cuda_sources += [src for module in modules.values() for src in _cuda_sources(module.mod)]
         print(f"exported kernels of {len(configs)} layer configurations", flush=True)
@@ -310,6 +314,9 @@ def main(argv=None) -> int:
     p.add_argument("--profile-fractions", nargs="+", type=float, default=[i / 8 for i in range(1, 9)],
                    help="split fractions whose parts to profile")
     p.add_argument("--profile-sampled", type=int, default=250, help="layer shapes sampled around the zoo's")
+    p.add_argument("--profile-configs", metavar="JSON",
+                   help="profile the layers of these configuration keys (a JSON list, as a profile's config "
+                        "column holds them; `mulayer profile --configs`) instead of the zoo's and sampled ones")
     p.add_argument("--profile-precision", nargs="+", default=["native", "fp32"], metavar="SPEC",
                    help="slice precisions to profile, as `mulayer profile --precision` takes them")
     p.add_argument("--profile-passes", type=int, default=1, metavar="N",

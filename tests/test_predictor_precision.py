@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import re
 import warnings
 
 import numpy as np
@@ -180,6 +181,29 @@ def test_profile_passes_time_each_kernel_again_and_train_reports_their_agreement
                        and r["config"] == config_key(c, "fp32")) for c in configs]
         np.testing.assert_allclose(predictor.kernel_times(configs, role), fastest, rtol=1e-9)
         assert predictor.meta["repeatability"][f"{role} fp32"]["samples"] == len(configs)
+
+
+def test_profile_configs_measures_exactly_the_listed_layers(tmp_path, capsys):
+    """`mulayer profile --configs FILE`: the layers of a JSON list of configuration keys (a
+    key's precision dropped: each layer is measured in the precisions asked for), each once;
+    a file that is not such a list, or --configs with the zoo's options, is refused."""
+    import json
+
+    from tvm_mulayer.cli import main
+
+    configs = zoo_configs(["vgg16"], fractions=(0.5, 1.0), image_size=32, width=0.25, channel_multiple=16)[:2]
+    listed = tmp_path / "configs.json"
+    listed.write_text(json.dumps([config_key(configs[0], "int8"), config_key(configs[0]), config_key(configs[1])]))
+    out = tmp_path / "fresh.csv"
+    assert main(["profile", "--configs", str(listed), "--gpu", "emulated", "--precision", "fp32", "-o", str(out)]) == 0
+    measured = sorted((r["role"], r["config"]) for r in read_rows(out) if r["kind"] == "kernel")
+    assert measured == sorted((role, config_key(c)) for role in ("cpu", "gpu") for c in configs)
+    listed.write_text(json.dumps({"not": "a list"}))
+    for extra, message in (([], "cannot read configurations from .*JSON list of configuration keys"),
+                           (["--models", "vgg16"], "--configs profiles exactly the layers it lists")):
+        capsys.readouterr()
+        assert main(["profile", "--configs", str(listed), "--gpu", "emulated", "-o", str(out), *extra]) == 2
+        assert re.search(message, capsys.readouterr().err)
 
 
 def test_repeatability_is_the_agreement_of_the_first_two_timings_and_of_the_halves_fastest():

@@ -163,14 +163,20 @@ def cmd_plan(args) -> int:
 
 def cmd_profile(args) -> int:
     from .build import resolve_processors
-    from .profiler import FRACTIONS, profile, profile_precisions, sampled_configs, zoo_configs
+    from .profiler import FRACTIONS, configs_from_file, profile, profile_precisions, sampled_configs, zoo_configs
 
     cpu, gpu = resolve_processors(args.cpu, args.gpu)
     precisions = profile_precisions(args.precision)
-    configs = zoo_configs(args.models, fractions=tuple(args.fractions or FRACTIONS), image_size=args.image_size,
-                          width=args.width, channel_multiple=max(cpu.channel_multiple, gpu.channel_multiple),
-                          small=args.small)
-    configs += sampled_configs(configs, args.sampled)
+    if args.configs:
+        if args.models or args.fractions or args.sampled or args.small:
+            raise MulayerError("--configs profiles exactly the layers it lists; drop --models, --fractions, "
+                               "--sampled and --small, or drop --configs")
+        configs = configs_from_file(args.configs)
+    else:
+        configs = zoo_configs(args.models, fractions=tuple(args.fractions or FRACTIONS), image_size=args.image_size,
+                              width=args.width, channel_multiple=max(cpu.channel_multiple, gpu.channel_multiple),
+                              small=args.small)
+        configs += sampled_configs(configs, args.sampled)
     forms = f"CPU {'/'.join(precisions['cpu'])}, GPU {'/'.join(precisions['gpu'])}"
     if args.rpc or args.tracker:
         from .deploy import connect
@@ -282,6 +288,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--width", type=float, default=1.0)
     p.add_argument("--small", action="store_true",
                    help="the models' small variants (`zoo export --small`) instead of --image-size/--width")
+    p.add_argument("--configs", metavar="JSON",
+                   help="profile the layers of these configuration keys instead (a JSON list, as a profile's "
+                        "config column holds them; e.g. `scripts/reprofile.py changed`'s list after a schedule "
+                        "change); --models, --fractions, --sampled, --small do not apply")
     p.add_argument("--precision", nargs="+", default=["native", "fp32"], metavar="SPEC",
                    help="slice precisions to profile, in --precision syntax of compile (native, fp32, "
                         "cpu=int8,gpu=fp32, ...); every precision any SPEC gives a processor is measured "

@@ -82,6 +82,19 @@ def layer_from_key(key: str) -> Layer:
     return parse_config(key)[0]
 
 
+def configs_from_file(path) -> list[Layer]:
+    """The layer configurations of a JSON list of configuration keys (as a profile's config
+    column holds them; a key's precision is dropped, the profiler measures each layer in
+    every precision it is asked for), each once, in the file's order."""
+    try:
+        keys = json.loads(Path(path).read_text())
+        layers = [layer_from_key(key) for key in keys]
+    except (OSError, ValueError, TypeError, KeyError) as err:
+        raise MulayerError(f"cannot read configurations from {path}: {err}; give a JSON list of configuration keys "
+                           "(a profile CSV's config column)") from None
+    return list({config_key(layer): layer for layer in layers}.values())
+
+
 def profile_precisions(specs=("native", "fp32")) -> dict:
     """role -> the slice precisions to profile, from one or more precision specs in
     `--precision` syntax ("native", "fp32", "cpu=int8,gpu=fp32", ...): every precision any
