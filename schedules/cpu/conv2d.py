@@ -250,9 +250,10 @@ class Conv2d(NamedRule):
         if gemm is not None:
             return gemm
         # channels padded to whole vectors: far faster than the x-vectorized form with a
-        # predicated width tail, which scalarizes (5-30x, 1 thread: 64 -> 212 on 57x57 fp32
-        # 134 -> 7.3 ms); elsewhere slower once the padding adds more than an eighth
-        # (10 -> 14 on 16x16: 7 -> 8 us, 13 -> 13: 7 -> 10 us)
+        # predicated width tail, which scalarizes (H200 host, BENCHMARKS.md: 274 -> 212 on
+        # 57x57 73.8 -> 3.7 ms); elsewhere only where the padding adds at most an eighth (more,
+        # and the idle lanes cost more than the x-vectorized form's channel tail: small
+        # channel counts on small planes ran slower padded to 16)
         padded_waste = -(-info.f // fv) * fv / info.f
         if not use_fvec or (padded_waste > 9 / 8 and not pred_x):
             return xvec
