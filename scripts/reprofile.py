@@ -40,71 +40,55 @@ from pathlib import Path
 
 import numpy as np
 
+from tvm_mulayer.predictor import _fastest
+from tvm_mulayer.profiler import CSV_FIELDS, KERNEL_KINDS, config_key, layer_from_key, parse_config, read_rows
+
 ROOT = Path(__file__).resolve().parent.parent
-KERNEL_KINDS = ("kernel", "concurrent")
 
 
-def features_of(profiles: list[str], predictor: str, source: Path) -> dict:
-    """"role|config" -> schedule features, with the rules of the checkout at `source` (run in
-    a subprocess, so that each revision's modules are imported fresh)."""
+def features_of(keys: list, predictor: str, source: Path) -> dict:
+    """"role|config" -> schedule features of the kernels `keys` ([role, config key]), with the
+    rules of the checkout at `source` (run in a subprocess, so that each revision's modules
+    are imported fresh)."""
     code = (
-        "import csv, json, sys\n"
+        "import json, sys\n"
         f"sys.path.insert(0, {str(source)!r})\n"
         "from tvm_mulayer.predictor import KernelFeatures\n"
         "from tvm_mulayer.profiler import parse_config\n"
-        "profiles, meta = json.loads(sys.argv[1]), json.load(open(sys.argv[2]))['meta']\n"
+        "keys, meta = json.loads(sys.stdin.read()), json.load(open(sys.argv[1]))['meta']\n"
         "features = {role: KernelFeatures(meta[role + '_target'], meta['cpu_threads'],\n"
         "                                 meta.get('fp32_weights_prepacked', False)) for role in ('cpu', 'gpu')}\n"
-        "keys = {(r['role'], r['config']) for p in profiles for r in csv.DictReader(open(p))\n"
-        "        if r['kind'] in ('kernel', 'concurrent')}\n"
         "print(json.dumps({role + '|' + key: features[role](parse_config(key)[0], False, parse_config(key)[1])\n"
-        "                  for role, key in sorted(keys)}))\n"
+        "                  for role, key in keys}))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code, json.dumps([str(Path(p).resolve()) for p in profiles]),
-                          str(Path(predictor).resolve())], check=True, capture_output=True, text=True, cwd="/")
+    out = subprocess.run([sys.executable, "-c", code, str(Path(predictor).resolve())], input=json.dumps(keys),
+                         check=True, capture_output=True, text=True, cwd="/")
     return json.loads(out.stdout)
 
 
 def changed(args) -> None:
+    kernels = sorted({(row["role"], row["config"]) for path in args.profiles for row in read_rows(Path(path))
+                      if row["kind"] in KERNEL_KINDS.values()})
     with tempfile.TemporaryDirectory() as tmp:
         old_tree = Path(tmp) / "old"
         subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(old_tree), args.since],
                        check=True, capture_output=True)
         try:
-            old = features_of(args.profiles, args.predictor, old_tree)
+            old = features_of(kernels, args.predictor, old_tree)
         finally:
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(old_tree)], check=True)
-    new = features_of(args.profiles, args.predictor, ROOT)
+    new = features_of(kernels, args.predictor, ROOT)
     keys = sorted(key for key in new if old.get(key) != new[key])
     Path(args.output).write_text(json.dumps([key.split("|", 1) for key in keys], indent=0))
     # the layers to measure: each changed kernel's, then reference layers none of whose kernels changed
-    layers = {_layer_key(key.split("|", 1)[1]): None for key in keys}
-    unchanged = sorted({_layer_key(key.split("|", 1)[1]) for key in new} - set(layers))
+    layer_key = lambda key: config_key(layer_from_key(key.split("|", 1)[1]))  # noqa: E731  (precision dropped)
+    layers = {layer_key(key): None for key in keys}
+    unchanged = sorted({layer_key(key) for key in new} - set(layers))
     rng = np.random.default_rng(0)
     reference = [unchanged[i] for i in rng.permutation(len(unchanged))[:args.reference]]
     Path(args.configs).write_text(json.dumps(list(layers) + reference, indent=0))
     print(f"{len(keys)} of {len(new)} (role, configuration) kernels changed since {args.since}: {args.output}; "
           f"their {len(layers)} layers and {len(reference)} reference layers: {args.configs}")
-
-
-def _layer_key(config: str) -> str:
-    """A configuration key without its precision: the layer's."""
-    fields = json.loads(config)
-    fields.pop("precision", None)
-    return json.dumps(fields, sort_keys=True)
-
-
-def _fastest(rows: list[dict]) -> dict:
-    best: dict = {}
-    for row in rows:
-        if row["kind"] == "kernel":
-            key = (row["role"], row["config"])
-            best[key] = min(best.get(key, float("inf")), float(row["seconds"]))
-    return best
-
-
-def _precision(config: str) -> str:
-    return json.loads(config).get("precision", "fp32")
 
 
 def _read_keys(path) -> set:
@@ -115,14 +99,12 @@ def _read_keys(path) -> set:
 def _rewrite(args, keys: set, fresh: list[dict]) -> list[dict]:
     """Write args.profile less the rows of the kernels `keys`, plus those of them `fresh`
     holds, to args.output; returns the profile's rows."""
-    with open(args.profile, newline="") as handle:
-        reader = csv.DictReader(handle)
-        fields, old = reader.fieldnames, list(reader)
-    replaced = lambda row: row["kind"] in KERNEL_KINDS and (row["role"], row["config"]) in keys  # noqa: E731
+    old = read_rows(Path(args.profile))
+    replaced = lambda row: row["kind"] in KERNEL_KINDS.values() and (row["role"], row["config"]) in keys  # noqa: E731
     kept = [row for row in old if not replaced(row)]
     added = [row for row in fresh if replaced(row)]
     with open(args.output, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=fields)
+        writer = csv.DictWriter(handle, fieldnames=CSV_FIELDS)
         writer.writeheader()
         writer.writerows(kept + added)
     print(f"{args.output}: {len(old) - len(kept)} rows of {len(keys)} changed kernels removed, {len(added)} added")
@@ -134,27 +116,28 @@ def drop(args) -> None:
 
 
 def merge(args) -> None:
-    with open(args.fresh, newline="") as handle:
-        fresh = list(csv.DictReader(handle))
+    fresh = read_rows(Path(args.fresh))
     keys = _read_keys(args.keys)
     missing = keys - {(row["role"], row["config"]) for row in fresh if row["kind"] == "kernel"}
     if missing:
         sys.exit(f"{args.fresh} lacks {len(missing)} of the {len(keys)} changed kernels (e.g. {sorted(missing)[0]}); "
                  "measure them first")
     old = _rewrite(args, keys, fresh)
-    before, after = _fastest(old), _fastest(fresh)
-    drift: dict = {}
-    for key in sorted(set(before) & set(after) - keys):
-        drift.setdefault((key[0], _precision(key[1])), []).append(after[key] / before[key])
-    for (role, precision), ratios in sorted(drift.items()):
-        print(f"unchanged {role} {precision} kernels ({len(ratios)}): fresh / old median {np.median(ratios):.3f}, "
-              f"quartiles {np.percentile(ratios, 25):.3f}-{np.percentile(ratios, 75):.3f}")
-    speedup: dict = {}
-    for key in sorted(keys & set(before) & set(after)):
-        speedup.setdefault((key[0], _precision(key[1])), []).append(before[key] / after[key])
-    for (role, precision), ratios in sorted(speedup.items()):
-        print(f"changed {role} {precision} kernels ({len(ratios)}): old / fresh median {np.median(ratios):.2f}x, "
-              f"geometric mean {np.exp(np.mean(np.log(ratios))):.2f}x, range {min(ratios):.2f}-{max(ratios):.2f}x")
+    # (role, config) -> the fastest kernel timing (alone) in each file
+    before, after = ({(role, config): seconds for (kind, role, config), seconds in _fastest(rows).items()
+                      if kind == KERNEL_KINDS[False]} for rows in (old, fresh))
+    both = set(before) & set(after)
+    for title, members, ratio in (("unchanged", both - keys, lambda key: after[key] / before[key]),
+                                  ("changed", both & keys, lambda key: before[key] / after[key])):
+        by_kind: dict = {}
+        for key in sorted(members):
+            by_kind.setdefault((key[0], parse_config(key[1])[1]), []).append(ratio(key))
+        for (role, precision), ratios in sorted(by_kind.items()):
+            print(f"{title} {role} {precision} kernels ({len(ratios)}): "
+                  + (f"fresh / old median {np.median(ratios):.3f}, quartiles {np.percentile(ratios, 25):.3f}-"
+                     f"{np.percentile(ratios, 75):.3f}" if title == "unchanged" else
+                     f"old / fresh median {np.median(ratios):.2f}x, geometric mean "
+                     f"{np.exp(np.mean(np.log(ratios))):.2f}x, range {min(ratios):.2f}-{max(ratios):.2f}x"))
 
 
 def main() -> None:

@@ -10,14 +10,16 @@ from pathlib import Path
 
 import pytest
 
+from tvm_mulayer.profiler import CSV_FIELDS, KERNEL_KINDS, config_key, zoo_configs
+
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "reprofile.py"
-FIELDS = ["kind", "role", "processor", "config", "bytes", "seconds", "device", "tvm", "recorded"]
-A, B, C = (json.dumps({"layer": name}) for name in "abc")  # configuration keys (opaque to the script)
+A, B, C = (config_key(layer) for layer in zoo_configs(["alexnet"], fractions=(1.0,), image_size=67, width=0.1)[:3])
+CONCURRENT = KERNEL_KINDS[True]
 
 
 def _write(path: Path, rows) -> Path:
     with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=FIELDS)
+        writer = csv.DictWriter(handle, fieldnames=CSV_FIELDS)
         writer.writeheader()
         writer.writerows({"kind": kind, "role": role, "config": config, "seconds": seconds, "processor": "p",
                           "bytes": "", "device": "d", "tvm": "0", "recorded": stamp}
@@ -37,7 +39,7 @@ def _run(*args) -> subprocess.CompletedProcess:
 @pytest.fixture
 def files(tmp_path):
     old = _write(tmp_path / "old.csv", [
-        ("kernel", "cpu", A, 4e-3, "old"), ("kernel", "cpu", A, 5e-3, "old"), ("concurrent", "cpu", A, 6e-3, "old"),
+        ("kernel", "cpu", A, 4e-3, "old"), ("kernel", "cpu", A, 5e-3, "old"), (CONCURRENT, "cpu", A, 6e-3, "old"),
         ("kernel", "gpu", A, 1e-3, "old"), ("kernel", "cpu", B, 2e-3, "old"), ("kernel", "cpu", C, 8e-3, "old"),
         ("copy", "gpu", "h2d", 1e-6, "old")])
     fresh = _write(tmp_path / "fresh.csv", [
