@@ -231,6 +231,48 @@ def test_cpu_kernel_features_name_the_conv_schedule_each_layer_gets():
     assert modes == ["gemm"] * len(gemm_layers)
 
 
+def test_gpu_kernel_features_carry_the_gemm_gather_layout_and_direct_conv_staging():
+    """On a CUDA GPU the features say what the tensor-core rule's tiles make of a float16
+    conv: K padded past whole slabs, and how the channels of a (ky, kx, c) gather fill a slab
+    (-1: not gathered channels-inner); and for the direct conv its rows per block and the
+    elements each thread stages per reduction step — each as the rules compute them."""
+    import tvm
+
+    from tvm_mulayer.layers import Layer
+    from tvm_mulayer.predictor import FEATURES, RULE_TENSOR_CORE, KernelFeatures
+    from tvm_mulayer.schedules.gpu.conv2d import Conv2d
+    from tvm_mulayer.schedules.gpu.tensor_core import TensorCoreGemm, gemm_tiles
+
+    target = gpu_processor("cuda:sm_90", CPU).target
+    features = KernelFeatures(target, threads=1)
+
+    def conv(c, f, size, k):
+        return Layer(name="c", op="conv2d", input_shape=(1, c, size, size), weight_shape=(f, c, k, k),
+                     output_shape=(1, f, size, size), strides=(1, 1), padding=(k // 2,) * 4)
+
+    def feature(layer, name, precision):
+        return features(layer, precision=precision)[FEATURES.index(name)]
+
+    for layer, tail in ((conv(274, 212, 57, 3), 274 % 32), (conv(256, 64, 28, 3), 0), (conv(372, 210, 60, 1), -1)):
+        assert feature(layer, "rule", "fp16") == RULE_TENSOR_CORE
+        kh = layer.weight_shape[2]
+        k = layer.weight_shape[1] * kh * kh
+        t = gemm_tiles(layer.channels, layer.output_shape[2] ** 2, k, kh * kh, TensorCoreGemm.stages,
+                       layer.weight_shape[1])
+        assert feature(layer, "gather_channel_tail", "fp16") == tail
+        padded = -(-k // (t.bk * t.split_k)) * t.bk * t.split_k
+        assert feature(layer, "reduction_waste", "fp16") == pytest.approx(padded / k)
+    assert feature(conv(372, 210, 60, 1), "reduction_waste", "fp16") > 1  # 372 is no whole number of slabs
+
+    layer = conv(96, 199, 5, 5)  # float32: the direct conv
+    assert feature(layer, "rule", "fp32") == 0
+    info = features._conv_info(layer, False)
+    t = Conv2d.tiles(info, tvm.target.Target(target))
+    assert feature(layer, "tile_height", "fp32") == t["TY"]
+    staged = Conv2d.shared_bytes(info, t) / 4 / (t["TF"] * t["TY"] * t["TX"])
+    assert feature(layer, "log_staged_per_thread", "fp32") == pytest.approx(np.log(staged))
+
+
 def test_kernel_base_fits_a_launch_floor_plus_throughput_line_per_precision():
     """The analytic base the boosters correct is fitted in relative error, per precision and
     per schedule rule, with no negative coefficient: timings that are exactly a fixed

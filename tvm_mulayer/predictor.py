@@ -40,7 +40,7 @@ from .errors import MulayerError
 from .layers import Layer
 from .quantization import slice_input_channels
 
-PREDICTOR_FORMAT = "tvm-mulayer-predictor/3"
+PREDICTOR_FORMAT = "tvm-mulayer-predictor/4"
 # What the regressors see: the layer's shape and costs, and what the project's schedule
 # rules will make of it on that processor (tiles, parallel tasks, thread blocks, tails),
 # since those — not the shape alone — decide a kernel's speed.
@@ -50,7 +50,7 @@ FEATURES = (
     "log_output_bytes", "log_reduction", "log_output_elements", "log_intensity", "channel_tail", "width_tail",
     "rule", "tile_channels", "tile_width", "tile_waste", "log_tasks", "task_imbalance", "log_work_per_task",
     "threads_per_block", "log_shared_bytes", "reduction_splits", "vector_load",
-    "reduction_steps",
+    "reduction_steps", "reduction_waste", "gather_channel_tail", "tile_height", "log_staged_per_thread",
 )
 
 
@@ -132,6 +132,8 @@ class KernelFeatures:
             math.log(max(schedule["work"], 1.0)), float(schedule.get("threads", 1)),
             math.log(max(schedule.get("shared", 0.0), 1.0)), float(schedule.get("splits", 1)),
             float(schedule.get("vector", 1)), float(schedule.get("steps", 1)),
+            float(schedule.get("reduction_waste", 1.0)), float(schedule.get("gather_tail", 0)),
+            float(schedule.get("rows", 1)), math.log(max(schedule.get("staged", 1.0), 1.0)),
         ]
 
     def _conv_info(self, layer: Layer, depthwise: bool, precision: str = "fp32"):
@@ -232,10 +234,16 @@ class KernelFeatures:
                 # thread blocks: output tiles times the K ranges the rule splits the reduction
                 # into, each block multiplying its range's slabs (steps)
                 steps = -(-k // (t.bk * t.split_k))
+                # The gather's cost hangs on its layout: ordered (ky, kx, c), a 32-deep slab whose
+                # channels do not fill it straddles two window positions (a slower index path:
+                # 94 or 105 channels took 1.35x the time per step of 128 on the H200 host, same
+                # tiles and grid, BENCHMARKS "GPU features"); K padding is multiplied for nothing.
                 return {"rule": RULE_TENSOR_CORE, "tile_channels": t.bm, "tile_width": t.bn,
                         "waste": tiles * t.bm * t.bn / (m * n), "tasks": tiles * t.split_k, "slots": slots,
                         "work": steps * t.bk * t.bm * t.bn / (t.warps * 32), "threads": t.warps * 32,
-                        "shared": t.shared_bytes(), "splits": t.split_k, "vector": t.vector_w, "steps": steps}
+                        "shared": t.shared_bytes(), "splits": t.split_k, "vector": t.vector_w, "steps": steps,
+                        "reduction_waste": steps * t.bk * t.split_k / k,
+                        "gather_tail": in_channels % t.bk if t.channels_inner else -1}
         if layer.op == "dense":
             k, n = layer.weight_shape
             t = Dense.tiles(n, k, 8 * _dtype_bytes(in_dtype), _max_threads(self.target))
@@ -262,7 +270,9 @@ class KernelFeatures:
         return {"rule": 0, "tile_channels": channels, "tile_width": t["TX"],
                 "waste": -(-info.f // channels) * channels / info.f, "tasks": tasks, "slots": slots,
                 "work": t["FI"] * info.rc * info.kh * info.kw, "threads": t["TF"] * t["TY"] * t["TX"],
-                "shared": Conv2d.shared_bytes(info, t), "steps": -(-info.rc // t["RC"])}
+                "shared": Conv2d.shared_bytes(info, t), "steps": -(-info.rc // t["RC"]), "rows": t["TY"],
+                # elements each thread stages into shared memory per reduction step
+                "staged": Conv2d.shared_bytes(info, t) / _dtype_bytes(in_dtype) / (t["TF"] * t["TY"] * t["TX"])}
 
 
 def _accuracy(predicted, actual) -> dict:
