@@ -378,13 +378,16 @@ def worker_e2e_ort(model, threads):
 # ----------------------------------------------------------------------------- GPU: float16 forms
 # The quantized GPU slices compute conv2d/matmul(astype(x, float16), float16 w, out_dtype=float32)
 # followed by a float32 bias/activation. `--gpu-pack DIR` builds (here, with the compiler) every
-# zoo layer shape in that form with the current rules and with a baseline revision's rules, the
-# same layers in float32 with the baseline rules, and whole models GPU-only in float16 (new
-# rules) and float32 (baseline rules); CUDA sources are compiled to fatbins here (nvcc 13.0, as
-# on the host). `sh DIR/run.sh $OUT` then runs on the GPU host with only the TVM runtime:
+# zoo layer shape in that form and in float32, each with the current rules and with a baseline
+# revision's rules (GPU_VARIANTS), and whole models GPU-only the same four ways; CUDA sources
+# are compiled to fatbins here (nvcc 13.0, as on the host). `sh DIR/run.sh $OUT` then runs on
+# the GPU host with only the TVM runtime:
 # PyTorch fp16 eager peers first (fresh processes), every kernel checked against a float64
 # numpy reference and timed, then the models.
 GPU_ARCH = "sm_90"
+# what is built and compared: (rules revision, slice precision) per variant
+GPU_VARIANTS = {"fp16_new": ("new", "fp16"), "fp16_old": ("old", "fp16"), "fp32_new": ("new", "fp32"),
+                "fp32_old": ("old", "fp32")}
 GPU_TAILS = (  # split tails: (model, layer index among the zoo's layers, channels kept)
     ("vgg16", 1, 37), ("alexnet", 0, 13), ("googlenet", 2, 13), ("squeezenet1_1", 3, 37),
     ("mobilenet_v1", 1, 37), ("vgg16", 13, 37), ("alexnet", 6, 13))
@@ -536,8 +539,9 @@ def gpu_pack(out_dir, models, rules_rev="HEAD", baseline_rev=None):
     os.makedirs(fatbins, exist_ok=True)
     cases = gpu_layers(models)
     kernels = []
-    variants = {"fp16_new": (schedules, "fp16"), "fp16_old": (old, "fp16"), "fp32_old": (old, "fp32")}
-    for variant, (package, precision) in variants.items():
+    packages = {"new": schedules, "old": old}
+    for variant, (rules, precision) in GPU_VARIANTS.items():
+        package = packages[rules]
         funcs = {}
         for index, (tag, layer) in enumerate(cases):
             func = layer_kernel(layer, precision)
@@ -560,9 +564,8 @@ def gpu_pack(out_dir, models, rules_rev="HEAD", baseline_rev=None):
         print(f"packed {len(funcs)} kernels ({variant})", file=sys.stderr, flush=True)
     model_runs = []
     for model in models:
-        # fp16 with both revisions' rules (what the rules changed) and fp32 with the old ones
-        for variant, precision, package in (("fp16_new", "fp16", schedules), ("fp16_old", "fp16", old),
-                                            ("fp32_old", "fp32", old)):
+        for variant, (rules, precision) in GPU_VARIANTS.items():  # both precisions with both revisions' rules
+            package = packages[rules]
             t0 = time.perf_counter()
             ex, weights = gpu_model(model, precision, package, target)
             path = f"model_{model}_{variant}.so"
@@ -574,18 +577,25 @@ def gpu_pack(out_dir, models, rules_rev="HEAD", baseline_rev=None):
     with open(os.path.join(out_dir, "gpu_bench.json"), "w", encoding="utf-8") as fh:
         json.dump({"kernels": kernels, "models": model_runs, "baseline": rev, "rules": new_rev, "arch": GPU_ARCH,
                    "date": time.strftime("%Y-%m-%d")}, fh, indent=1)
+    write_gpu_runner(out_dir)
+
+
+def write_gpu_runner(out_dir):
+    """What the GPU host needs besides the built kernels: the TVM runtime, the tvm-ffi wheel
+    for its Python (3.12), and run.sh."""
+    from pathlib import Path  # pylint: disable=import-outside-toplevel
+
     _setup_path()
     sys.path.insert(0, os.path.join(ROOT, "scripts"))
     import gpu_host_run  # pylint: disable=import-outside-toplevel
 
     gpu_host_run._runtime_tarball(os.path.join(out_dir, "tvm_runtime.tar.gz"))  # pylint: disable=protected-access
-    from pathlib import Path  # pylint: disable=import-outside-toplevel
-
-    gpu_host_run._ffi_wheel(Path(out_dir), "3.12")  # pylint: disable=protected-access
+    requirement = gpu_host_run._ffi_wheels(Path(out_dir), ["3.12"])  # pylint: disable=protected-access
     here = os.path.relpath(out_dir, ROOT)
     with open(os.path.join(out_dir, "run.sh"), "w", encoding="utf-8") as fh:
         fh.write("set -e\n"
-                 f"python3 -m pip install -q --upgrade --no-index --no-deps --target /tmp/site {here}/apache_tvm_ffi-*.whl\n"
+                 f"python3 -m pip install -q --upgrade --no-index --no-deps --target /tmp/site --find-links {here} "
+                 f"{requirement}\n"
                  f"tar xzf {here}/tvm_runtime.tar.gz -C /tmp/site\n"
                  "export PYTHONPATH=/tmp/site:$PWD:$PWD/scripts TVM_USE_RUNTIME_LIB=1 PYTHONUNBUFFERED=1\n"
                  f"python3 scripts/bench_schedules.py --gpu-run {here} --out \"$1/gpu_bench_results.json\"\n")
@@ -719,7 +729,7 @@ def gpu_run(directory, out_path):
     import tvm  # pylint: disable=import-outside-toplevel
 
     dev = tvm.cuda(0)
-    libs = {v: _load_gpu_lib(directory, f"ops_{v}.so") for v in ("fp16_new", "fp16_old", "fp32_old")}
+    libs = {v: _load_gpu_lib(directory, f"ops_{v}.so") for v in GPU_VARIANTS}
     rng = np.random.default_rng(0)
     for kernel in spec["kernels"]:
         bias_shape = [1, kernel["out"][1], 1, 1] if kernel["op"] == "conv2d" else [1, kernel["out"][1]]
@@ -804,9 +814,10 @@ def gpu_report(results_path) -> str:
     with open(results_path, encoding="utf-8") as fh:
         res = json.load(fh)
     lines = [f"Rules: new = `{res['rules']}`, old = `{res['baseline']}`; date {res['date']}.", "",
-             "| model | GPU-only fp16, new rules ms | GPU-only fp16, old rules ms | GPU-only fp32, old rules ms | "
-             "PyTorch fp16 eager ms | PyTorch fp16 CUDA graph ms | fp16 new / PyTorch eager | "
-             "fp16 old / PyTorch eager | fp16 new / PyTorch graph |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| model | GPU-only fp16, new rules ms | GPU-only fp16, old rules ms | GPU-only fp32, new rules ms | "
+             "GPU-only fp32, old rules ms | PyTorch fp16 eager ms | PyTorch fp16 CUDA graph ms | "
+             "fp16 new / PyTorch eager | fp16 old / PyTorch eager | fp16 new / PyTorch graph | fp32 old / fp32 new |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     models = {}
     for row in res["models"]:  # results before the fp16-old model: variant from the precision
         variant = row.get("variant", {"fp16": "fp16_new", "fp32": "fp32_old"}[row["precision"]])
@@ -818,19 +829,21 @@ def gpu_report(results_path) -> str:
     for model, ms in models.items():
         peer = res["peers"].get(model, {})
         eager, graph = peer.get("eager_ms"), peer.get("graph_ms")
-        new, old16, old32 = ms.get("fp16_new"), ms.get("fp16_old"), ms.get("fp32_old")
-        lines.append(f"| {model} | {_fmt(new)} | {_fmt(old16)} | {_fmt(old32)} | {_fmt(eager)} | {_fmt(graph)} | "
-                     f"{ratio(new, eager)} | {ratio(old16, eager)} | {ratio(new, graph)} |")
-    lines += ["", "| model | layer | tensor cores | GFLOP | fp16 new ms | fp16 old ms | fp32 old ms | "
-              "fp32 old / fp16 new | fp16 old / fp16 new | TFLOP/s (new) | max rel. error (new) |",
-              "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        new, old16, new32, old32 = (ms.get(v) for v in GPU_VARIANTS)
+        lines.append(f"| {model} | {_fmt(new)} | {_fmt(old16)} | {_fmt(new32)} | {_fmt(old32)} | {_fmt(eager)} | "
+                     f"{_fmt(graph)} | {ratio(new, eager)} | {ratio(old16, eager)} | {ratio(new, graph)} | "
+                     f"{ratio(old32, new32)} |")
+    lines += ["", "| model | layer | tensor cores | GFLOP | fp16 new ms | fp16 old ms | fp32 new ms | fp32 old ms | "
+              "fp16 old / new | fp32 old / new | TFLOP/s (fp16 new) | max rel. error (fp16 new / fp32 new) |",
+              "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for k in res["kernels"]:
-        new, old16, old32 = (k.get(f"{v}_ms") for v in ("fp16_new", "fp16_old", "fp32_old"))
+        new, old16, new32, old32 = (k.get(f"{v}_ms") for v in GPU_VARIANTS)
         lines.append(f"| {k['tag']} | {k['desc']} | {'yes' if k['tensor_core'] else 'no'} | {k['flops'] / 1e9:.3f} | "
-                     f"{_fmt(new, 4)} | {_fmt(old16, 4)} | {_fmt(old32, 4)} | "
-                     f"{_fmt(old32 / new if new and old32 else None, 2)} | {_fmt(old16 / new if new and old16 else None, 2)} | "
-                     f"{_fmt(k['flops'] / new / 1e9 if new else None, 1)} | {k.get('fp16_new_rel_error', float('nan')):.1e} |")
-    failed = [f"{k['desc']} ({v})" for k in res["kernels"] for v in ("fp16_new", "fp16_old", "fp32_old")
+                     f"{_fmt(new, 4)} | {_fmt(old16, 4)} | {_fmt(new32, 4)} | {_fmt(old32, 4)} | "
+                     f"{ratio(old16, new)} | {ratio(old32, new32)} | "
+                     f"{_fmt(k['flops'] / new / 1e9 if new else None, 1)} | {k.get('fp16_new_rel_error', float('nan')):.1e}"
+                     f" / {k.get('fp32_new_rel_error', float('nan')):.1e} |")
+    failed = [f"{k['desc']} ({v})" for k in res["kernels"] for v in GPU_VARIANTS
               if f"{v}_error" in k or k.get(f"{v}_rel_error", 0) > 1e-3]
     lines += ["", f"Kernels over the 1e-3 relative tolerance or failed: {', '.join(failed) or 'none'}."]
     diffs = [f"{row['model']} {row['variant']} vs {key[len('rel_diff_vs_'):]}: {row[key]:.1e}"
