@@ -295,3 +295,38 @@ def test_dense_threads_along_k_divide_k(n, k, bits):
 
     tiles = Dense.tiles(n, k, bits, 1024)
     assert k % tiles["TK"] == 0 and tiles["TK"] >= 1
+
+
+def _direct_conv_tiles(cin, cout, hw, k, target):
+    from tvm_mulayer.schedules.cpu.conv2d import ConvInfo, find_conv_block
+    from tvm_mulayer.schedules.gpu.conv2d import Conv2d
+
+    func = layer_func("conv2d", (1, cin, hw, hw), (cout, cin, k, k), pad=k // 2, precision="fp32")
+    sch = s_tir.Schedule(func)
+    info = ConvInfo(sch, find_conv_block(sch))
+    tiles = Conv2d.tiles(info, target)
+    return func, tiles, Conv2d.blocks(info, tiles)
+
+
+@pytest.mark.parametrize("cin, cout, hw, k", [(832, 384, 7, 3), (192, 384, 13, 3), (48, 128, 7, 5), (512, 64, 28, 3)])
+def test_direct_conv_fills_a_short_grid_of_long_threads_on_cuda(cin, cout, hw, k):
+    """A small plane with many channels and a deep reduction made a handful of big blocks of
+    long threads (GoogLeNet's 832 -> 384 3x3 on 7x7: 6 blocks on a GPU of 132 SMs): on CUDA
+    the float32 direct conv trades each thread's channels, then rows and channel threads
+    per block, for blocks — up to one per SM, never under 64 threads a block — and still
+    builds; on OpenCL (a phone's few compute units) each thread keeps its 4 channels."""
+    func, cuda, blocks = _direct_conv_tiles(cin, cout, hw, k, CUDA)
+    _, opencl, opencl_blocks = _direct_conv_tiles(cin, cout, hw, k, OPENCL)
+    assert opencl["FI"] == 4 and opencl_blocks < tensor_core.TARGET_BLOCKS
+    threads = cuda["TF"] * cuda["TY"] * cuda["TX"]
+    assert cuda["FI"] < 4 and threads >= 64
+    assert blocks >= tensor_core.TARGET_BLOCKS or threads < 128
+    rule, _ = build_source(func, CUDA)
+    assert "Conv2d" in rule
+
+
+def test_direct_conv_keeps_short_threads_whole():
+    """A shallow reduction (8 channels x 3x3: 288 multiply-adds a thread with 4 channels each)
+    keeps its tiles though its grid is short: split further, such convs ran slower on the H200."""
+    _, cuda, blocks = _direct_conv_tiles(8, 64, 28, 3, CUDA)
+    assert cuda["FI"] == 4 and blocks < tensor_core.TARGET_BLOCKS

@@ -266,7 +266,7 @@ class KernelFeatures:
             return {"rule": 4, "tile_channels": 1, "tile_width": 1, "waste": 1.0, "tasks": -(-outputs // 256),
                     "slots": slots, "work": info.rc * info.kh * info.kw, "threads": 256}
         channels = t["TF"] * t["FI"]
-        tasks = -(-info.f // channels) * (info.oh // t["TY"]) * (info.ow // t["TX"])
+        tasks = Conv2d.blocks(info, t)
         return {"rule": 0, "tile_channels": channels, "tile_width": t["TX"],
                 "waste": -(-info.f // channels) * channels / info.f, "tasks": tasks, "slots": slots,
                 "work": t["FI"] * info.rc * info.kh * info.kw, "threads": t["TF"] * t["TY"] * t["TX"],

@@ -8,7 +8,9 @@ TF*FI output channels x TY rows x TX columns; each thread FI channels of one pix
 registers. The reduction walks input channels in chunks of RC: per chunk the block stages the
 (padded) input patch and the weight slab in shared memory cooperatively, then every thread
 accumulates from shared memory. The padding is fused into the shared-memory load and the
-bias/activation epilogue into the register write-back, so the kernel is one launch.
+bias/activation epilogue into the register write-back, so the kernel is one launch. On CUDA a
+short grid of long threads (a deep reduction on a small plane) is split into more blocks
+(`Conv2d.fill_grid`).
 
 DepthwiseConv2d: no reuse across channels, so one thread per output pixel, window unrolled,
 padding inlined, accumulator in a register.
@@ -31,7 +33,7 @@ from ..common import (
     try_reverse_compute_inline,
 )
 from ..cpu.conv2d import ConvInfo, match_conv
-from .tensor_core import TensorCoreGemm
+from .tensor_core import TARGET_BLOCKS, TensorCoreGemm
 
 
 def _max_threads(target: Target) -> int:
@@ -100,6 +102,7 @@ def _cooperative_fetch(sch, blk, thread_extents, vec: int = 1):
 
 
 SHARED_LIMIT = 48 * 1024  # bytes of static shared memory per block (CUDA; OpenCL local memory is 32+ KiB)
+MIN_CHAIN = 2000  # multiply-adds per thread from which fill_grid splits a short grid
 
 
 class Conv2d(NamedRule):
@@ -138,6 +141,8 @@ class Conv2d(NamedRule):
         fi = 4 if info.f >= 4 * tf else (2 if info.f >= 2 * tf else 1)
         rc = best_divisor(info.rc, 8) or 1
         tiles = {"TX": tx, "TY": ty, "TF": tf, "FI": fi, "RC": rc}
+        if target.kind.name == "cuda":
+            Conv2d.fill_grid(info, tiles)
         # The input patch and weight slab staged per reduction step must fit the 48 KiB of
         # static shared memory (11x11 and 5x5 kernels overflowed it: ptxas "uses too much
         # shared data"): give up reduction depth first, then filters, then rows.
@@ -153,6 +158,38 @@ class Conv2d(NamedRule):
             else:
                 raise ValueError("no tiling fits shared memory")
         return tiles
+
+    @staticmethod
+    def blocks(info: ConvInfo, t: dict) -> int:
+        return -(-info.f // (t["TF"] * t["FI"])) * (info.oh // t["TY"]) * (info.ow // t["TX"])
+
+    @staticmethod
+    def fill_grid(info: ConvInfo, t: dict) -> None:
+        """Give a short grid of long threads more blocks: a small plane with many channels
+        and a deep reduction made a handful of big blocks whose threads each ran a long chain
+        of multiply-adds (GoogLeNet's 192 -> 384 3x3 on 7x7: 6 blocks of 784 threads, 6,912
+        each, for the H200's 132 SMs). Trade each thread's channels (register reuse of an
+        input value: more threads, shorter chains) first, then rows per block, then channel
+        threads per block, never below 64 threads a block. Only where the chains are long
+        (2,000 multiply-adds or more) and the whole grid is under a quarter of the GPU's
+        resident threads: on the H200 host the short-chain or busy grids ran slower split
+        (BENCHMARKS, "Direct conv grid"). Only on CUDA, whose GPUs have a hundred SMs or more;
+        a phone's GPU has a few compute units, which a few big blocks fill."""
+        chain = t["FI"] * info.rc * info.kh * info.kw
+        threads = -(-info.f // t["FI"]) * info.oh * info.ow
+        if chain < MIN_CHAIN or threads >= TARGET_BLOCKS * 512:
+            return
+        while Conv2d.blocks(info, t) < TARGET_BLOCKS:
+            if t["FI"] > 1:
+                t["FI"] //= 2
+                continue
+            fewer_rows = best_divisor(info.oh, t["TY"] - 1) if t["TY"] > 1 else None
+            if fewer_rows and t["TF"] * fewer_rows * t["TX"] >= 64:
+                t["TY"] = fewer_rows
+            elif t["TF"] > 1 and t["TF"] // 2 * t["TY"] * t["TX"] >= 64:
+                t["TF"] //= 2
+            else:
+                return
 
     @staticmethod
     def shared_bytes(info: ConvInfo, t: dict) -> int:
