@@ -236,7 +236,7 @@ class KernelFeatures:
                 steps = -(-k // (t.bk * t.split_k))
                 # The gather's cost hangs on its layout: ordered (ky, kx, c), a 32-deep slab whose
                 # channels do not fill it straddles two window positions (a slower index path:
-                # 94 or 105 channels took 1.35x the time per step of 128 on the H200 host, same
+                # 94 or 105 channels took 1.34x the time per step of 128 on the H200 host, same
                 # tiles and grid, BENCHMARKS "GPU features"); K padding is multiplied for nothing.
                 return {"rule": RULE_TENSOR_CORE, "tile_channels": t.bm, "tile_width": t.bn,
                         "waste": tiles * t.bm * t.bn / (m * n), "tasks": tiles * t.split_k, "slots": slots,
