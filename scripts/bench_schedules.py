@@ -589,15 +589,9 @@ def write_gpu_runner(out_dir):
     sys.path.insert(0, os.path.join(ROOT, "scripts"))
     import gpu_host_run  # pylint: disable=import-outside-toplevel
 
-    gpu_host_run._runtime_tarball(os.path.join(out_dir, "tvm_runtime.tar.gz"))  # pylint: disable=protected-access
-    requirement = gpu_host_run._ffi_wheels(Path(out_dir), ["3.12"])  # pylint: disable=protected-access
     here = os.path.relpath(out_dir, ROOT)
     with open(os.path.join(out_dir, "run.sh"), "w", encoding="utf-8") as fh:
-        fh.write("set -e\n"
-                 f"python3 -m pip install -q --upgrade --no-index --no-deps --target /tmp/site --find-links {here} "
-                 f"{requirement}\n"
-                 f"tar xzf {here}/tvm_runtime.tar.gz -C /tmp/site\n"
-                 "export PYTHONPATH=/tmp/site:$PWD:$PWD/scripts TVM_USE_RUNTIME_LIB=1 PYTHONUNBUFFERED=1\n"
+        fh.write("set -e\n" + gpu_host_run.runtime_setup(Path(out_dir), here, ["3.12"]) +
                  f"python3 scripts/bench_schedules.py --gpu-run {here} --out \"$1/gpu_bench_results.json\"\n")
 
 

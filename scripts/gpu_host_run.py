@@ -69,6 +69,18 @@ def _ffi_wheels(out_dir: Path, pythons: list[str]) -> str:
     return requirement
 
 
+def runtime_setup(out: Path, here: str, pythons: list[str]) -> str:
+    """Put the TVM runtime and the tvm-ffi wheels (for `pythons`) into `out`, which run.sh
+    sees as `here`; return run.sh's lines that install them into /tmp/site and point Python
+    at them (the runtime only: TVM_USE_RUNTIME_LIB)."""
+    _runtime_tarball(out / "tvm_runtime.tar.gz")
+    requirement = _ffi_wheels(out, pythons)
+    return (f"python3 -m pip install -q --upgrade --no-index --no-deps --target /tmp/site --find-links {here} "
+            f"{requirement}\n"
+            f"tar xzf {here}/tvm_runtime.tar.gz -C /tmp/site\n"
+            "export PYTHONPATH=/tmp/site:$PWD:$PWD/scripts TVM_USE_RUNTIME_LIB=1 PYTHONUNBUFFERED=1\n")
+
+
 def _cuda_sources(module) -> list[str]:
     """The CUDA source of every CUDA module imported by `module` (a compiled executable)."""
     found = [m.inspect_source() for m in module.imports if m.kind == "cuda"]
@@ -155,17 +167,12 @@ def cmd_pack(args) -> int:
     (out / "runs.json").write_text(json.dumps({"repeat": args.repeat, "rounds": args.rounds, "peers": args.peers,
                                                "runs": runs, "profile": bool(args.profile),
                                                "profile_passes": args.profile_passes, "trace": args.trace}, indent=1))
-    _runtime_tarball(out / "tvm_runtime.tar.gz")
-    ffi_requirement = _ffi_wheels(out, args.python)
     here = out.as_posix()
     (out / "run.sh").write_text(
         "set -e\n"
         "(lscpu | grep -E 'Model name|^CPU\\(s\\)'; nvidia-smi -L; python3 --version) || true\n"
-        f"python3 -m pip install -q --upgrade --no-index --no-deps --target /tmp/site --find-links {here} "
-        f"{ffi_requirement}\n"
-        f"tar xzf {here}/tvm_runtime.tar.gz -C /tmp/site\n"
+        + runtime_setup(out, here, args.python) +
         f"mkdir -p /tmp/payload && tar xzf {here}/payload.tar.gz -C /tmp/payload && cp {here}/runs.json /tmp/payload\n"
-        "export PYTHONPATH=/tmp/site:$PWD:$PWD/scripts TVM_USE_RUNTIME_LIB=1 PYTHONUNBUFFERED=1\n"
         "export TVM_MULAYER_FATBIN_DIR=/tmp/payload/fatbin\n"
         "python3 scripts/gpu_host_run.py run /tmp/payload --results \"$1\"\n")
     total = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())

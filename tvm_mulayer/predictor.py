@@ -265,14 +265,13 @@ class KernelFeatures:
         except ValueError:  # no tiling fits shared memory: the fallback rule runs it
             return {"rule": 4, "tile_channels": 1, "tile_width": 1, "waste": 1.0, "tasks": -(-outputs // 256),
                     "slots": slots, "work": info.rc * info.kh * info.kw, "threads": 256}
-        channels = t["TF"] * t["FI"]
-        tasks = Conv2d.blocks(info, t)
+        channels, threads, shared = t["TF"] * t["FI"], t["TF"] * t["TY"] * t["TX"], Conv2d.shared_bytes(info, t)
         return {"rule": 0, "tile_channels": channels, "tile_width": t["TX"],
-                "waste": -(-info.f // channels) * channels / info.f, "tasks": tasks, "slots": slots,
-                "work": t["FI"] * info.rc * info.kh * info.kw, "threads": t["TF"] * t["TY"] * t["TX"],
-                "shared": Conv2d.shared_bytes(info, t), "steps": -(-info.rc // t["RC"]), "rows": t["TY"],
+                "waste": -(-info.f // channels) * channels / info.f, "tasks": Conv2d.blocks(info, t),
+                "slots": slots, "work": t["FI"] * info.rc * info.kh * info.kw, "threads": threads, "shared": shared,
+                "steps": -(-info.rc // t["RC"]), "rows": t["TY"],
                 # elements each thread stages into shared memory per reduction step
-                "staged": Conv2d.shared_bytes(info, t) / _dtype_bytes(in_dtype) / (t["TF"] * t["TY"] * t["TX"])}
+                "staged": shared / _dtype_bytes(in_dtype) / threads}
 
 
 def _accuracy(predicted, actual) -> dict:

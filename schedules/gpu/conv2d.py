@@ -103,6 +103,7 @@ def _cooperative_fetch(sch, blk, thread_extents, vec: int = 1):
 
 SHARED_LIMIT = 48 * 1024  # bytes of static shared memory per block (CUDA; OpenCL local memory is 32+ KiB)
 MIN_CHAIN = 2000  # multiply-adds per thread from which fill_grid splits a short grid
+MIN_BLOCK_THREADS = 64  # fill_grid's floor
 
 
 class Conv2d(NamedRule):
@@ -184,9 +185,9 @@ class Conv2d(NamedRule):
                 t["FI"] //= 2
                 continue
             fewer_rows = best_divisor(info.oh, t["TY"] - 1) if t["TY"] > 1 else None
-            if fewer_rows and t["TF"] * fewer_rows * t["TX"] >= 64:
+            if fewer_rows and t["TF"] * fewer_rows * t["TX"] >= MIN_BLOCK_THREADS:
                 t["TY"] = fewer_rows
-            elif t["TF"] > 1 and t["TF"] // 2 * t["TY"] * t["TX"] >= 64:
+            elif t["TF"] > 1 and t["TF"] // 2 * t["TY"] * t["TX"] >= MIN_BLOCK_THREADS:
                 t["TF"] //= 2
             else:
                 return
