@@ -37,6 +37,11 @@ def main(argv=None) -> int:
     parser.add_argument("--by-rule", action="store_true", help="also score each schedule form within each kind")
     parser.add_argument("--seeds", type=int, default=1, help="draws of the folds to average over")
     args = parser.parse_args(argv)
+    if args.seeds < 1 or args.folds < 2:
+        parser.error("--seeds must be at least 1 and --folds at least 2")
+    missing = [path for path in args.profiles if not Path(path).is_file()]
+    if missing:
+        parser.error(f"no such profile: {', '.join(missing)}")
 
     from tvm_mulayer.build import resolve_processors
     from tvm_mulayer.predictor import BOOSTER_PARAMS, BOOSTER_ROUNDS, training_samples
@@ -72,4 +77,9 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from tvm_mulayer.errors import MulayerError
+
+    try:
+        raise SystemExit(main())
+    except MulayerError as err:  # bad profiles or processors: one line, not a traceback
+        raise SystemExit(f"tune_predictor.py: error: {err}") from None
