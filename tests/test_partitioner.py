@@ -8,6 +8,7 @@ beside the CPU, and a plan is never predicted slower than the best single proces
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -235,7 +236,8 @@ def test_gpu_kernel_features_carry_the_gemm_gather_layout_and_direct_conv_stagin
     """On a CUDA GPU the features say what the tensor-core rule's tiles make of a float16
     conv: K padded past whole slabs, and how the channels of a (ky, kx, c) gather fill a slab
     (-1: not gathered channels-inner); and for the direct conv its rows per block and the
-    elements each thread stages per reduction step — each as the rules compute them."""
+    elements each thread stages per reduction step, how many of its blocks an SM holds and
+    the waves and steps a block's path takes — each as the rules compute them."""
     import tvm
 
     from tvm_mulayer.layers import Layer
@@ -269,8 +271,20 @@ def test_gpu_kernel_features_carry_the_gemm_gather_layout_and_direct_conv_stagin
     info = features._conv_info(layer, False)
     t = Conv2d.tiles(info, tvm.target.Target(target))
     assert feature(layer, "tile_height", "fp32") == t["TY"]
-    staged = Conv2d.shared_bytes(info, t) / 4 / (t["TF"] * t["TY"] * t["TX"])
+    threads, shared = t["TF"] * t["TY"] * t["TX"], Conv2d.shared_bytes(info, t)
+    staged = shared / 4 / threads
     assert feature(layer, "log_staged_per_thread", "fp32") == pytest.approx(np.log(staged))
+    # occupancy: the blocks an H100-class SM holds at once, by threads (2,048), blocks (32)
+    # and shared memory (228 KiB); the grid's waves over 132 SMs times each block's steps
+    resident = min(2048 // threads, 32, 228 * 1024 // shared)
+    assert feature(layer, "resident_blocks", "fp32") == resident
+    blocks = Conv2d.blocks(info, t)
+    assert feature(layer, "sm_fill", "fp32") == pytest.approx(blocks / (resident * 132))
+    step_chain = t["FI"] * t["RC"] * 5 * 5
+    assert feature(layer, "log_step_chain", "fp32") == pytest.approx(np.log(step_chain))
+    waves, steps = -(-blocks // (resident * 132)), -(-96 // t["RC"])
+    assert feature(layer, "log_block_path", "fp32") == pytest.approx(np.log(waves * steps * (staged + step_chain)))
+    assert feature(conv(256, 64, 28, 3), "resident_blocks", "fp16") == 0  # the tensor-core GEMM has none
 
 
 def test_kernel_base_fits_a_launch_floor_plus_throughput_line_per_precision():
@@ -305,6 +319,53 @@ def test_cross_validated_accuracy_splits_each_kind_by_schedule_form():
     assert {"gpu fp32: direct conv", "gpu fp32: dense"} <= set(forms), sorted(forms)
     assert "gpu fp32: tensor-core GEMM" not in forms  # float32 slices never take the tensor cores
     assert sum(score["samples"] for score in forms.values()) == scores["gpu fp32"]["samples"]
+
+
+def test_learning_curve_fits_only_on_the_drawn_share_of_training_shapes():
+    """`accuracy(trainable=...)` (scripts/tune_predictor.py --train-share) fits each fold on
+    the other folds' samples that the mask allows, never on a held-out or masked-off one;
+    the mask draws whole layer shapes, about the share asked."""
+    from tvm_mulayer.predictor import BOOSTER_PARAMS, training_samples
+
+    _, _, by_role = training_samples(_synthetic_rows(2e9, 2e9), CPU, gpu_processor("cuda:sm_90", CPU))
+    samples = by_role["cpu"]
+    trainable = samples.drawn(0.5, seed=3)
+    for shape in set(samples.shape):  # a shape is drawn whole
+        assert len(set(trainable[samples.shape == shape])) == 1
+    assert 0.2 < len(set(samples.shape[trainable])) / len(set(samples.shape)) < 0.8
+    assert not samples.drawn(0.0).any() and samples.drawn(1.0).all()
+    assert (samples.held_out(0.5, seed=3) == np.where(trainable, 0, -1)).all()
+    folds = samples.folds(3)
+    fitted = []
+    fit = samples.fit
+    samples.fit = lambda chosen, params, rounds: fitted.append(chosen) or fit(chosen, params, rounds)
+    scores = samples.accuracy(folds, dict(BOOSTER_PARAMS, seed=0), 5, trainable=trainable)
+    assert len(fitted) == 3 and scores["cpu fp32"]["samples"] == len(samples.y)
+    for fold, chosen in zip(sorted(set(folds)), fitted):
+        assert (chosen == ((folds != fold) & trainable)).all()
+
+
+def test_whole_layer_folds_keep_every_split_part_of_a_layer_together():
+    """`folds(whole_layers=True)` (tune_predictor --whole-layers) puts all split parts of one
+    layer — as `Layer.part` makes them: fewer output channels, and for a grouped conv fewer
+    input channels and groups — in one fold, while folds by shape split them up."""
+    from tvm_mulayer.predictor import _split_family, training_samples
+
+    layers = zoo_configs(["mobilenet_v1", "squeezenet1_1"], fractions=(1.0,), image_size=64, width=0.25)
+    for layer in layers:  # (a one-unit part of a grouped conv is a plain conv: not checked)
+        parts = {_split_family(layer.part(units * layer.channels_per_unit)) for units in (2, layer.units // 2)}
+        assert parts == {_split_family(layer)}, layer
+    conv = next(layer for layer in layers if layer.op == "conv2d" and layer.groups == 1)
+    other = dataclasses.replace(conv, input_shape=(1, conv.input_shape[1] + 1, *conv.input_shape[2:]),
+                                weight_shape=(conv.channels, conv.input_shape[1] + 1, *conv.weight_shape[2:]))
+    assert _split_family(other) != _split_family(conv)  # other input channels: another layer
+
+    _, _, by_role = training_samples(_synthetic_rows(2e9, 2e9), CPU, gpu_processor("cuda:sm_90", CPU))
+    samples = by_role["cpu"]
+    whole, by_shape = samples.folds(3, 0, whole_layers=True), samples.folds(3, 0)
+    for family in set(samples.family):
+        assert len(set(whole[samples.family == family])) == 1
+    assert any(len(set(by_shape[samples.family == family])) > 1 for family in set(samples.family))
 
 
 def test_training_reports_alone_and_concurrent_accuracy_on_held_out_configs():

@@ -40,7 +40,7 @@ from .errors import MulayerError
 from .layers import Layer
 from .quantization import slice_input_channels
 
-PREDICTOR_FORMAT = "tvm-mulayer-predictor/4"
+PREDICTOR_FORMAT = "tvm-mulayer-predictor/5"
 # What the regressors see: the layer's shape and costs, and what the project's schedule
 # rules will make of it on that processor (tiles, parallel tasks, thread blocks, tails),
 # since those — not the shape alone — decide a kernel's speed.
@@ -51,7 +51,12 @@ FEATURES = (
     "rule", "tile_channels", "tile_width", "tile_waste", "log_tasks", "task_imbalance", "log_work_per_task",
     "threads_per_block", "log_shared_bytes", "reduction_splits", "vector_load",
     "reduction_steps", "reduction_waste", "gather_channel_tail", "tile_height", "log_staged_per_thread",
+    "resident_blocks", "sm_fill", "log_step_chain", "log_block_path",
 )
+# An H100/H200-class SM, for the direct conv's occupancy: how many of its blocks one SM holds
+# at once (by threads, blocks and shared memory) and so how many waves the grid runs in.
+# Only relative values matter to the trees; a phone's GPU differs, and its own profile trains them.
+SM_COUNT, SM_THREADS, SM_BLOCKS, SM_SHARED = 132, 2048, 32, 228 * 1024
 
 
 # seconds per GPU kernel issued (host), per GPU / CPU kernel run besides its compute, per byte
@@ -134,6 +139,8 @@ class KernelFeatures:
             float(schedule.get("vector", 1)), float(schedule.get("steps", 1)),
             float(schedule.get("reduction_waste", 1.0)), float(schedule.get("gather_tail", 0)),
             float(schedule.get("rows", 1)), math.log(max(schedule.get("staged", 1.0), 1.0)),
+            float(schedule.get("resident", 0)), float(schedule.get("fill", 0.0)),
+            math.log(max(schedule.get("step_chain", 1.0), 1.0)), math.log(max(schedule.get("block_path", 1.0), 1.0)),
         ]
 
     def _conv_info(self, layer: Layer, depthwise: bool, precision: str = "fp32"):
@@ -266,12 +273,21 @@ class KernelFeatures:
             return {"rule": 4, "tile_channels": 1, "tile_width": 1, "waste": 1.0, "tasks": -(-outputs // 256),
                     "slots": slots, "work": info.rc * info.kh * info.kw, "threads": 256}
         channels, threads, shared = t["TF"] * t["FI"], t["TF"] * t["TY"] * t["TX"], Conv2d.shared_bytes(info, t)
+        blocks, steps = Conv2d.blocks(info, t), -(-info.rc // t["RC"])
+        staged = shared / _dtype_bytes(in_dtype) / threads  # elements a thread stages per reduction step
+        step_chain = t["FI"] * t["RC"] * info.kh * info.kw  # multiply-adds a thread chains per step
+        resident = max(1, min(SM_THREADS // threads, SM_BLOCKS, SM_SHARED // max(shared, 1)))
+        waves = -(-blocks // (resident * SM_COUNT))
+        # The grid runs in waves of the blocks the SMs hold at once; a block walks the
+        # reduction in steps, each staging its share of the patch then chaining its
+        # multiply-adds. Both halves of a step matter: with few channels per step (a prime
+        # channel count steps one at a time) the staging and its barriers dominate.
         return {"rule": 0, "tile_channels": channels, "tile_width": t["TX"],
-                "waste": -(-info.f // channels) * channels / info.f, "tasks": Conv2d.blocks(info, t),
+                "waste": -(-info.f // channels) * channels / info.f, "tasks": blocks,
                 "slots": slots, "work": t["FI"] * info.rc * info.kh * info.kw, "threads": threads, "shared": shared,
-                "steps": -(-info.rc // t["RC"]), "rows": t["TY"],
-                # elements each thread stages into shared memory per reduction step
-                "staged": shared / _dtype_bytes(in_dtype) / threads}
+                "steps": steps, "rows": t["TY"], "staged": staged, "resident": resident,
+                "fill": blocks / (resident * SM_COUNT), "step_chain": step_chain,
+                "block_path": waves * steps * (staged + step_chain)}
 
 
 def _accuracy(predicted, actual) -> dict:
@@ -536,6 +552,20 @@ def _line(points: list) -> list:
     return [max(float(fixed), 0.0), max(float(per_byte), 0.0)]
 
 
+def _split_family(layer: Layer) -> str:
+    """What the split parts of one layer share (`Layer.part` changes only the output channels,
+    and a grouped conv's input channels and groups with them): its key with those left out."""
+    from .profiler import config_key
+
+    grouped = layer.groups > 1
+    return config_key(Layer(name="", op=layer.op, input_shape=(layer.input_shape[0], 0 if grouped else
+                                                                 layer.input_shape[1], *layer.input_shape[2:]),
+                            output_shape=(layer.output_shape[0], 0, *layer.output_shape[2:]),
+                            weight_shape=(0, *layer.weight_shape[1:]) if layer.op != "dense" else
+                            (layer.weight_shape[0], 0), groups=int(grouped), strides=layer.strides,
+                            padding=layer.padding, dilation=layer.dilation, dtype=layer.dtype))
+
+
 class KernelSamples:
     """One processor's training data from a profile: every measured kernel (its fastest
     timing), its feature row, target (log seconds per multiply-accumulate), precision,
@@ -554,6 +584,7 @@ class KernelSamples:
         self.precision = np.array([precision for _, precision in parsed])
         self.concurrent = np.array([kind != "kernel" for kind, _, _ in self.keys])
         self.shape = np.array([config_key(layer) for layer in layers])
+        self.family = np.array([_split_family(layer) for layer in layers])
         self.x = np.array([predictor.features(role)(layer, c, p)
                            for layer, c, p in zip(layers, self.concurrent, self.precision)])
         self.seconds = np.array([fastest[key] for key in self.keys])
@@ -573,29 +604,39 @@ class KernelSamples:
         data = _boosted_matrix(base, self.x[chosen], self.precision[chosen], self.y[chosen])
         return xgb.train(params, data, rounds), base
 
-    def folds(self, count: int, seed: int = 0) -> np.ndarray:
-        """Each sample's fold of `count`, drawn by layer shape (for `accuracy`)."""
-        shapes = sorted(set(self.shape))
-        fold = {shape: n % count for n, shape in enumerate(np.random.default_rng(seed).permutation(shapes))}
-        return np.array([fold[shape] for shape in self.shape])
+    def folds(self, count: int, seed: int = 0, whole_layers: bool = False) -> np.ndarray:
+        """Each sample's fold of `count`, drawn by layer shape (for `accuracy`); with
+        `whole_layers`, by the layer a shape is a split part of (`_split_family`), so that no
+        other part of a held-out layer is trained on: the accuracy on a network never profiled."""
+        groups = self.family if whole_layers else self.shape
+        keys = sorted(set(groups))
+        fold = {key: n % count for n, key in enumerate(np.random.default_rng(seed).permutation(keys))}
+        return np.array([fold[key] for key in groups])
+
+    def drawn(self, share: float, seed: int = 0) -> np.ndarray:
+        """Whether each sample's layer shape is among about `share` of the shapes, drawn at random."""
+        shapes = np.array(sorted(set(self.shape)))
+        chosen = shapes[np.random.default_rng(seed).random(len(shapes)) < share]
+        return np.isin(self.shape, chosen)
 
     def held_out(self, share: float, seed: int = 0) -> np.ndarray:
         """Folds (for `accuracy`) holding out about `share` of the layer shapes as fold 0,
         the rest never (-1)."""
-        shapes = np.array(sorted(set(self.shape)))
-        chosen = shapes[np.random.default_rng(seed).random(len(shapes)) < share]
-        return np.where(np.isin(self.shape, chosen), 0, -1)
+        return np.where(self.drawn(share, seed), 0, -1)
 
-    def accuracy(self, folds, params: dict, rounds: int, by_rule: bool = False) -> dict:
+    def accuracy(self, folds, params: dict, rounds: int, by_rule: bool = False, trainable=None) -> dict:
         """Accuracy by kind ("cpu int8", "gpu fp16 concurrent") of boosters fitted with
         `params` for `rounds`, on held-out samples: `folds` gives each sample's fold (-1:
-        never held out); each fold is predicted by boosters fitted on all other samples.
+        never held out); each fold is predicted by boosters fitted on all other samples
+        (of those `trainable` allows, a mask: to see how accuracy grows with the data).
         `by_rule`: also by the schedule form within each kind ("gpu fp16: dense")."""
         folds = np.asarray(folds)
+        trainable = np.ones(len(self.y), bool) if trainable is None else np.asarray(trainable)
         predicted = np.full(len(self.y), np.nan)
         for fold in set(folds[folds >= 0].tolist()):
             test = folds == fold
-            predicted[test] = _predict_log(*self.fit(~test, params, rounds), self.x[test], self.precision[test])
+            predicted[test] = _predict_log(*self.fit(~test & trainable, params, rounds), self.x[test],
+                                           self.precision[test])
         tested = ~np.isnan(predicted)
         rules = self.x[:, FEATURES.index("rule")]
         result = {}
