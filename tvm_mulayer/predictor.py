@@ -555,15 +555,16 @@ def _line(points: list) -> list:
 def _split_family(layer: Layer) -> str:
     """What the split parts of one layer share (`Layer.part` changes only the output channels,
     and a grouped conv's input channels and groups with them): its key with those left out."""
+    import dataclasses
+
     from .profiler import config_key
 
     grouped = layer.groups > 1
-    return config_key(Layer(name="", op=layer.op, input_shape=(layer.input_shape[0], 0 if grouped else
-                                                                 layer.input_shape[1], *layer.input_shape[2:]),
-                            output_shape=(layer.output_shape[0], 0, *layer.output_shape[2:]),
-                            weight_shape=(0, *layer.weight_shape[1:]) if layer.op != "dense" else
-                            (layer.weight_shape[0], 0), groups=int(grouped), strides=layer.strides,
-                            padding=layer.padding, dilation=layer.dilation, dtype=layer.dtype))
+    in_channels = 0 if grouped else layer.input_shape[1]
+    weight = (layer.weight_shape[0], 0) if layer.op == "dense" else (0, *layer.weight_shape[1:])
+    return config_key(dataclasses.replace(
+        layer, input_shape=(layer.input_shape[0], in_channels, *layer.input_shape[2:]),
+        output_shape=(layer.output_shape[0], 0, *layer.output_shape[2:]), weight_shape=weight, groups=int(grouped)))
 
 
 class KernelSamples:
