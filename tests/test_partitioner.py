@@ -54,6 +54,8 @@ def test_predictor_learns_and_round_trips(tmp_path, balanced_async):
     for role in ("cpu", "gpu"):
         accuracy = predictor.meta["accuracy"][f"{role} fp32"]
         assert accuracy["samples"] > 10 and accuracy["median_error"] < 0.10
+        # held out again by whole layer: every split part of a held-out layer left out of training
+        assert predictor.meta["accuracy_whole_layers"][f"{role} fp32"]["samples"] > 10
     path = tmp_path / "p.json"
     predictor.save(path)
     loaded = Predictor.load(path)
@@ -335,6 +337,9 @@ def test_learning_curve_fits_only_on_the_drawn_share_of_training_shapes():
     assert 0.2 < len(set(samples.shape[trainable])) / len(set(samples.shape)) < 0.8
     assert not samples.drawn(0.0).any() and samples.drawn(1.0).all()
     assert (samples.held_out(0.5, seed=3) == np.where(trainable, 0, -1)).all()
+    whole = samples.drawn(0.5, seed=3, whole_layers=True)
+    for family in set(samples.family):
+        assert len(set(whole[samples.family == family])) == 1
     folds = samples.folds(3)
     fitted = []
     fit = samples.fit

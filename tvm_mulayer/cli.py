@@ -201,8 +201,12 @@ def cmd_train(args) -> int:
     rows = [row for path in args.profiles for row in read_rows(Path(path))]
     predictor = train(rows, cpu, gpu, holdout=args.holdout)
     for role, acc in predictor.meta["accuracy"].items():
+        whole = predictor.meta["accuracy_whole_layers"].get(role)
         print(f"{role}: held-out {acc['samples']} configs, {acc['within_10pct'] * 100:.1f}% within +-10%, "
-              f"median error {acc['median_error'] * 100:.1f}%")
+              f"median error {acc['median_error'] * 100:.1f}%" + (
+                  f"; whole layers held out (every split part, as a network never profiled): {whole['samples']} "
+                  f"configs, {whole['within_10pct'] * 100:.1f}%, median error {whole['median_error'] * 100:.1f}%"
+                  if whole else ""))
     for role, rep in predictor.meta["repeatability"].items():
         print(f"{role}: {rep['samples']} kernels timed in two passes agree within +-10% for "
               f"{rep['within_10pct'] * 100:.1f}% (median difference {rep['median_difference'] * 100:.1f}%): "

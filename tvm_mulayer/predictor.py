@@ -614,16 +614,18 @@ class KernelSamples:
         fold = {key: n % count for n, key in enumerate(np.random.default_rng(seed).permutation(keys))}
         return np.array([fold[key] for key in groups])
 
-    def drawn(self, share: float, seed: int = 0) -> np.ndarray:
-        """Whether each sample's layer shape is among about `share` of the shapes, drawn at random."""
-        shapes = np.array(sorted(set(self.shape)))
-        chosen = shapes[np.random.default_rng(seed).random(len(shapes)) < share]
-        return np.isin(self.shape, chosen)
+    def drawn(self, share: float, seed: int = 0, whole_layers: bool = False) -> np.ndarray:
+        """Whether each sample's layer shape (or with `whole_layers`, the layer it is a split
+        part of) is among about `share` of them, drawn at random."""
+        groups = self.family if whole_layers else self.shape
+        keys = np.array(sorted(set(groups)))
+        chosen = keys[np.random.default_rng(seed).random(len(keys)) < share]
+        return np.isin(groups, chosen)
 
-    def held_out(self, share: float, seed: int = 0) -> np.ndarray:
-        """Folds (for `accuracy`) holding out about `share` of the layer shapes as fold 0,
-        the rest never (-1)."""
-        return np.where(self.drawn(share, seed), 0, -1)
+    def held_out(self, share: float, seed: int = 0, whole_layers: bool = False) -> np.ndarray:
+        """Folds (for `accuracy`) holding out about `share` of the layer shapes (or whole
+        layers) as fold 0, the rest never (-1)."""
+        return np.where(self.drawn(share, seed, whole_layers), 0, -1)
 
     def accuracy(self, folds, params: dict, rounds: int, by_rule: bool = False, trainable=None) -> dict:
         """Accuracy by kind ("cpu int8", "gpu fp16 concurrent") of boosters fitted with
@@ -662,7 +664,7 @@ def training_samples(rows: list[dict], cpu, gpu) -> tuple:
 
     kernel_rows = [r for r in rows if r["kind"] in KERNEL_KINDS.values()]
     meta = {"cpu_target": cpu.target, "gpu_target": gpu.target, "gpu_async": gpu.device_type != "cpu",
-            "gpu_label": gpu.label(), "cpu_label": cpu.label(), "accuracy": {}, "devices": {},
+            "gpu_label": gpu.label(), "cpu_label": cpu.label(), "accuracy": {}, "accuracy_whole_layers": {}, "devices": {},
             "cpu_threads": _threads([r for r in kernel_rows if r["role"] == "cpu"], cpu), "samples": {},
             "precisions": {},
             # the profiler times float32 kernels with compile-time weight repacks (profiles
@@ -686,6 +688,10 @@ def train(rows: list[dict], cpu, gpu, *, holdout: float = 0.2, seed: int = 0) ->
     params = dict(BOOSTER_PARAMS, seed=seed)
     for role, samples in samples_by_role.items():
         meta["accuracy"].update(samples.accuracy(samples.held_out(holdout, seed), params, BOOSTER_ROUNDS))
+        # the same with every split part of a held-out layer held out too: what a network
+        # never profiled gets (held-out shapes have their sibling parts in the training data)
+        meta["accuracy_whole_layers"].update(samples.accuracy(samples.held_out(holdout, seed, whole_layers=True),
+                                                              params, BOOSTER_ROUNDS))
         meta["devices"][role] = sorted({r["device"] for r in kernel_rows if r["role"] == role})
         meta["precisions"][role] = samples.precisions
         meta["samples"][role] = {form: {"alone": int(((samples.precision == form) & ~samples.concurrent).sum()),
