@@ -49,7 +49,6 @@ def parse_args(argv=None):
 
 def layer_functions(layer, rng):
     """(int8 Relax module, fp32 Relax module, int8 input, fp32 input) for one layer."""
-    import numpy as np
     from tvm import relax
 
     out_c = layer.channels
