@@ -701,6 +701,12 @@ def _gpu_time_ms(fn, dev, repeat):
     return float(np.median(times) * 1e3)
 
 
+def _variant(run: dict) -> str:
+    """A model run's GPU_VARIANTS key; packs and results from before the variants were named
+    hold only the precision (fp16 built with the new rules, fp32 with the old)."""
+    return run.get("variant", {"fp16": "fp16_new", "fp32": "fp32_old"}[run["precision"]])
+
+
 def gpu_run(directory, out_path):
     import numpy as np  # pylint: disable=import-outside-toplevel
 
@@ -755,7 +761,7 @@ def gpu_run(directory, out_path):
     outputs = {}  # (model, precision) -> output of the first variant: new and old rules agree?
     for run in spec["models"]:
         row = {k: run[k] for k in ("model", "precision", "rules", "build_s")}
-        row["variant"] = run.get("variant", {"fp16": "fp16_new", "fp32": "fp32_old"}[run["precision"]])
+        row["variant"] = _variant(run)
         try:
             # the same input and weights for every variant of a model
             seed = sum(ord(c) for c in run["model"])
@@ -813,8 +819,8 @@ def gpu_report(results_path) -> str:
              "fp16 new / PyTorch eager | fp16 old / PyTorch eager | fp16 new / PyTorch graph | fp32 old / fp32 new |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     models = {}
-    for row in res["models"]:  # results before the fp16-old model: variant from the precision
-        variant = row.get("variant", {"fp16": "fp16_new", "fp32": "fp32_old"}[row["precision"]])
+    for row in res["models"]:
+        variant = _variant(row)
         models.setdefault(row["model"], {})[variant] = row.get("median_ms") if row.get("finite", True) else None
 
     def ratio(a, b):

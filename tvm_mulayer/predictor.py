@@ -609,15 +609,19 @@ class KernelSamples:
         """Each sample's fold of `count`, drawn by layer shape (for `accuracy`); with
         `whole_layers`, by the layer a shape is a split part of (`_split_family`), so that no
         other part of a held-out layer is trained on: the accuracy on a network never profiled."""
-        groups = self.family if whole_layers else self.shape
+        groups = self._units(whole_layers)
         keys = sorted(set(groups))
         fold = {key: n % count for n, key in enumerate(np.random.default_rng(seed).permutation(keys))}
         return np.array([fold[key] for key in groups])
 
+    def _units(self, whole_layers: bool) -> np.ndarray:
+        """What is held out together, per sample: its layer shape, or the layer it is a split part of."""
+        return self.family if whole_layers else self.shape
+
     def drawn(self, share: float, seed: int = 0, whole_layers: bool = False) -> np.ndarray:
         """Whether each sample's layer shape (or with `whole_layers`, the layer it is a split
         part of) is among about `share` of them, drawn at random."""
-        groups = self.family if whole_layers else self.shape
+        groups = self._units(whole_layers)
         keys = np.array(sorted(set(groups)))
         chosen = keys[np.random.default_rng(seed).random(len(keys)) < share]
         return np.isin(groups, chosen)
