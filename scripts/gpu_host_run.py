@@ -230,11 +230,11 @@ def cmd_run(args) -> int:
     root = Path(args.directory)
     spec = json.loads((root / "runs.json").read_text())
     results = {"runs": [], "peers": {}}
-    out_dir = Path(args.results) if args.results else None
+    out_dir = Path(args.results or root)
+    out_dir.mkdir(parents=True, exist_ok=True)
 
     def save():  # after each timing: a run cut off at its time limit keeps what it measured
-        if out_dir:
-            (out_dir / "results.json").write_text(json.dumps(results, indent=1))
+        (out_dir / "results.json").write_text(json.dumps(results, indent=1))
     if spec.get("peers"):
         # Each peer in a fresh process: TVM's and onnxruntime's spinning thread pools in one
         # process slowed onnxruntime 2-6x and PyTorch's launches 2x on the host.
@@ -349,7 +349,7 @@ def main(argv=None) -> int:
     p.set_defaults(func=lambda a: print(json.dumps(_peers(a.name, json.loads(a.kwargs), a.repeat))) or 0)
     p = sub.add_parser("run")
     p.add_argument("directory")
-    p.add_argument("--results", help="directory for results.json (and profile.csv)")
+    p.add_argument("--results", help="directory for results.json (and profile.csv); default: the run directory")
     p.set_defaults(func=cmd_run)
     args = parser.parse_args(argv)
     return args.func(args)
