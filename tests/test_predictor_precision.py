@@ -183,6 +183,33 @@ def test_profile_passes_time_each_kernel_again_and_train_reports_their_agreement
         assert predictor.meta["repeatability"][f"{role} fp32"]["samples"] == len(configs)
 
 
+def test_train_reads_gzipped_profiles_and_names_a_missing_one(tmp_path, capsys):
+    """A profile gzipped (.csv.gz, as the repository keeps large ones) reads as the same rows
+    and trains; `mulayer train` names a profile path that does not exist instead of training
+    without it; profiling into a .csv.gz (which cannot be appended to) is refused before
+    anything is compiled."""
+    import gzip
+
+    from tvm_mulayer.cli import main
+
+    configs = zoo_configs(["vgg16"], fractions=(0.5, 1.0), image_size=32, width=0.25, channel_multiple=16)[:10]
+    plain = tmp_path / "p.csv"
+    profile(plain, CPU, EMULATED, configs, precisions=profile_precisions("fp32"), quiet=True)
+    packed = tmp_path / "p.csv.gz"
+    packed.write_bytes(gzip.compress(plain.read_bytes()))
+    assert read_rows(packed) == read_rows(plain)
+    out = tmp_path / "predictor.json"
+    assert main(["train", str(packed), "--cpu", "host", "--gpu", "emulated", "--holdout", "0", "-o", str(out)]) == 0
+    assert out.is_file()
+    capsys.readouterr()
+    assert main(["train", str(packed), str(tmp_path / "typo.csv"), "--cpu", "host", "--gpu", "emulated",
+                 "-o", str(tmp_path / "other.json")]) == 2
+    assert "no such profile: " + str(tmp_path / "typo.csv") in capsys.readouterr().err
+    assert not (tmp_path / "other.json").exists()
+    with pytest.raises(MulayerError, match="cannot append measurements to the compressed profile"):
+        profile(packed, CPU, EMULATED, configs, precisions=profile_precisions("fp32"), quiet=True)
+
+
 def test_profile_configs_measures_exactly_the_listed_layers(tmp_path, capsys):
     """`mulayer profile --configs FILE`: the layers of a JSON list of configuration keys (a
     key's precision dropped: each layer is measured in the precisions asked for), each once;

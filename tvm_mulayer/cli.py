@@ -197,6 +197,9 @@ def cmd_train(args) -> int:
     from .predictor import train
     from .profiler import read_rows
 
+    missing = [path for path in args.profiles if not Path(path).is_file()]
+    if missing:  # read_rows takes a missing file for an empty one: a typo would drop a profile silently
+        raise MulayerError(f"no such profile: {', '.join(missing)}")
     cpu, gpu = resolve_processors(args.cpu, args.gpu)
     rows = [row for path in args.profiles for row in read_rows(Path(path))]
     predictor = train(rows, cpu, gpu, holdout=args.holdout)

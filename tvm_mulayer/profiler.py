@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import collections
 import csv
+import gzip
 import itertools
 import json
 import platform
@@ -474,9 +475,11 @@ def _device_description(processor, threads: int | None = None) -> str:
 
 
 def read_rows(path: Path) -> list[dict]:
+    """The rows of a profile (.csv, or .csv.gz: profiles compress ~15x, which keeps the
+    ones kept in a repository small); none when there is no such file yet."""
     if not path.exists():
         return []
-    with open(path, newline="") as handle:
+    with (gzip.open(path, "rt", newline="") if path.suffix == ".gz" else open(path, newline="")) as handle:
         return list(csv.DictReader(handle))
 
 
@@ -501,6 +504,9 @@ def _copy_rows(gpu, stamp, devices) -> list:
 
 
 def _open_csv(path: Path):
+    if path.suffix == ".gz":
+        raise MulayerError(f"cannot append measurements to the compressed profile {path}; profile into a .csv "
+                           "(gzip it when done: train and the scripts read .csv.gz)")
     new_file = not path.exists()
     handle = open(path, "a", newline="")
     writer = csv.DictWriter(handle, CSV_FIELDS)
