@@ -373,6 +373,42 @@ def test_whole_layer_folds_keep_every_split_part_of_a_layer_together():
     assert any(len(set(by_shape[samples.family == family])) > 1 for family in set(samples.family))
 
 
+def test_blind_predictor_neither_measured_nor_trained_on_the_network_it_plans(balanced_async, monkeypatch):
+    """scripts/blind_plans.py: the predictor blind to a network fits its boosters without any
+    split part of the network's layers and answers none of them from measurements, while the
+    other networks' layers keep theirs."""
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "scripts"))
+    from blind_plans import blind_predictor
+
+    from tvm_mulayer.predictor import BOOSTER_PARAMS, _split_family, training_samples
+    from tvm_mulayer.profiler import parse_config
+
+    full, gpu = balanced_async
+    _, _, samples = training_samples(_synthetic_rows(2e9, 2e9), CPU, gpu)
+    mod, _ = import_onnx(tvm_mulayer.zoo.build("squeezenet1_1", image_size=64, width=0.25))
+    families = {_split_family(node.layer) for node in layer_graph(mod["main"]).layers}
+    fitted = {}
+
+    def recording(role, fit):
+        def record(chosen, params, rounds):
+            fitted[role] = chosen
+            return fit(chosen, params, rounds)
+        return record
+
+    for role, role_samples in samples.items():
+        role_samples.fit = recording(role, role_samples.fit)
+    blind = blind_predictor(full, samples, families, dict(BOOSTER_PARAMS, seed=0), 5)
+    for role, role_samples in samples.items():
+        seen = np.isin(role_samples.family, list(families))
+        assert seen.any() and (~seen).any() and (fitted[role] == ~seen).all()
+        kept = blind.measured[role]["kernel"]
+        assert not any(_split_family(parse_config(key)[0]) in families for key in kept)
+        assert len(kept) == sum(_split_family(parse_config(key)[0]) not in families
+                                for key in full.measured[role]["kernel"]) > 0
+
+
 def test_training_reports_alone_and_concurrent_accuracy_on_held_out_configs():
     """Concurrent measurements are a feature of the same regressor; a configuration's two
     measurements are held out together, and accuracy is reported for each kind."""
