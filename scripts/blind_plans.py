@@ -19,8 +19,6 @@ single-processor plans and keeps the fastest: the last column is the blind plan 
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 
 def blind_predictor(full, samples: dict, families: set, params: dict, rounds: int):
@@ -49,22 +47,19 @@ def main(argv=None) -> int:
     parser.add_argument("--models", nargs="+", help="zoo models (default: all)")
     parser.add_argument("--precision", nargs="+", default=["native", "fp32"], help="slice precisions to plan in")
     args = parser.parse_args(argv)
-    missing = [path for path in args.profiles if not Path(path).is_file()]
-    if missing:
-        parser.error(f"no such profile: {', '.join(missing)}")
 
     from tvm_mulayer import zoo
     from tvm_mulayer.build import resolve_processors
     from tvm_mulayer.frontend import import_onnx
     from tvm_mulayer.partitioner import default_predictor, layer_graph, partition, simulate
     from tvm_mulayer.predictor import BOOSTER_PARAMS, BOOSTER_ROUNDS, Predictor, _split_family, training_samples
-    from tvm_mulayer.profiler import read_rows
+    from tvm_mulayer.profiler import read_profiles
     from tvm_mulayer.quantization import parse_precision
 
     cpu, gpu = resolve_processors(args.cpu, args.gpu)
     full = Predictor.load(args.predictor) if args.predictor else default_predictor(cpu, gpu)
     full.check_processors(cpu, gpu)
-    _, _, samples = training_samples([row for path in args.profiles for row in read_rows(Path(path))], cpu, gpu)
+    _, _, samples = training_samples(read_profiles(args.profiles), cpu, gpu)
     multiple = max(cpu.channel_multiple, gpu.channel_multiple)
     print(f"CPU {cpu.label()} + GPU {gpu.label()}; times in ms, scored with the measured kernel times")
     print("| model | slices | measured plan | CPU only | GPU only | blind plan, predicted | blind plan, scored "
@@ -88,4 +83,9 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from tvm_mulayer.errors import MulayerError
+
+    try:
+        raise SystemExit(main())
+    except MulayerError as err:  # a missing profile, unknown processors: one line, not a traceback
+        raise SystemExit(f"blind_plans.py: error: {err}") from None

@@ -40,8 +40,10 @@ from pathlib import Path
 
 import numpy as np
 
+from tvm_mulayer.errors import MulayerError
 from tvm_mulayer.predictor import _fastest
-from tvm_mulayer.profiler import CSV_FIELDS, KERNEL_KINDS, config_key, layer_from_key, parse_config, read_rows
+from tvm_mulayer.profiler import (CSV_FIELDS, KERNEL_KINDS, config_key, layer_from_key, parse_config, read_profiles,
+                                  read_rows)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -67,7 +69,7 @@ def features_of(keys: list, predictor: str, source: Path) -> dict:
 
 
 def changed(args) -> None:
-    kernels = sorted({(row["role"], row["config"]) for path in args.profiles for row in read_rows(Path(path))
+    kernels = sorted({(row["role"], row["config"]) for row in read_profiles(args.profiles)
                       if row["kind"] in KERNEL_KINDS.values()})
     with tempfile.TemporaryDirectory() as tmp:
         old_tree = Path(tmp) / "old"
@@ -164,7 +166,10 @@ def main() -> None:
     p.set_defaults(run=drop)
     args = parser.parse_args()
     os.environ.setdefault("TVM_NUM_THREADS", "1")
-    args.run(args)
+    try:
+        args.run(args)
+    except MulayerError as err:  # a missing profile: one line, not a traceback
+        sys.exit(f"reprofile.py: error: {err}")
 
 
 if __name__ == "__main__":

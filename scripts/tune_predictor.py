@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import sys
-from pathlib import Path
 
 
 def main(argv=None) -> int:
@@ -50,16 +49,13 @@ def main(argv=None) -> int:
         parser.error("--seeds must be at least 1 and --folds at least 2")
     if any(not 0 < share <= 1 for share in args.train_share):
         parser.error("--train-share takes shares in (0, 1]")
-    missing = [path for path in args.profiles if not Path(path).is_file()]
-    if missing:
-        parser.error(f"no such profile: {', '.join(missing)}")
 
     from tvm_mulayer.build import resolve_processors
     from tvm_mulayer.predictor import BOOSTER_PARAMS, BOOSTER_ROUNDS, training_samples
-    from tvm_mulayer.profiler import read_rows
+    from tvm_mulayer.profiler import read_profiles
 
     cpu, gpu = resolve_processors(args.cpu, args.gpu)
-    _, _, by_role = training_samples([r for path in args.profiles for r in read_rows(Path(path))], cpu, gpu)
+    _, _, by_role = training_samples(read_profiles(args.profiles), cpu, gpu)
     samples = list(by_role.values())
     folds = {seed: [s.folds(args.folds, seed, args.whole_layers) for s in samples] for seed in range(args.seeds)}
     shipped = (BOOSTER_PARAMS, BOOSTER_ROUNDS)

@@ -74,3 +74,12 @@ def test_merge_refuses_a_fresh_profile_without_a_changed_kernel_and_drop_removes
     result = _run("drop", old, "--keys", keys, "-o", tmp / "dropped.csv")
     assert result.returncode == 0, result.stderr
     assert _rows(tmp / "dropped.csv") == [r for r in _rows(old) if (r[1], r[2]) not in {("cpu", A), ("cpu", C)}]
+
+
+def test_a_missing_profile_is_named_instead_of_read_as_empty(files):
+    """A mistyped profile path once read as an empty profile: `drop` wrote an empty one."""
+    tmp, _, _, keys = files
+    result = _run("drop", tmp / "typo.csv", "--keys", keys, "-o", tmp / "dropped.csv")
+    assert result.returncode != 0
+    assert result.stderr.strip() == f"reprofile.py: error: no such profile: {tmp / 'typo.csv'}"
+    assert not (tmp / "dropped.csv").exists()

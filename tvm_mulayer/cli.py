@@ -195,13 +195,10 @@ def cmd_profile(args) -> int:
 def cmd_train(args) -> int:
     from .build import resolve_processors
     from .predictor import train
-    from .profiler import read_rows
+    from .profiler import read_profiles
 
-    missing = [path for path in args.profiles if not Path(path).is_file()]
-    if missing:  # read_rows takes a missing file for an empty one: a typo would drop a profile silently
-        raise MulayerError(f"no such profile: {', '.join(missing)}")
+    rows = read_profiles(args.profiles)
     cpu, gpu = resolve_processors(args.cpu, args.gpu)
-    rows = [row for path in args.profiles for row in read_rows(Path(path))]
     predictor = train(rows, cpu, gpu, holdout=args.holdout)
     for role, acc in predictor.meta["accuracy"].items():
         whole = predictor.meta["accuracy_whole_layers"].get(role)

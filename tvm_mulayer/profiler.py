@@ -476,11 +476,19 @@ def _device_description(processor, threads: int | None = None) -> str:
 
 def read_rows(path: Path) -> list[dict]:
     """The rows of a profile (.csv, or .csv.gz: profiles compress ~15x, which keeps the
-    ones kept in a repository small); none when there is no such file yet."""
-    if not path.exists():
-        return []
+    ones kept in a repository small)."""
+    if not Path(path).is_file():  # never read as empty: a mistyped path would drop a profile silently
+        raise MulayerError(f"no such profile: {path}")
     with (gzip.open(path, "rt", newline="") if path.suffix == ".gz" else open(path, newline="")) as handle:
         return list(csv.DictReader(handle))
+
+
+def read_profiles(paths) -> list[dict]:
+    """The rows of several profiles, one after the other (every missing path named at once)."""
+    missing = [str(path) for path in paths if not Path(path).is_file()]
+    if missing:
+        raise MulayerError(f"no such profile: {', '.join(missing)}")
+    return [row for path in paths for row in read_rows(Path(path))]
 
 
 def _kernel_row(kind, role, processor, layer, precision, seconds, stamp, threads) -> dict:
@@ -554,8 +562,8 @@ def _measure_into(csv_path, cpu, gpu, configs: list[Layer], devices: list, kerne
     path = Path(csv_path)
     if passes < 1:
         raise MulayerError(f"passes must be at least 1, not {passes}")
-    done = collections.Counter((row["kind"], row["role"], row["config"]) for row in read_rows(path)) if resume \
-        else collections.Counter()
+    done = collections.Counter((row["kind"], row["role"], row["config"]) for row in read_rows(path)) \
+        if resume and path.exists() else collections.Counter()
     step = max(1, round(1 / concurrent_share)) if concurrent_share and not gpu.emulated else 0
     sampled = set(range(0, len(configs), step)) if step else set()
     roles = (("cpu", cpu, devices[0]), ("gpu", gpu, devices[1]))
