@@ -373,6 +373,56 @@ def test_whole_layer_folds_keep_every_split_part_of_a_layer_together():
     assert any(len(set(by_shape[samples.family == family])) > 1 for family in set(samples.family))
 
 
+def test_adaptive_configs_sample_new_shapes_around_the_missed_ones(tmp_path, monkeypatch):
+    """scripts/adaptive_configs.py: the shapes whose kernels cross-validation predicts more
+    than 10% off are found (here: GPU timings made 3x slower than the rest's rate), and the new
+    shapes lie within the spread of one of those, keep its kernel, stride and kind, and are
+    none of the profiled ones; a spread too small for the count asked is refused."""
+    import csv
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "scripts"))
+    from adaptive_configs import main, missed_shapes
+
+    from tvm_mulayer.predictor import training_samples
+    from tvm_mulayer.profiler import CSV_FIELDS, layer_from_key, sampled_configs
+
+    rows = _synthetic_rows(2e9, 2e9)
+    gpu_convs = [r for r in rows if r["kind"] == "kernel" and r["role"] == "gpu" and layer_from_key(r["config"]).op == "conv2d"]
+    slowed = {r["config"] for r in gpu_convs[::9]}
+    for row in rows:
+        if row["kind"] == "kernel" and row["role"] == "gpu" and row["config"] in slowed:
+            row["seconds"] *= 3
+    _, _, by_role = training_samples(rows, CPU, gpu_processor("cuda:sm_90", CPU))
+    assert slowed <= set(missed_shapes(by_role["gpu"], 3, 0))
+
+    profile = tmp_path / "profile.csv"
+    with open(profile, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=CSV_FIELDS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(dict(row, processor="p", tvm="0", recorded="0") for row in rows)
+    out = tmp_path / "next.json"
+    assert main([str(profile), "--cpu", "host", "--gpu", "cuda:sm_90", "--role", "gpu",
+                 "--count", "30", "--spread", "0.3", "--folds", "3", "-o", str(out)]) == 0
+    new = [layer_from_key(key) for key in json.loads(out.read_text())]
+    missed = [layer_from_key(key) for key in missed_shapes(by_role["gpu"], 3, 0)]
+    assert len(new) == 30 and not {config_key(layer) for layer in new} & {r["config"] for r in rows}
+
+    def near(layer, base):
+        within = lambda a, b: 2 ** -0.3 - 0.02 <= (a + 0.5) / b and (a - 0.5) / b <= 2 ** 0.3 + 0.02  # noqa: E731
+        return (layer.op, layer.strides, layer.padding, layer.weight_shape[2:], layer.groups > 1) == \
+            (base.op, base.strides, base.padding, base.weight_shape[2:], base.groups > 1) and \
+            within(layer.channels, base.channels) and within(layer.input_shape[1], base.input_shape[1]) and \
+            all(within(a, b) for a, b in zip(layer.input_shape[2:], base.input_shape[2:]))
+
+    assert all(any(near(layer, base) for base in missed) for layer in new)
+    dense = next(layer for layer in zoo_configs(["vgg16"], fractions=(1.0,), image_size=64, width=0.25)
+                 if layer.op == "dense")
+    tiny = dataclasses.replace(dense, input_shape=(1, 2), output_shape=(1, 2), weight_shape=(2, 2))
+    with pytest.raises(MulayerError, match="widen the spread"):
+        sampled_configs([tiny], 50, spread=0.3)
+
+
 def test_blind_predictor_neither_measured_nor_trained_on_the_network_it_plans(balanced_async, monkeypatch):
     """scripts/blind_plans.py: the predictor blind to a network fits its boosters without any
     split part of the network's layers and answers none of them from measurements, while the

@@ -631,12 +631,10 @@ class KernelSamples:
         layers) as fold 0, the rest never (-1)."""
         return np.where(self.drawn(share, seed, whole_layers), 0, -1)
 
-    def accuracy(self, folds, params: dict, rounds: int, by_rule: bool = False, trainable=None) -> dict:
-        """Accuracy by kind ("cpu int8", "gpu fp16 concurrent") of boosters fitted with
-        `params` for `rounds`, on held-out samples: `folds` gives each sample's fold (-1:
-        never held out); each fold is predicted by boosters fitted on all other samples
-        (of those `trainable` allows, a mask: to see how accuracy grows with the data).
-        `by_rule`: also by the schedule form within each kind ("gpu fp16: dense")."""
+    def cross_predicted(self, folds, params: dict, rounds: int, trainable=None) -> np.ndarray:
+        """Each sample's seconds as predicted by boosters fitted with `params` for `rounds`
+        on the other folds' samples (those `trainable` allows, a mask); NaN where `folds`
+        gives -1 (never held out)."""
         folds = np.asarray(folds)
         trainable = np.ones(len(self.y), bool) if trainable is None else np.asarray(trainable)
         predicted = np.full(len(self.y), np.nan)
@@ -644,6 +642,15 @@ class KernelSamples:
             test = folds == fold
             predicted[test] = _predict_log(*self.fit(~test & trainable, params, rounds), self.x[test],
                                            self.precision[test])
+        return np.exp(predicted + self.log_macs)
+
+    def accuracy(self, folds, params: dict, rounds: int, by_rule: bool = False, trainable=None) -> dict:
+        """Accuracy by kind ("cpu int8", "gpu fp16 concurrent") of boosters fitted with
+        `params` for `rounds`, on held-out samples: `folds` gives each sample's fold (-1:
+        never held out); each fold is predicted by boosters fitted on all other samples
+        (of those `trainable` allows, a mask: to see how accuracy grows with the data).
+        `by_rule`: also by the schedule form within each kind ("gpu fp16: dense")."""
+        predicted = self.cross_predicted(folds, params, rounds, trainable)
         tested = ~np.isnan(predicted)
         rules = self.x[:, FEATURES.index("rule")]
         result = {}
@@ -654,8 +661,7 @@ class KernelSamples:
                 if by_rule:
                     groups.update({f"{_label(self.role, form, concurrent)}: {self.rule_names[int(rule)]}":
                                    chosen & (rules == rule) for rule in sorted(set(rules[chosen]))})
-                result.update({label: _accuracy(np.exp(predicted[members] + self.log_macs[members]),
-                                                self.seconds[members])
+                result.update({label: _accuracy(predicted[members], self.seconds[members])
                                for label, members in groups.items() if members.any()})
         return result
 

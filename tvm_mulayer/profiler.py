@@ -137,17 +137,21 @@ def zoo_configs(models=None, fractions=FRACTIONS, image_size: int = 224, width: 
     return configs
 
 
-def sampled_configs(around: list[Layer], count: int, seed: int = 0) -> list[Layer]:
+def sampled_configs(around: list[Layer], count: int, seed: int = 0, spread: float = 1.2,
+                    known=()) -> list[Layer]:
     """`count` layers near those of `around`: each takes one of them and draws its input
-    channels, output channels and size anew (any count, not only multiples of a vector),
-    keeping its kernel, stride, padding and kind (dense, grouped, depthwise)."""
+    channels, output channels and size anew, each within a factor 2**`spread` of its own (any
+    count, not only multiples of a vector), keeping its kernel, stride, padding and kind
+    (dense, grouped, depthwise). None is one of `around` or of the config keys `known`."""
     import dataclasses
 
     rng = np.random.default_rng(seed)
-    seen, configs = {config_key(layer) for layer in around}, []
-    while len(configs) < count:
+    seen, configs = {config_key(layer) for layer in around} | set(known), []
+    for _ in range(1000 * count):  # a small spread around small layers can run out of new shapes
+        if len(configs) == count:
+            break
         base = around[int(rng.integers(len(around)))]
-        scale = lambda n: max(1, int(round(n * 2 ** rng.uniform(-1.2, 1.2))))  # noqa: E731
+        scale = lambda n: max(1, int(round(n * 2 ** rng.uniform(-spread, spread))))  # noqa: E731
         out_channels = scale(base.channels)
         if base.op == "dense":
             in_features = scale(base.input_shape[1])
@@ -171,6 +175,9 @@ def sampled_configs(around: list[Layer], count: int, seed: int = 0) -> list[Laye
             continue
         seen.add(config_key(layer))
         configs.append(layer)
+    if len(configs) < count:
+        raise MulayerError(f"only {len(configs)} new layer shapes of {count} lie within a factor 2**{spread} "
+                           "of those given; sample fewer or widen the spread")
     return configs
 
 
