@@ -62,6 +62,9 @@ def main(argv=None) -> int:
         _, kernel_rows, by_role = training_samples(read_profiles(args.profiles), cpu, gpu)
         samples = by_role[args.role]
         missed = missed_shapes(samples, args.folds, args.seed)
+        if not missed:
+            raise MulayerError(f"cross-validation predicts every {args.role} kernel within {WITHIN:.0%}: "
+                               "no shape to sample around; draw new shapes with `mulayer profile --sampled`")
         known = {config_key(layer_from_key(row["config"])) for row in kernel_rows}
         configs = sampled_configs([layer_from_key(key) for key in missed], args.count, args.seed, args.spread, known)
     except MulayerError as err:
