@@ -57,19 +57,15 @@ def main(argv=None) -> int:
     from tvm_mulayer.predictor import training_samples
     from tvm_mulayer.profiler import config_key, layer_from_key, read_profiles, sampled_configs
 
-    try:
-        cpu, gpu = resolve_processors(args.cpu, args.gpu)
-        _, kernel_rows, by_role = training_samples(read_profiles(args.profiles), cpu, gpu)
-        samples = by_role[args.role]
-        missed = missed_shapes(samples, args.folds, args.seed)
-        if not missed:
-            raise MulayerError(f"cross-validation predicts every {args.role} kernel within {WITHIN:.0%}: "
-                               "no shape to sample around; draw new shapes with `mulayer profile --sampled`")
-        known = {config_key(layer_from_key(row["config"])) for row in kernel_rows}
-        configs = sampled_configs([layer_from_key(key) for key in missed], args.count, args.seed, args.spread, known)
-    except MulayerError as err:
-        print(f"adaptive_configs.py: error: {err}", file=sys.stderr)
-        return 2
+    cpu, gpu = resolve_processors(args.cpu, args.gpu)
+    _, _, by_role = training_samples(read_profiles(args.profiles), cpu, gpu)
+    samples = by_role[args.role]
+    missed = missed_shapes(samples, args.folds, args.seed)
+    if not missed:
+        raise MulayerError(f"cross-validation predicts every {args.role} kernel within {WITHIN:.0%}: "
+                           "no shape to sample around; draw new shapes with `mulayer profile --sampled`")
+    known = set().union(*(role_samples.shape.tolist() for role_samples in by_role.values()))  # either processor's
+    configs = sampled_configs([layer_from_key(key) for key in missed], args.count, args.seed, args.spread, known)
     Path(args.output).write_text(json.dumps([config_key(layer) for layer in configs]))
     print(f"{len(missed)} of {len(set(samples.shape.tolist()))} {args.role} layer shapes have a kernel more than "
           f"{WITHIN:.0%} off in {args.folds}-fold cross-validation; {len(configs)} new shapes around them "
@@ -78,4 +74,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from tvm_mulayer.errors import reported
+
+    sys.exit(reported("adaptive_configs.py", main))

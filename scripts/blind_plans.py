@@ -83,9 +83,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from tvm_mulayer.errors import MulayerError
+    from tvm_mulayer.errors import reported
 
-    try:
-        raise SystemExit(main())
-    except MulayerError as err:  # a missing profile, unknown processors: one line, not a traceback
-        raise SystemExit(f"blind_plans.py: error: {err}") from None
+    raise SystemExit(reported("blind_plans.py", main))

@@ -40,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tvm_mulayer.errors import MulayerError
+from tvm_mulayer.errors import reported
 from tvm_mulayer.predictor import _fastest
 from tvm_mulayer.profiler import (CSV_FIELDS, KERNEL_KINDS, config_key, layer_from_key, parse_config, read_profiles,
                                   read_rows)
@@ -166,11 +166,8 @@ def main() -> None:
     p.set_defaults(run=drop)
     args = parser.parse_args()
     os.environ.setdefault("TVM_NUM_THREADS", "1")
-    try:
-        args.run(args)
-    except MulayerError as err:  # a missing profile: one line, not a traceback
-        sys.exit(f"reprofile.py: error: {err}")
+    args.run(args)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(reported("reprofile.py", main))

@@ -87,9 +87,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from tvm_mulayer.errors import MulayerError
+    from tvm_mulayer.errors import reported
 
-    try:
-        raise SystemExit(main())
-    except MulayerError as err:  # bad profiles or processors: one line, not a traceback
-        raise SystemExit(f"tune_predictor.py: error: {err}") from None
+    raise SystemExit(reported("tune_predictor.py", main))

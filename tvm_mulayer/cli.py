@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import MulayerError
+from .errors import MulayerError, reported
 from .processors import CPU_PRESETS
 
 
@@ -335,11 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except MulayerError as err:
-        print(f"mulayer: error: {err}", file=sys.stderr)
-        return 2
+    return reported("mulayer", args.func, args)
 
 
 if __name__ == "__main__":

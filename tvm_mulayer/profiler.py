@@ -484,7 +484,8 @@ def _device_description(processor, threads: int | None = None) -> str:
 def read_rows(path: Path) -> list[dict]:
     """The rows of a profile (.csv, or .csv.gz: profiles compress ~15x, which keeps the
     ones kept in a repository small)."""
-    if not Path(path).is_file():  # never read as empty: a mistyped path would drop a profile silently
+    path = Path(path)
+    if not path.is_file():  # never read as empty: a mistyped path would drop a profile silently
         raise MulayerError(f"no such profile: {path}")
     with (gzip.open(path, "rt", newline="") if path.suffix == ".gz" else open(path, newline="")) as handle:
         return list(csv.DictReader(handle))
@@ -495,7 +496,7 @@ def read_profiles(paths) -> list[dict]:
     missing = [str(path) for path in paths if not Path(path).is_file()]
     if missing:
         raise MulayerError(f"no such profile: {', '.join(missing)}")
-    return [row for path in paths for row in read_rows(Path(path))]
+    return [row for path in paths for row in read_rows(path)]
 
 
 def _kernel_row(kind, role, processor, layer, precision, seconds, stamp, threads) -> dict:
