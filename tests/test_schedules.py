@@ -10,10 +10,12 @@ from tvm.target import Target
 
 from tvm_mulayer import schedules
 
-# AVX-512 with VNNI, and nothing newer: CI lands on Intel (Cascade Lake and later) and AMD
-# (Zen 4) machines, and a host-specific mcpu (znver4) made code the Intel ones cannot run
-CPU = Target({"kind": "llvm", "mcpu": "cascadelake", "num-cores": 2})
-CPU_GENERIC = Target("llvm")  # the SSE2 stand-in a GPU-less host may use for the "GPU"
+from isa import FIXED_ISAS, GENERIC, HOST, VNNI, require_runs_here, vector_registers
+
+# Kernels run compiled for this CPU (HOST) and for generic x86-64; the fixed ISAs CI may land
+# on are compiled everywhere and run only where this CPU has them (tests/isa.py).
+CPU = HOST
+CPU_GENERIC = GENERIC
 CUDA = Target({"kind": "cuda", "arch": "sm_90"}, host="llvm")
 OPENCL = Target("opencl", host="llvm")
 
@@ -127,7 +129,7 @@ CONV_CASES = [
 
 
 @pytest.mark.parametrize("case", CONV_CASES, ids=lambda c: "x".join(map(str, c)))
-@pytest.mark.parametrize("target", [CPU, CPU_GENERIC], ids=["cascadelake", "llvm"])
+@pytest.mark.parametrize("target", [CPU, CPU_GENERIC], ids=["host", "llvm"])
 def test_cpu_conv2d(case, target):
     cin, cout, hw, k, stride, pad, groups, epi = case
     mod, w, b = conv_relax(cin, cout, hw, k, stride, pad, groups, epi)
@@ -151,7 +153,7 @@ def test_cpu_conv2d_modes_covered():
     for case in CONV_CASES:
         mod, _, _ = conv_relax(*case)
         sch = s_tir.Schedule(the_func(mod, "conv2d"))
-        modes.add(conv2d.Conv2d.tiles(conv2d.ConvInfo(sch, conv2d.find_conv_block(sch)), CPU)["mode"])
+        modes.add(conv2d.Conv2d.tiles(conv2d.ConvInfo(sch, conv2d.find_conv_block(sch)), VNNI)["mode"])
     assert modes == {"xvec", "fvec", "dw"}
 
 
@@ -164,7 +166,7 @@ POINTWISE_CASES = [(64, 32, 7, "relu"), (64, 40, 7, "clip"), (96, 100, 9, "bias"
 
 
 @pytest.mark.parametrize("case", POINTWISE_CASES, ids=lambda c: "x".join(map(str, c)))
-@pytest.mark.parametrize("target", [CPU, CPU_GENERIC], ids=["cascadelake", "llvm"])
+@pytest.mark.parametrize("target", [CPU, CPU_GENERIC], ids=["host", "llvm"])
 def test_cpu_pointwise_conv2d_gemm(case, target):
     from tvm import s_tir
 
@@ -173,9 +175,9 @@ def test_cpu_pointwise_conv2d_gemm(case, target):
     mod, w, b = conv_relax(cin, cout, hw, 1, 1, 0, 1, epi)
     func = the_func(mod, "conv2d")
     plain = s_tir.Schedule(func)
-    tiles = conv2d.Conv2d.tiles(conv2d.ConvInfo(plain, conv2d.find_conv_block(plain)), target, True)
-    if target is CPU:  # (SSE2's smaller register tile finds no pixel tile for some planes)
-        assert tiles["mode"] == "gemm" and (tiles["KC"] is not None) == (cin >= 512), tiles
+    # AVX-512's register tile takes every case (SSE2's smaller one finds no pixel tile for some planes)
+    tiles = conv2d.Conv2d.tiles(conv2d.ConvInfo(plain, conv2d.find_conv_block(plain)), VNNI, True)
+    assert tiles["mode"] == "gemm" and (tiles["KC"] is not None) == (cin >= 512), tiles
     rule, sch = schedules.apply_rules(func, target, schedules.schedule_rules(target, prepacked_weights=True))
     assert rule_name(rule) == "Conv2d"
     x = RNG.standard_normal((1, cin, hw, hw)).astype("float32")
@@ -184,6 +186,41 @@ def test_cpu_pointwise_conv2d_gemm(case, target):
     out = run_prim(sch.mod["main"], target, args)
     # float32 sums of up to 520 products: 1e-5 of the largest output
     np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5 * np.abs(ref).max())
+
+
+# Per kernel kind, one case each schedule of it takes: x-vectorized, channel-vectorized and
+# depthwise direct convs, the pointwise GEMM tile, dense.
+ISA_CASES = {"conv_xvec": (16, 13, 14, 3, 1, 1, 1, "relu"), "conv_fvec": (32, 64, 58, 3, 1, 1, 1, "relu"),
+             "conv_dw": (16, 16, 15, 3, 2, 1, 16, "clip"), "conv_gemm": (64, 40, 7, 1, 1, 0, 1, "clip")}
+
+
+@pytest.mark.parametrize("isa", list(FIXED_ISAS))
+@pytest.mark.parametrize("case", [*ISA_CASES, "dense"])
+def test_cpu_kernels_compile_for_every_x86_kind_ci_lands_on(case, isa):
+    """Every x86 kind is compiled on any machine and its assembly read: AVX2 code must keep to
+    ymm registers (a zmm register dies with SIGILL there), AVX-512 code vectorized over 16
+    output channels uses zmm. The
+    numerics run only where this CPU has the ISA (the host's own run above everywhere)."""
+    target = FIXED_ISAS[isa]
+    if case == "dense":
+        func = the_func(dense_relax(256, 100), "matmul")
+    else:
+        cin, cout, hw, k, stride, pad, groups, epi = ISA_CASES[case]
+        mod, w, b = conv_relax(cin, cout, hw, k, stride, pad, groups, epi)
+        func = the_func(mod, "conv2d")
+    rule, sch = schedules.apply_rules(func, target, schedules.schedule_rules(target, prepacked_weights=True))
+    assert rule_name(rule) == ("Dense" if case == "dense" else "Conv2d")
+    lib = tvm.tirx.build(tvm.IRModule({"main": sch.mod["main"].with_attr("global_symbol", "main")}), target=target)
+    registers = vector_registers(lib.inspect_source("asm"))
+    assert "ymm" in registers or "zmm" in registers, registers
+    if isa == "avx2":
+        assert "zmm" not in registers, registers
+    elif case in ("conv_fvec", "conv_gemm"):  # 16 float32 lanes of output channels
+        assert "zmm" in registers, registers
+    require_runs_here(target)
+    args = _random_args(func)
+    ref = run_prim(func, target, [a.copy() for a in args])
+    np.testing.assert_allclose(run_prim(sch.mod["main"], target, args), ref, rtol=1e-5, atol=1e-4)
 
 
 # ---------------------------------------------------------------- CPU: other ops vs unscheduled
@@ -221,7 +258,7 @@ def dense_relax(k, n, act="relu"):
 
 
 @pytest.mark.parametrize("k,n", [(64, 48), (100, 37), (256, 1000), (33, 7), (1030, 300)])
-@pytest.mark.parametrize("target", [CPU, CPU_GENERIC], ids=["cascadelake", "llvm"])
+@pytest.mark.parametrize("target", [CPU, CPU_GENERIC], ids=["host", "llvm"])
 def test_cpu_dense(k, n, target):
     check_against_unscheduled(the_func(dense_relax(k, n), "matmul"), target, "Dense")
 

@@ -25,7 +25,7 @@ from tvm_mulayer.schedules.gpu.tensor_core import GemmTiles, TensorCoreGemm, gem
 CUDA = Target({"kind": "cuda", "arch": "sm_90"}, host="llvm")
 CUDA_PASCAL = Target({"kind": "cuda", "arch": "sm_61"}, host="llvm")  # no tensor cores
 OPENCL = Target("opencl", host="llvm")
-from test_schedules import CPU  # the portable AVX-512 + VNNI target
+from isa import HOST as CPU  # kernels run compiled for this CPU
 
 RNG = np.random.default_rng(0)
 

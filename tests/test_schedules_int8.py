@@ -1,8 +1,6 @@
 """CPU int8 rules (VNNI dot products) on the quantized slice's exact Relax forms: bit-exact
 against a numpy int64 reference, the right rule chosen, the weight repack hoisted."""
 
-import os
-
 import numpy as np
 import pytest
 
@@ -14,11 +12,12 @@ from tvm_mulayer import schedules
 from tvm_mulayer.processors import cpu_processor
 from tvm_mulayer.schedules.cpu.dot_intrin import dot_product_for
 
-from test_schedules import CPU as VNNI  # the portable AVX-512 + VNNI target
-NO_VNNI = Target({"kind": "llvm", "mcpu": "haswell", "num-cores": 2})
-HAS_VNNI_HOST = "avx512_vnni" in open("/proc/cpuinfo", encoding="utf-8").read() if os.path.exists(
-    "/proc/cpuinfo") else False
-needs_vnni_host = pytest.mark.skipif(not HAS_VNNI_HOST, reason="this CPU cannot run AVX512-VNNI code")
+from isa import AVX2 as NO_VNNI
+from isa import VNNI, missing_features, runs_here
+
+HAS_VNNI_HOST = runs_here(VNNI)
+needs_vnni_host = pytest.mark.skipif(not HAS_VNNI_HOST, reason=f"this CPU cannot run AVX512-VNNI code (it lacks "
+                                                               f"{', '.join(missing_features(VNNI))})")
 
 S_X = 0.05  # input scale
 
