@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import tvm
 from tvm import relax
-from tvm_mulayer.layers import is_tensor_constant
+from tvm_mulayer.base.layers import is_tensor_constant
 
-from ._functions import replace_function
-from ._vdevice import first_vdevice
+from .functions import replace_function
+from .vdevices import first_vdevice
 
 
 @tvm.transform.module_pass(opt_level=0, name="LiftWeights")

@@ -24,9 +24,9 @@ import heapq
 import tvm
 from tvm import relax, s_tir, tirx
 
-from ._functions import replace_function
-from ._vdevice import first_vdevice, vdevice_key
-from tvm_mulayer.schedules.common import child_blocks, iter_kinds
+from .functions import replace_function
+from .vdevices import first_vdevice, vdevice_key
+from tvm_mulayer.schedules.analysis import child_blocks, iter_kinds
 
 TO_VDEVICE = tvm.ir.Op.get("relax.to_vdevice")
 CPU_FEED, TO_GPU, GPU_COMPUTE, CPU_COMPUTE, TO_CPU = 0, 1, 2, 3, 4

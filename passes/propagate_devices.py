@@ -18,7 +18,7 @@ import tvm
 from tvm import relax, tirx
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
-from ._vdevice import vdevice_key
+from .vdevices import vdevice_key
 
 CALL_TIR = tvm.ir.Op.get("relax.call_tir")
 

@@ -5,7 +5,7 @@ constants (what `relax.frontend.onnx.from_onnx(..., keep_params_in_input=False)`
 by `FoldConstant` gives). The pass declares two vdevices — index 0 the CPU, index 1 the
 GPU — and rewrites `main` so that:
 
-* each layer (see `tvm_mulayer.layers`) computes output channels [0, k) on the GPU and
+* each layer (see `tvm_mulayer.base.layers`) computes output channels [0, k) on the GPU and
   [k, C) on the CPU with sliced constant weights (a grouped convolution splits on group
   boundaries and reads only its groups' input channels; a whole placement is one part);
 * per-channel ops after a layer (unary elementwise, pooling, binary ops with a constant or
@@ -16,7 +16,7 @@ GPU — and rewrites `main` so that:
 * any other op runs whole, on the processor that already holds most of its input bytes;
 * data crosses processors only through `R.to_vdevice` (sliced first, so only the missing
   channels move), each transfer emitted once and reused;
-* each slice computes in the precision the plan gives it (see `tvm_mulayer.quantization`):
+* each slice computes in the precision the plan gives it (see `tvm_mulayer.base.quantization`):
   an int8 CPU slice quantizes its input to uint8 with the calibrated range, multiplies
   int8 weights into int32, adds an int32 bias and dequantizes to float32 with one scale
   per channel (an int8 conv on a CPU with a dot-product instruction reads its input channels
@@ -40,10 +40,11 @@ import tvm
 from tvm import relax
 from tvm.relax import op as ops
 
-from tvm_mulayer.layers import is_tensor_constant, layer_bindings
-from tvm_mulayer.plan import Plan
-from tvm_mulayer.quantization import (
-    FLOAT32_FORM, UINT8_MAX, Form, input_form, quantize_weights, slice_input_channels, weight_axis)
+from tvm_mulayer.base.layers import is_tensor_constant, layer_bindings
+from tvm_mulayer.base.plan import Plan
+from tvm_mulayer.base.quantization import (
+    FLOAT32_FORM, UINT8_MAX, Form, input_form, quantize_weights, weight_axis)
+from tvm_mulayer.schedules.cpu.dot_intrin import slice_input_channels
 
 CPU, GPU = 0, 1
 DEVICE_INDEX = {"cpu": CPU, "gpu": GPU}
@@ -112,7 +113,7 @@ def _channel_split_ok(expr) -> bool:
     return shape is not None and len(shape) >= 2
 
 
-def _convert(expr, form: Form):
+def convert_to_form(expr, form: Form):
     if form.dtype == "float16":
         return ops.astype(expr, "float16")
     # relax.quantize would do, but its result type drops the vdevice (TVM 0.27)
@@ -126,7 +127,7 @@ def _channel_vector(vector: np.ndarray, rank: int) -> np.ndarray:
     return np.ascontiguousarray(vector).reshape((1, -1) + (1,) * (rank - 2))
 
 
-def _slice_layer(call: relax.Call, layer, channels: int, x, weight: np.ndarray, bias, precision: str, form: Form,
+def slice_layer(call: relax.Call, layer, channels: int, x, weight: np.ndarray, bias, precision: str, form: Form,
                  padding):
     """One slice of a conv2d/dense layer computing `channels` output channels from input `x`
     (already in `form`, padded unless `padding` says; a conv's input channels zero-padded
@@ -231,7 +232,7 @@ class _Rewriter:
                         e, axes=[value.axis], begin=[s], end=[t]),
                 )
             if form != FLOAT32_FORM:
-                expr = self._emit_cached(("convert", expr, form), lambda e=expr: _convert(e, form))
+                expr = self._emit_cached(("convert", expr, form), lambda e=expr: convert_to_form(e, form))
             if part.dev != dev:
                 expr = self._emit_cached(
                     ("move", expr, dev), lambda e=expr: ops.to_vdevice(e, self.vdevices[dev])
@@ -315,7 +316,7 @@ class _Rewriter:
             extra = slice_input_channels(layer, precision, self.vdevices[dev].target) - layer.input_shape[1]
             if extra or (form.zero_point and any(padding or [])):
                 x, padding = self._pad(x, padding, form.zero_point, dev, extra), [0, 0, 0, 0]
-            out = _slice_layer(call, layer, hi - lo, x, w, b, precision, form, padding)
+            out = slice_layer(call, layer, hi - lo, x, w, b, precision, form, padding)
             parts.append(Part(lo, hi, dev, self.bb.emit(out)))
         return Value(tuple(parts))
 

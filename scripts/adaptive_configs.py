@@ -29,7 +29,7 @@ WITHIN = 0.10  # the accuracy target's band: a kernel predicted further off is a
 def missed_shapes(samples, folds: int, seed: int) -> list[str]:
     """Layer shape keys of `samples` (predictor.KernelSamples) with a kernel predicted more
     than WITHIN off by boosters fitted on the other folds, in the samples' order."""
-    from tvm_mulayer.predictor import BOOSTER_PARAMS, BOOSTER_ROUNDS
+    from tvm_mulayer.planning.predictor import BOOSTER_PARAMS, BOOSTER_ROUNDS
 
     predicted = samples.cross_predicted(samples.folds(folds, seed), dict(BOOSTER_PARAMS, seed=seed), BOOSTER_ROUNDS)
     missed = np.abs(predicted / samples.seconds - 1) > WITHIN
@@ -52,10 +52,11 @@ def main(argv=None) -> int:
     if args.count < 1 or args.folds < 2 or args.spread <= 0:
         parser.error("--count must be at least 1, --folds at least 2 and --spread positive")
 
-    from tvm_mulayer.build import resolve_processors
-    from tvm_mulayer.errors import MulayerError
-    from tvm_mulayer.predictor import training_samples
-    from tvm_mulayer.profiler import config_key, layer_from_key, read_profiles, sampled_configs
+    from tvm_mulayer.base.processors import resolve_processors
+    from tvm_mulayer.base.errors import MulayerError
+    from tvm_mulayer.planning.predictor import training_samples
+    from tvm_mulayer.planning.profiler import sampled_configs
+    from tvm_mulayer.base.records import config_key, layer_from_key, read_profiles
 
     cpu, gpu = resolve_processors(args.cpu, args.gpu)
     _, _, by_role = training_samples(read_profiles(args.profiles), cpu, gpu)
@@ -74,6 +75,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from tvm_mulayer.errors import reported
+    from tvm_mulayer.base.errors import reported
 
     sys.exit(reported("adaptive_configs.py", main))

@@ -35,7 +35,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     import tvm_mulayer
-    from tvm_mulayer import zoo
+    from tvm_mulayer.base import zoo
 
     print("| model | auto (ms) | " + " | ".join(f"{s} (ms)" for s in FIXED) + " | auto / best fixed | auto's plan |")
     print("|---|" + "---:|" * (len(FIXED) + 2) + "---|")

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """CPU int8 slice vs CPU float32 slice of the same layers, per zoo layer and per model.
 
-For every conv/dense layer of the chosen zoo models (found as tvm_mulayer.profiler.zoo_configs
+For every conv/dense layer of the chosen zoo models (found as tvm_mulayer.planning.profiler.zoo_configs
 finds them, but every layer, repeated shapes included, so that the model sums are whole; cut
 to the CPU part of a split giving the GPU ``--gpu-share``; 0 = the whole layer) two single-layer Relax
 functions are built, lowered as the build lowers them (LegalizeOps, FuseOps/FuseTIR, our
@@ -97,6 +97,7 @@ def compile_layer(mod, target):
     from tvm import relax, tirx
 
     from tvm_mulayer import schedules
+    from tvm_mulayer.passes import PrepackWeights
 
     mod = tvm.transform.Sequential([relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(),
                                     relax.transform.FuseOps(), relax.transform.FuseTIR()])(mod)
@@ -104,7 +105,7 @@ def compile_layer(mod, target):
         if isinstance(func, tirx.PrimFunc):
             mod[g_var] = func.with_attr("target", target)
     mod = tvm.transform.Sequential([schedules.ScheduleForTargets(prepacked_weights=True),
-                                    relax.transform.SplitLayoutRewritePreproc(), schedules.PrepackWeights()])(mod)
+                                    relax.transform.SplitLayoutRewritePreproc(), PrepackWeights()])(mod)
     return relax.VirtualMachine(tvm.compile(mod, target=target), tvm.cpu())
 
 
@@ -119,10 +120,10 @@ def time_layer(vm, x, repeat, min_ms):
 
 def cpu_slices(model: str, gpu_share: float, image_size: int) -> list:
     """The CPU part of every splittable layer of `model`, split as the plan rounds it."""
-    from tvm_mulayer import zoo
-    from tvm_mulayer.frontend import import_onnx
-    from tvm_mulayer.layers import find_layers
-    from tvm_mulayer.plan import round_split
+    from tvm_mulayer.base import zoo
+    from tvm_mulayer.compiler.frontend import import_onnx
+    from tvm_mulayer.base.layers import find_layers
+    from tvm_mulayer.base.plan import round_split
 
     mod, _ = import_onnx(zoo.build(model, image_size=image_size))
     slices = []

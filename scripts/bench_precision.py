@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from tvm_mulayer import zoo
+from tvm_mulayer.base import zoo
 
 
 def _median_latency(run, repeat: int) -> float:

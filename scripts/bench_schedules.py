@@ -105,7 +105,7 @@ def single_op_vm(func, target):
 
 def model_onnx(name: str):
     _setup_path()
-    from tvm_mulayer import zoo  # pylint: disable=import-outside-toplevel
+    from tvm_mulayer.base import zoo  # pylint: disable=import-outside-toplevel
 
     return zoo.build(name)
 
@@ -114,7 +114,7 @@ def model_relax(name: str):
     """(fused legalized IRModule, onnx model) the way the project's build sees them."""
     _setup_path()
     from tvm import relax  # pylint: disable=import-outside-toplevel
-    from tvm_mulayer import frontend  # pylint: disable=import-outside-toplevel
+    from tvm_mulayer.compiler import frontend  # pylint: disable=import-outside-toplevel
 
     onnx_model = model_onnx(name)
     mod, _ = frontend.import_onnx(onnx_model)
@@ -130,7 +130,7 @@ def op_specs(name: str):
     from tvm import s_tir, tirx  # pylint: disable=import-outside-toplevel
 
     schedules = _schedules()
-    ConvInfo, find_conv_block = schedules.cpu.conv2d.ConvInfo, schedules.cpu.conv2d.find_conv_block
+    ConvInfo, find_conv_block = schedules.analysis.ConvInfo, schedules.analysis.find_conv_block
     mod, _ = model_relax(name)
     main_text = mod["main"].script()
     out = []
@@ -402,9 +402,9 @@ def gpu_target():
 def gpu_layers(models):
     """(tag, Layer) for every zoo layer shape at full width, plus the split tails above."""
     _setup_path()
-    from tvm_mulayer.frontend import import_onnx  # pylint: disable=import-outside-toplevel
-    from tvm_mulayer.layers import find_layers  # pylint: disable=import-outside-toplevel
-    from tvm_mulayer.profiler import config_key  # pylint: disable=import-outside-toplevel
+    from tvm_mulayer.compiler.frontend import import_onnx  # pylint: disable=import-outside-toplevel
+    from tvm_mulayer.base.layers import find_layers  # pylint: disable=import-outside-toplevel
+    from tvm_mulayer.base.records import config_key
 
     seen, out = set(), []
     for model in models:
@@ -603,7 +603,7 @@ def gpu_model(model, precision, package, target):
     from tvm import relax, tirx  # pylint: disable=import-outside-toplevel
 
     _setup_path()
-    from tvm_mulayer.frontend import import_onnx  # pylint: disable=import-outside-toplevel
+    from tvm_mulayer.compiler.frontend import import_onnx  # pylint: disable=import-outside-toplevel
 
     mod, _ = import_onnx(model_onnx(model))
 
@@ -669,9 +669,9 @@ def _load_gpu_lib(directory, name):
     import hashlib  # pylint: disable=import-outside-toplevel
 
     import tvm  # pylint: disable=import-outside-toplevel
-    from tvm_mulayer import runtime  # pylint: disable=import-outside-toplevel
+    from tvm_mulayer.runtime import devices  # pylint: disable=import-outside-toplevel
 
-    runtime.enable_cuda_runtime()
+    devices.enable_cuda_runtime()
     fatbins = os.path.join(directory, "fatbins")
 
     def fatbin(code, target=None):
@@ -680,7 +680,7 @@ def _load_gpu_lib(directory, name):
             with open(path, "rb") as fh:
                 return bytearray(fh.read())
         print(f"no prebuilt fatbin for {name}: nvcc here", file=sys.stderr)
-        return runtime._nvcc_fatbin(code, target)  # pylint: disable=protected-access
+        return devices.cuda_compile_callback(code, target)
 
     tvm.register_global_func("tvm_callback_cuda_compile", fatbin, override=True)
     return tvm.runtime.load_module(os.path.join(directory, name))

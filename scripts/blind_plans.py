@@ -25,14 +25,14 @@ def blind_predictor(full, samples: dict, families: set, params: dict, rounds: in
     """`full` with boosters fitted without the layers of `families` and without their measurements."""
     import numpy as np
 
-    from tvm_mulayer.predictor import Predictor, _split_family
-    from tvm_mulayer.profiler import parse_config
+    from tvm_mulayer.planning.predictor import Predictor, split_family
+    from tvm_mulayer.base.records import parse_config
 
     boosters, bases = {}, {}
     for role, role_samples in samples.items():
         boosters[role], bases[role] = role_samples.fit(~np.isin(role_samples.family, list(families)), params, rounds)
     measured = {role: {kind: {key: seconds for key, seconds in table.items()
-                              if _split_family(parse_config(key)[0]) not in families}
+                              if split_family(parse_config(key)[0]) not in families}
                        for kind, table in kinds.items()}
                 for role, kinds in full.measured.items()}
     return Predictor(boosters, bases, full.copy_model, full.meta, measured, full.convert_model)
@@ -48,13 +48,13 @@ def main(argv=None) -> int:
     parser.add_argument("--precision", nargs="+", default=["native", "fp32"], help="slice precisions to plan in")
     args = parser.parse_args(argv)
 
-    from tvm_mulayer import zoo
-    from tvm_mulayer.build import resolve_processors
-    from tvm_mulayer.frontend import import_onnx
-    from tvm_mulayer.partitioner import default_predictor, layer_graph, partition, simulate
-    from tvm_mulayer.predictor import BOOSTER_PARAMS, BOOSTER_ROUNDS, Predictor, _split_family, training_samples
-    from tvm_mulayer.profiler import read_profiles
-    from tvm_mulayer.quantization import parse_precision
+    from tvm_mulayer.base import zoo
+    from tvm_mulayer.base.processors import resolve_processors
+    from tvm_mulayer.compiler.frontend import import_onnx
+    from tvm_mulayer.planning.partitioner import default_predictor, layer_graph, partition, simulate
+    from tvm_mulayer.planning.predictor import BOOSTER_PARAMS, BOOSTER_ROUNDS, Predictor, split_family, training_samples
+    from tvm_mulayer.base.records import read_profiles
+    from tvm_mulayer.base.quantization import parse_precision
 
     cpu, gpu = resolve_processors(args.cpu, args.gpu)
     full = Predictor.load(args.predictor) if args.predictor else default_predictor(cpu, gpu)
@@ -67,7 +67,7 @@ def main(argv=None) -> int:
     print("|---|---|---|---|---|---|---|---|---|")
     for name in args.models or zoo.NAMES:
         graph = layer_graph(import_onnx(zoo.build(name))[0]["main"])
-        blind = blind_predictor(full, samples, {_split_family(node.layer) for node in graph.layers},
+        blind = blind_predictor(full, samples, {split_family(node.layer) for node in graph.layers},
                                 dict(BOOSTER_PARAMS, seed=0), BOOSTER_ROUNDS)
         for mode in args.precision:
             precision = parse_precision(mode)
@@ -83,6 +83,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from tvm_mulayer.errors import reported
+    from tvm_mulayer.base.errors import reported
 
     raise SystemExit(reported("blind_plans.py", main))

@@ -91,7 +91,7 @@ def _compile_fatbins(sources: list[str], out_dir: Path, arch: str) -> None:
     """nvcc each source for `arch` into out_dir, named as the loader looks them up."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from tvm_mulayer.runtime import fatbin_name, nvcc_fatbin
+    from tvm_mulayer.runtime.devices import fatbin_name, nvcc_fatbin
 
     out_dir.mkdir(parents=True, exist_ok=True)
 
@@ -110,7 +110,7 @@ def cmd_pack(args) -> int:
     import numpy as np
 
     import tvm_mulayer
-    from tvm_mulayer import zoo
+    from tvm_mulayer.base import zoo
 
     out = Path(args.output)
     if out.exists():
@@ -143,9 +143,9 @@ def cmd_pack(args) -> int:
                              "reference": f"{tag}.npz" if args.check else None})
                 print(f"packed {directory}: {executable.plan.description}", flush=True)
     if args.profile:
-        from tvm_mulayer.build import resolve_processors
-        from tvm_mulayer.profiler import (configs_from_file, export_kernels, profile_precisions, sampled_configs,
-                                          zoo_configs)
+        from tvm_mulayer.base.processors import resolve_processors
+        from tvm_mulayer.planning.profiler import export_kernels, profile_precisions, sampled_configs, zoo_configs
+        from tvm_mulayer.base.records import configs_from_file
 
         cpu, gpu = resolve_processors(args.cpu, args.gpu)
         if args.profile_configs:
@@ -193,7 +193,7 @@ def _peers(name: str, kwargs: dict, repeat: int) -> dict:
     import numpy as np
     import onnxruntime as ort
 
-    from tvm_mulayer import zoo
+    from tvm_mulayer.base import zoo
 
     model = zoo.build(name, **kwargs)
     size = kwargs.get("image_size", 224)
@@ -280,7 +280,7 @@ def cmd_run(args) -> int:
             row["trace"] = _kernel_times(executable, x, spec["trace"])
         save()
     if spec.get("profile"):  # last: the profiler's second thread must not share the runs' process state
-        from tvm_mulayer.profiler import measure_exported
+        from tvm_mulayer.planning.profiler import measure_exported
 
         measure_exported(root / "kernels", out_dir / "profile.csv", quiet=True,
                          passes=spec.get("profile_passes", 1))

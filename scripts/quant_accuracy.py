@@ -24,7 +24,7 @@ import numpy as np
 import onnx
 
 import tvm_mulayer
-from tvm_mulayer import zoo
+from tvm_mulayer.base import zoo
 
 DIGITS = Path(__file__).resolve().parent.parent / "tests" / "data" / "digits"
 PLANS = {"fp32 (split 0.5)": (0.5, "fp32"), "CPU-only int8": ("cpu", "native"), "GPU-only fp16": ("gpu", "native"),

@@ -40,10 +40,10 @@ from pathlib import Path
 
 import numpy as np
 
-from tvm_mulayer.errors import reported
-from tvm_mulayer.predictor import _fastest
-from tvm_mulayer.profiler import (CSV_FIELDS, KERNEL_KINDS, config_key, layer_from_key, parse_config, read_profiles,
-                                  read_rows)
+from tvm_mulayer.base.errors import reported
+from tvm_mulayer.planning.predictor import fastest_rows
+from tvm_mulayer.base.records import (CSV_FIELDS, KERNEL_KINDS, config_key, layer_from_key, parse_config, read_profiles,
+                                      read_rows)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -55,8 +55,8 @@ def features_of(keys: list, predictor: str, source: Path) -> dict:
     code = (
         "import json, sys\n"
         f"sys.path.insert(0, {str(source)!r})\n"
-        "from tvm_mulayer.predictor import KernelFeatures\n"
-        "from tvm_mulayer.profiler import parse_config\n"
+        "from tvm_mulayer.planning.predictor import KernelFeatures\n"
+        "from tvm_mulayer.base.records import parse_config\n"
         "keys, meta = json.loads(sys.stdin.read()), json.load(open(sys.argv[1]))['meta']\n"
         "features = {role: KernelFeatures(meta[role + '_target'], meta['cpu_threads'],\n"
         "                                 meta.get('fp32_weights_prepacked', False)) for role in ('cpu', 'gpu')}\n"
@@ -126,7 +126,7 @@ def merge(args) -> None:
                  "measure them first")
     old = _rewrite(args, keys, fresh)
     # (role, config) -> the fastest kernel timing (alone) in each file
-    before, after = ({(role, config): seconds for (kind, role, config), seconds in _fastest(rows).items()
+    before, after = ({(role, config): seconds for (kind, role, config), seconds in fastest_rows(rows).items()
                       if kind == KERNEL_KINDS[False]} for rows in (old, fresh))
     both = set(before) & set(after)
     for title, members, ratio in (("unchanged", both - keys, lambda key: after[key] / before[key]),

@@ -50,9 +50,9 @@ def main(argv=None) -> int:
     if any(not 0 < share <= 1 for share in args.train_share):
         parser.error("--train-share takes shares in (0, 1]")
 
-    from tvm_mulayer.build import resolve_processors
-    from tvm_mulayer.predictor import BOOSTER_PARAMS, BOOSTER_ROUNDS, training_samples
-    from tvm_mulayer.profiler import read_profiles
+    from tvm_mulayer.base.processors import resolve_processors
+    from tvm_mulayer.planning.predictor import BOOSTER_PARAMS, BOOSTER_ROUNDS, training_samples
+    from tvm_mulayer.base.records import read_profiles
 
     cpu, gpu = resolve_processors(args.cpu, args.gpu)
     _, _, by_role = training_samples(read_profiles(args.profiles), cpu, gpu)
@@ -87,6 +87,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    from tvm_mulayer.errors import reported
+    from tvm_mulayer.base.errors import reported
 
     raise SystemExit(reported("tune_predictor.py", main))

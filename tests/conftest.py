@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import onnx
 import pytest
+
+# A schedule rule that raises fails the build in tests (users' builds log it and fall back to
+# the next rule): set before anything is compiled, inherited by the scripts tests start.
+os.environ["TVM_MULAYER_STRICT_SCHEDULES"] = "1"
+# Each pytest-xdist worker has a core: TVM's spinning thread pool on every core in every worker
+# would make the workers fight for them.
+if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+    os.environ.setdefault("TVM_NUM_THREADS", "1")
 
 
 def ort_run(model: onnx.ModelProto, inputs: dict) -> list:
@@ -30,6 +40,52 @@ def input_shape(model: onnx.ModelProto, index: int = 0) -> tuple:
 @pytest.fixture(scope="session")
 def small_zoo():
     """Small variants of every zoo model, built once."""
-    from tvm_mulayer import zoo
+    from tvm_mulayer.base import zoo
 
     return {name: zoo.build(name, **zoo.small(name)) for name in zoo.NAMES}
+
+
+# ---- test tiers ---------------------------------------------------------------------------
+# `pytest -q` runs the fast tier (one end-to-end compile per feature, rule tests on small
+# shapes, error paths); `pytest -q --full` adds the tests marked with one of these.
+FULL_TIER = {
+    "slow": "every zoo model, ratio and fuzz case; long profiling and training runs",
+    "rpc": "a TVM RPC server and tracker on loopback",
+    "cross": "phone (aarch64) cross-compilation, and QEMU where installed",
+}
+
+
+def pytest_addoption(parser):
+    parser.addoption("--full", action="store_true",
+                     help=f"also run the full tier: tests marked {', '.join(FULL_TIER)}")
+
+
+_RUN = {"full": False}
+
+
+def examples(full_tier: int) -> int:
+    """A property test's example count: `full_tier` with --full, an eighth (at least 4) in the
+    fast tier."""
+    return full_tier if _RUN["full"] else max(4, full_tier // 8)
+
+
+def fast_params(fast: list, rest: list) -> list:
+    """Parameters of which `fast` run in the fast tier and `rest` only with --full."""
+    return [*fast, *(pytest.param(*(value if isinstance(value, tuple) else (value,)), marks=pytest.mark.slow)
+                     for value in rest)]
+
+
+def pytest_configure(config):
+    _RUN["full"] = bool(config.getoption("--full"))
+    for marker, meaning in FULL_TIER.items():
+        config.addinivalue_line("markers", f"{marker}: full tier ({meaning}); runs with --full")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--full") or config.getoption("markexpr"):
+        return
+    full = [item for item in items if any(item.get_closest_marker(m) for m in FULL_TIER)]
+    if full:
+        config.hook.pytest_deselected(items=full)
+        deselected = set(full)
+        items[:] = [item for item in items if item not in deselected]

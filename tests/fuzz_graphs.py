@@ -301,8 +301,8 @@ def model_layers(model: onnx.ModelProto) -> tuple:
 
     Not simply the ONNX Conv/Gemm count: e.g. TVM's FoldBatchnormToConv2D duplicates a conv
     whose output is also a graph output (one copy folded with the BN, one plain)."""
-    from tvm_mulayer.frontend import import_onnx
-    from tvm_mulayer.layers import find_layers
+    from tvm_mulayer.compiler.frontend import import_onnx
+    from tvm_mulayer.base.layers import find_layers
 
     mod, info = import_onnx(model)
     return [layer.name for layer in find_layers(mod["main"])], info.sources

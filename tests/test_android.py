@@ -17,9 +17,12 @@ import subprocess
 import pytest
 
 import tvm_mulayer
-from tvm_mulayer import MulayerError, zoo
-from tvm_mulayer.cross import ELF_MACHINE, elf_machine, export_fcompile, find_cross_compiler, is_cross
-from tvm_mulayer.processors import cpu_processor
+from tvm_mulayer import MulayerError
+from tvm_mulayer.base import zoo
+from tvm_mulayer.runtime.cross import ELF_MACHINE, elf_machine, export_fcompile, find_cross_compiler, is_cross
+from tvm_mulayer.base.processors import cpu_processor
+
+pytestmark = pytest.mark.cross  # full tier: phone cross-compilation
 
 MODEL = "alexnet"  # small variant: conv, LRN, pools, dense; compiles in seconds
 TRIPLE = "aarch64-linux-android"

@@ -322,7 +322,7 @@ def test_interrupted_export_keeps_the_previous_artifact(executable, tmp_path, mo
 
     import os
 
-    from tvm_mulayer import plan as plan_module
+    from tvm_mulayer.base import plan as plan_module
 
     with monkeypatch.context() as patch:
         if stage == "np.savez":

@@ -22,8 +22,9 @@ from hypothesis import HealthCheck, given, settings
 from onnx import TensorProto, helper, numpy_helper
 
 import fuzz_graphs
+from conftest import examples
 
-CI_EXAMPLES = 60
+CI_EXAMPLES = examples(60)
 
 
 @settings(max_examples=CI_EXAMPLES, derandomize=True, deadline=None, database=None,
@@ -33,7 +34,7 @@ def test_random_cnn_and_plan_match_onnxruntime(case):
     fuzz_graphs.check_case(case)
 
 
-QUANTIZED_EXAMPLES = 25
+QUANTIZED_EXAMPLES = examples(25)
 # int8 rounds each layer's input to 1/255 of its range (and fp16 to 2^-11): a few of those
 # steps through the fuzzer's <= ~8 layers stay well inside 5% of the output's largest value.
 QUANTIZED_TOLERANCE = 5e-2
@@ -153,6 +154,7 @@ def test_cpu_conv2d_rule_schedules_strided_unpadded_conv(args):
 
 
 # ---- the long mode ------------------------------------------------------------------------
+@pytest.mark.slow
 def test_long_mode_script_reports_counts(tmp_path):
     script = Path(__file__).resolve().parent.parent / "scripts" / "fuzz.py"
     result = subprocess.run([sys.executable, str(script), "--cases", "3", "--seed", "0", "--out", str(tmp_path / "f")],

@@ -15,14 +15,15 @@ import numpy as np
 import pytest
 
 import tvm_mulayer
-from tvm_mulayer.errors import MulayerError
-from tvm_mulayer.frontend import import_onnx
-from tvm_mulayer.partitioner import KernelTimes, auto_plan, layer_graph, partition, simulate
-from tvm_mulayer.predictor import Predictor, train
-from tvm_mulayer.processors import cpu_processor, gpu_processor
-from tvm_mulayer.profiler import config_key, zoo_configs
+from tvm_mulayer.base.errors import MulayerError
+from tvm_mulayer.compiler.frontend import import_onnx
+from tvm_mulayer.planning.partitioner import KernelTimes, auto_plan, layer_graph, partition, simulate
+from tvm_mulayer.planning.predictor import Predictor, train
+from tvm_mulayer.base.processors import cpu_processor, gpu_processor
+from tvm_mulayer.planning.profiler import zoo_configs
+from tvm_mulayer.base.records import config_key
 
-from conftest import input_shape, ort_run, relative_error
+from conftest import fast_params, input_shape, ort_run, relative_error
 
 CPU = cpu_processor("host")
 
@@ -74,7 +75,7 @@ def test_predictor_refuses_other_processors_and_bad_files(tmp_path, balanced_asy
         Predictor.load(tmp_path / "bad.json")
 
 
-@pytest.mark.parametrize("cpu_rate,gpu_rate,expected", [(1e9, 20e9, "gpu"), (20e9, 1e9, "cpu")])
+@pytest.mark.parametrize("cpu_rate,gpu_rate,expected", [(1e9, 20e9, "gpu"), pytest.param(20e9, 1e9, "cpu", marks=pytest.mark.slow)])
 def test_a_much_faster_processor_gets_the_network(small_zoo, cpu_rate, gpu_rate, expected):
     gpu = gpu_processor("emulated", CPU)
     predictor = train(_synthetic_rows(cpu_rate, gpu_rate), CPU, gpu)
@@ -108,15 +109,15 @@ def test_branch_distribution_is_chosen_and_computes_the_right_answer(small_zoo, 
     assert relative_error(executable.run(x)["logits"], ort_run(model, {"input": x})[0]) < 1e-4
 
 
-@pytest.mark.parametrize("name", ["vgg16", "squeezenet1_1", "mobilenet_v1"])
+@pytest.mark.parametrize("name", fast_params(["squeezenet1_1"], ["vgg16", "mobilenet_v1"]))
 def test_simulated_copies_are_the_split_pass_copies(small_zoo, balanced_async, name):
     """The partitioner's model of data movement matches what SplitChannels emits."""
     import tvm
     from tvm import relax
 
-    from tvm_mulayer.layers import find_layers
+    from tvm_mulayer.base.layers import find_layers
     from tvm_mulayer.passes import SplitChannels
-    from tvm_mulayer.plan import make_plan
+    from tvm_mulayer.base.plan import make_plan
 
     predictor, _ = balanced_async
     mod, _ = import_onnx(small_zoo[name])
@@ -142,7 +143,7 @@ def test_shipped_predictor_for_the_gpu_host_is_found_and_plans(small_zoo):
     profiled in every slice precision: native plans use int8/fp16 predictions, no warning."""
     import warnings
 
-    from tvm_mulayer.partitioner import default_predictor
+    from tvm_mulayer.planning.partitioner import default_predictor
 
     cpu = cpu_processor("x86-avx512")
     gpu = gpu_processor("cuda:sm_90", cpu)
@@ -163,7 +164,7 @@ def test_plan_command_prints_the_table_and_writes_plan_and_timeline(small_zoo, b
     """`mulayer plan`: per-layer predicted times, the chosen split, bytes, a plan JSON that
     `--split` accepts, and a PNG timeline."""
     from tvm_mulayer.cli import main
-    from tvm_mulayer.plan import Plan
+    from tvm_mulayer.base.plan import Plan
 
     predictor, _ = balanced_async
     predictor.save(tmp_path / "p.json")
@@ -186,13 +187,13 @@ def test_profile_configs_cover_both_parts_of_every_split_and_sampled_shapes_are_
     rounded as it rounds them) and sampled layers whose shapes TVM agrees with."""
     from tvm import relax
 
-    from tvm_mulayer.partitioner import RATIOS
-    from tvm_mulayer.plan import round_split
-    from tvm_mulayer.profiler import kernel_module, sampled_configs
+    from tvm_mulayer.planning.partitioner import RATIOS
+    from tvm_mulayer.base.plan import round_split
+    from tvm_mulayer.planning.profiler import kernel_module, sampled_configs
 
     configs = zoo_configs(["squeezenet1_1"], image_size=64, width=0.25, channel_multiple=8)
     keys = {config_key(c) for c in configs}
-    graph = layer_graph(import_onnx(tvm_mulayer.zoo.build("squeezenet1_1", image_size=64, width=0.25))[0]["main"])
+    graph = layer_graph(import_onnx(tvm_mulayer.base.zoo.build("squeezenet1_1", image_size=64, width=0.25))[0]["main"])
     for node in graph.layers:
         for ratio in RATIOS:
             k = round_split(node.layer, ratio, 8)
@@ -207,15 +208,17 @@ def test_profile_configs_cover_both_parts_of_every_split_and_sampled_shapes_are_
         assert tuple(int(d) for d in inferred.shape.values) == layer.output_shape
 
 
+@pytest.mark.slow
 def test_cpu_kernel_features_name_the_conv_schedule_each_layer_gets():
     """The CPU features carry which form the conv rule takes (channel-vectorized, depthwise,
     pointwise GEMM, ...), and the form they name is the one the rule gives the real kernel."""
     import tvm
     from tvm import relax, s_tir
 
-    from tvm_mulayer.predictor import FEATURES, RULE_POINTWISE_GEMM, KernelFeatures
-    from tvm_mulayer.profiler import kernel_module
-    from tvm_mulayer.schedules.cpu.conv2d import Conv2d, ConvInfo, find_conv_block
+    from tvm_mulayer.planning.predictor import FEATURES, RULE_POINTWISE_GEMM, KernelFeatures
+    from tvm_mulayer.planning.profiler import kernel_module
+    from tvm_mulayer.schedules.analysis import ConvInfo, find_conv_block
+    from tvm_mulayer.schedules.cpu.conv2d import Conv2d
 
     target = {"kind": "llvm", "mcpu": "cascadelake", "num-cores": 1}
     features = KernelFeatures(target, threads=1, fp32_prepacked=True)
@@ -242,8 +245,8 @@ def test_gpu_kernel_features_carry_the_gemm_gather_layout_and_direct_conv_stagin
     the waves and steps a block's path takes — each as the rules compute them."""
     import tvm
 
-    from tvm_mulayer.layers import Layer
-    from tvm_mulayer.predictor import FEATURES, RULE_TENSOR_CORE, KernelFeatures
+    from tvm_mulayer.base.layers import Layer
+    from tvm_mulayer.planning.predictor import FEATURES, RULE_TENSOR_CORE, KernelFeatures
     from tvm_mulayer.schedules.gpu.conv2d import Conv2d
     from tvm_mulayer.schedules.gpu.tensor_core import TensorCoreGemm, gemm_tiles
 
@@ -293,7 +296,7 @@ def test_kernel_base_fits_a_launch_floor_plus_throughput_line_per_precision():
     """The analytic base the boosters correct is fitted in relative error, per precision and
     per schedule rule, with no negative coefficient: timings that are exactly a fixed
     cost plus time per multiply-accumulate come back exactly, each precision its own."""
-    from tvm_mulayer.predictor import FEATURES, KernelBase, KernelFeatures
+    from tvm_mulayer.planning.predictor import FEATURES, KernelBase, KernelFeatures
 
     features = KernelFeatures({"kind": "llvm", "mcpu": "cascadelake", "num-cores": 1}, threads=1)
     layers = zoo_configs(["vgg16", "squeezenet1_1", "googlenet"], fractions=(0.25, 0.5, 1.0), image_size=64,
@@ -309,10 +312,11 @@ def test_kernel_base_fits_a_launch_floor_plus_throughput_line_per_precision():
     np.testing.assert_allclose(np.exp(base.log_seconds_per_mac(rows, precisions)) * macs, seconds, rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_cross_validated_accuracy_splits_each_kind_by_schedule_form():
     """`accuracy(by_rule=True)` (scripts/tune_predictor.py --by-rule) scores every schedule
     form within a kind; the forms' samples add up to the kind's."""
-    from tvm_mulayer.predictor import BOOSTER_PARAMS, training_samples
+    from tvm_mulayer.planning.predictor import BOOSTER_PARAMS, training_samples
 
     _, _, by_role = training_samples(_synthetic_rows(2e9, 2e9), CPU, gpu_processor("cuda:sm_90", CPU))
     samples = by_role["gpu"]
@@ -323,11 +327,12 @@ def test_cross_validated_accuracy_splits_each_kind_by_schedule_form():
     assert sum(score["samples"] for score in forms.values()) == scores["gpu fp32"]["samples"]
 
 
+@pytest.mark.slow
 def test_learning_curve_fits_only_on_the_drawn_share_of_training_shapes():
     """`accuracy(trainable=...)` (scripts/tune_predictor.py --train-share) fits each fold on
     the other folds' samples that the mask allows, never on a held-out or masked-off one;
     the mask draws whole layer shapes, about the share asked."""
-    from tvm_mulayer.predictor import BOOSTER_PARAMS, training_samples
+    from tvm_mulayer.planning.predictor import BOOSTER_PARAMS, training_samples
 
     _, _, by_role = training_samples(_synthetic_rows(2e9, 2e9), CPU, gpu_processor("cuda:sm_90", CPU))
     samples = by_role["cpu"]
@@ -350,20 +355,21 @@ def test_learning_curve_fits_only_on_the_drawn_share_of_training_shapes():
         assert (chosen == ((folds != fold) & trainable)).all()
 
 
+@pytest.mark.slow
 def test_whole_layer_folds_keep_every_split_part_of_a_layer_together():
     """`folds(whole_layers=True)` (tune_predictor --whole-layers) puts all split parts of one
     layer — as `Layer.part` makes them: fewer output channels, and for a grouped conv fewer
     input channels and groups — in one fold, while folds by shape split them up."""
-    from tvm_mulayer.predictor import _split_family, training_samples
+    from tvm_mulayer.planning.predictor import split_family, training_samples
 
     layers = zoo_configs(["mobilenet_v1", "squeezenet1_1"], fractions=(1.0,), image_size=64, width=0.25)
     for layer in layers:  # (a one-unit part of a grouped conv is a plain conv: not checked)
-        parts = {_split_family(layer.part(units * layer.channels_per_unit)) for units in (2, layer.units // 2)}
-        assert parts == {_split_family(layer)}, layer
+        parts = {split_family(layer.part(units * layer.channels_per_unit)) for units in (2, layer.units // 2)}
+        assert parts == {split_family(layer)}, layer
     conv = next(layer for layer in layers if layer.op == "conv2d" and layer.groups == 1)
     other = dataclasses.replace(conv, input_shape=(1, conv.input_shape[1] + 1, *conv.input_shape[2:]),
                                 weight_shape=(conv.channels, conv.input_shape[1] + 1, *conv.weight_shape[2:]))
-    assert _split_family(other) != _split_family(conv)  # other input channels: another layer
+    assert split_family(other) != split_family(conv)  # other input channels: another layer
 
     _, _, by_role = training_samples(_synthetic_rows(2e9, 2e9), CPU, gpu_processor("cuda:sm_90", CPU))
     samples = by_role["cpu"]
@@ -373,6 +379,7 @@ def test_whole_layer_folds_keep_every_split_part_of_a_layer_together():
     assert any(len(set(by_shape[samples.family == family])) > 1 for family in set(samples.family))
 
 
+@pytest.mark.slow
 def test_adaptive_configs_sample_new_shapes_around_the_missed_ones(tmp_path, monkeypatch):
     """scripts/adaptive_configs.py: the shapes whose kernels cross-validation predicts more
     than 10% off are found (here: GPU timings made 3x slower than the rest's rate), and the new
@@ -384,8 +391,9 @@ def test_adaptive_configs_sample_new_shapes_around_the_missed_ones(tmp_path, mon
     monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "scripts"))
     from adaptive_configs import main, missed_shapes
 
-    from tvm_mulayer.predictor import training_samples
-    from tvm_mulayer.profiler import CSV_FIELDS, layer_from_key, sampled_configs
+    from tvm_mulayer.planning.predictor import training_samples
+    from tvm_mulayer.planning.profiler import sampled_configs
+    from tvm_mulayer.base.records import CSV_FIELDS, layer_from_key
 
     rows = _synthetic_rows(2e9, 2e9)
     gpu_convs = [r for r in rows if r["kind"] == "kernel" and r["role"] == "gpu" and layer_from_key(r["config"]).op == "conv2d"]
@@ -423,6 +431,7 @@ def test_adaptive_configs_sample_new_shapes_around_the_missed_ones(tmp_path, mon
         sampled_configs([tiny], 50, spread=0.3)
 
 
+@pytest.mark.slow
 def test_blind_predictor_neither_measured_nor_trained_on_the_network_it_plans(balanced_async, monkeypatch):
     """scripts/blind_plans.py: the predictor blind to a network fits its boosters without any
     split part of the network's layers and answers none of them from measurements, while the
@@ -432,13 +441,13 @@ def test_blind_predictor_neither_measured_nor_trained_on_the_network_it_plans(ba
     monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "scripts"))
     from blind_plans import blind_predictor
 
-    from tvm_mulayer.predictor import BOOSTER_PARAMS, _split_family, training_samples
-    from tvm_mulayer.profiler import parse_config
+    from tvm_mulayer.planning.predictor import BOOSTER_PARAMS, split_family, training_samples
+    from tvm_mulayer.base.records import parse_config
 
     full, gpu = balanced_async
     _, _, samples = training_samples(_synthetic_rows(2e9, 2e9), CPU, gpu)
-    mod, _ = import_onnx(tvm_mulayer.zoo.build("squeezenet1_1", image_size=64, width=0.25))
-    families = {_split_family(node.layer) for node in layer_graph(mod["main"]).layers}
+    mod, _ = import_onnx(tvm_mulayer.base.zoo.build("squeezenet1_1", image_size=64, width=0.25))
+    families = {split_family(node.layer) for node in layer_graph(mod["main"]).layers}
     fitted = {}
 
     def recording(role, fit):
@@ -454,11 +463,12 @@ def test_blind_predictor_neither_measured_nor_trained_on_the_network_it_plans(ba
         seen = np.isin(role_samples.family, list(families))
         assert seen.any() and (~seen).any() and (fitted[role] == ~seen).all()
         kept = blind.measured[role]["kernel"]
-        assert not any(_split_family(parse_config(key)[0]) in families for key in kept)
-        assert len(kept) == sum(_split_family(parse_config(key)[0]) not in families
+        assert not any(split_family(parse_config(key)[0]) in families for key in kept)
+        assert len(kept) == sum(split_family(parse_config(key)[0]) not in families
                                 for key in full.measured[role]["kernel"]) > 0
 
 
+@pytest.mark.slow
 def test_training_reports_alone_and_concurrent_accuracy_on_held_out_configs():
     """Concurrent measurements are a feature of the same regressor; a configuration's two
     measurements are held out together, and accuracy is reported for each kind."""
@@ -474,10 +484,11 @@ def test_training_reports_alone_and_concurrent_accuracy_on_held_out_configs():
     assert np.median(ratio) == pytest.approx(1.5, rel=0.15)
 
 
+@pytest.mark.slow
 def test_overheads_are_charged_and_calibration_fits_whole_model_runs(small_zoo, balanced_async):
     """With known overheads, simulated whole-model latencies are the 'measurements';
     calibrating a predictor without overheads on them reproduces them."""
-    from tvm_mulayer.partitioner import calibrate
+    from tvm_mulayer.planning.partitioner import calibrate
 
     predictor, _ = balanced_async
     truth = {"gpu_launch": 8e-6, "gpu_call": 2e-6, "cpu_call": 15e-6, "gpu_byte": 2e-12, "cpu_byte": 2e-10,
@@ -502,7 +513,7 @@ def test_overheads_are_charged_and_calibration_fits_whole_model_runs(small_zoo, 
 
 def test_layers_the_split_leaves_whole_get_a_prediction(balanced_async):
     """A transposed or 1-D convolution (run whole by the generic rules) still gets a time."""
-    from tvm_mulayer.layers import Layer
+    from tvm_mulayer.base.layers import Layer
 
     predictor, _ = balanced_async
     layers = [Layer("t", "conv2d_transpose", (1, 8, 16, 16), (1, 4, 32, 32), (8, 4, 2, 2), splittable=False),

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from tvm_mulayer.errors import MulayerError
-from tvm_mulayer.layers import Layer
-from tvm_mulayer.plan import Plan, make_plan, round_split
+from tvm_mulayer.base.errors import MulayerError
+from tvm_mulayer.base.layers import Layer
+from tvm_mulayer.base.plan import Plan, make_plan, round_split
 
 
 def _conv(name, channels, groups=1, in_channels=None):

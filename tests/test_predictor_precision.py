@@ -18,17 +18,19 @@ import pytest
 import tvm
 from onnx import TensorProto, helper
 
-from tvm_mulayer.build import _build
-from tvm_mulayer.errors import MulayerError
-from tvm_mulayer.frontend import import_onnx
-from tvm_mulayer.layers import find_layers, layer_weights
-from tvm_mulayer.partitioner import KernelTimes, auto_plan, layer_graph, partition, simulate
-from tvm_mulayer.plan import make_plan
-from tvm_mulayer.predictor import train
-from tvm_mulayer.processors import cpu_processor, gpu_processor
+from tvm_mulayer.compiler.lowering import build_executable
+from tvm_mulayer.base.errors import MulayerError
+from tvm_mulayer.compiler.frontend import import_onnx
+from tvm_mulayer.base.layers import find_layers, layer_weights
+from tvm_mulayer.planning.partitioner import KernelTimes, auto_plan, layer_graph, partition, simulate
+from tvm_mulayer.base.plan import make_plan
+from tvm_mulayer.planning.predictor import train
+from tvm_mulayer.base.processors import cpu_processor, gpu_processor
 from tvm_mulayer.schedules.cpu.dot_intrin import dot_product_for
-from tvm_mulayer.profiler import (PROFILE_INPUT_RANGE, build_kernels, config_key, input_form, parse_config,
-                                  profile, profile_precisions, read_rows, zoo_configs)
+from tvm_mulayer.planning.profiler import PROFILE_INPUT_RANGE, build_kernels, input_form, profile, profile_precisions, zoo_configs
+from tvm_mulayer.base.records import config_key, parse_config, read_rows
+
+from conftest import fast_params
 
 CPU = cpu_processor("host")
 EMULATED = gpu_processor("emulated", CPU)
@@ -85,7 +87,7 @@ def test_profiled_slice_kernel_computes_what_the_split_pass_emits(op, precision,
     plan = make_plan([layer], role, 8)
     plan.layers[0].cpu_precision, plan.layers[0].gpu_precision = ("int8", "fp32") if role == "cpu" else ("fp32", "fp16")
     plan.layers[0].input_range = list(PROFILE_INPUT_RANGE)
-    split = _build(mod, info, plan, CPU, EMULATED).run({"x": x})["out"]
+    split = build_executable(mod, info, plan, CPU, EMULATED).run({"x": x})["out"]
 
     processor = CPU if role == "cpu" else EMULATED
     module, weights, inputs = build_kernels([(layer, precision)], processor, CPU, values=[(weight, bias)])
@@ -125,6 +127,7 @@ def measured_profile(tmp_path_factory):
     return read_rows(path), configs
 
 
+@pytest.mark.slow
 def test_predictor_trained_on_a_measured_profile_keeps_precisions_apart(measured_profile):
     rows, configs = measured_profile
     kinds = {(r["kind"], r["role"], parse_config(r["config"])[1] if r["kind"] == "kernel" else r["config"])
@@ -151,6 +154,7 @@ def test_predictor_trained_on_a_measured_profile_keeps_precisions_apart(measured
             assert 0 < predictor.convert_time(1 << 12, role, dtype) < predictor.convert_time(1 << 24, role, dtype)
 
 
+@pytest.mark.slow
 def test_profile_passes_time_each_kernel_again_and_train_reports_their_agreement(tmp_path):
     """--passes N: every kernel gets N rows (resuming tops up to N), the predictor answers
     with the fastest, and `train` reports how well the two first timings agree."""
@@ -234,7 +238,7 @@ def test_profile_configs_measures_exactly_the_listed_layers(tmp_path, capsys):
 
 
 def test_repeatability_is_the_agreement_of_the_first_two_timings_and_of_the_halves_fastest():
-    from tvm_mulayer.predictor import _repeatability
+    from tvm_mulayer.planning.predictor import _repeatability
 
     layer = zoo_configs(["vgg16"], fractions=(1.0,), image_size=32, width=0.25)[0]
     rows = [{"kind": kind, "role": role, "config": config_key(part, precision), "seconds": s}
@@ -324,7 +328,7 @@ def test_a_float32_only_predictor_falls_back_and_says_so_once(small_zoo):
     assert len(logged) == 1 and "int8" in logged[0] and "fp16" not in logged[0]
 
 
-@pytest.mark.parametrize("name", ["squeezenet1_1", "mobilenet_v1"])
+@pytest.mark.parametrize("name", fast_params(["squeezenet1_1"], ["mobilenet_v1"]))
 def test_simulated_copies_at_native_precision_are_the_split_pass_copies(small_zoo, int8_fast_predictor, name):
     """Copies into int8 CPU slices move uint8, into fp16 GPU slices float16: the simulated
     bytes equal the bytes of the split pass's transfers, by dtype."""
@@ -367,6 +371,7 @@ def test_partition_without_precision_is_float32(small_zoo, int8_fast_predictor):
     assert choice.latency <= min(choice.single.values()) * (1 + 1e-9)
 
 
+@pytest.mark.slow
 def test_exported_kernels_are_measured_with_the_tvm_runtime_alone(tmp_path):
     """A GPU host has only the TVM runtime (no Relax, no compiler; scripts/gpu_host_run.py
     carries it): measuring exported int8/fp16 kernels must not import the compiler side (it
@@ -380,7 +385,7 @@ def test_exported_kernels_are_measured_with_the_tvm_runtime_alone(tmp_path):
 
     import tvm_ffi
 
-    from tvm_mulayer.profiler import export_kernels
+    from tvm_mulayer.planning.profiler import export_kernels
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
     from gpu_host_run import _runtime_tarball  # pylint: disable=import-outside-toplevel
@@ -394,7 +399,7 @@ def test_exported_kernels_are_measured_with_the_tvm_runtime_alone(tmp_path):
     os.symlink(Path(tvm_ffi.__file__).parent, site / "tvm_ffi")
     repo = Path(__file__).resolve().parents[1]
     code = ("import json, sys\n"
-            "from tvm_mulayer.profiler import measure_exported\n"
+            "from tvm_mulayer.planning.profiler import measure_exported\n"
             f"measure_exported({str(tmp_path / 'kernels')!r}, {str(tmp_path / 'p.csv')!r}, quiet=True)\n"
             "print(json.dumps(sorted(m for m in sys.modules if m.startswith(('tvm.relax', 'passes', 'tvm_mulayer.passes')))))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=600,

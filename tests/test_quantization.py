@@ -25,11 +25,11 @@ from onnx import TensorProto, helper, numpy_helper
 
 import tvm_mulayer
 from tvm_mulayer import MulayerError
-from tvm_mulayer.calibration import Calibration
+from tvm_mulayer.base.quantization import (Calibration, activation_qparams, parse_precision, quantize_weights,
+                                           weight_error)
 from tvm_mulayer.cli import main
-from tvm_mulayer.quantization import (activation_qparams, parse_precision, quantize_weights, weight_error)
 
-from conftest import input_shape, ort_run
+from conftest import fast_params, input_shape, ort_run
 
 DIGITS = Path(__file__).parent / "data" / "digits"
 
@@ -169,7 +169,7 @@ def _cosine(a, b) -> float:
     return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
 
 
-@pytest.mark.parametrize("name", ["squeezenet1_1", "googlenet", "mobilenet_v1", "alexnet", "vgg16"])
+@pytest.mark.parametrize("name", fast_params(["squeezenet1_1"], ["googlenet", "mobilenet_v1", "alexnet", "vgg16"]))
 def test_zoo_split_plans_agree_with_float32_onnxruntime(small_zoo, name, tmp_path):
     model = small_zoo[name]
     shape = input_shape(model)
@@ -189,6 +189,7 @@ def test_zoo_split_plans_agree_with_float32_onnxruntime(small_zoo, name, tmp_pat
     assert sum(top1) >= 3 and np.mean(top5) >= 4
 
 
+@pytest.mark.slow
 def test_copies_between_processors_carry_uint8_and_float16(small_zoo):
     exe = tvm_mulayer.compile(small_zoo["squeezenet1_1"], gpu="emulated", split=0.5)
     fp32 = tvm_mulayer.compile(small_zoo["squeezenet1_1"], gpu="emulated", split=0.5, precision="fp32")

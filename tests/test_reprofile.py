@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tvm_mulayer.profiler import CSV_FIELDS, KERNEL_KINDS, config_key, zoo_configs
+from tvm_mulayer.planning.profiler import zoo_configs
+from tvm_mulayer.base.records import CSV_FIELDS, KERNEL_KINDS, config_key
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "reprofile.py"
 A, B, C = (config_key(layer) for layer in zoo_configs(["alexnet"], fractions=(1.0,), image_size=67, width=0.1)[:3])

@@ -21,11 +21,14 @@ import numpy as np
 import pytest
 
 import tvm_mulayer
-from tvm_mulayer import MulayerError, zoo
+from tvm_mulayer import MulayerError
+from tvm_mulayer.base import zoo
 from tvm_mulayer.cli import main
-from tvm_mulayer.deploy import connect, deploy
+from tvm_mulayer.runtime.deploy import connect, deploy
 
 from conftest import ort_run, relative_error
+
+pytestmark = pytest.mark.rpc  # full tier: RPC servers and trackers on loopback
 
 MODEL = "squeezenet1_1"
 START_TIMEOUT = 60  # seconds for a server or tracker process to bind its port
@@ -254,7 +257,7 @@ def test_remote_without_the_gpu(model, servers, tmp_path):
 def test_profile_over_rpc_measures_both_remote_devices(servers, tmp_path, capsys):
     """`mulayer profile --rpc` compiles the kernels here and times them on the server."""
     from tvm_mulayer.cli import main
-    from tvm_mulayer.profiler import read_rows
+    from tvm_mulayer.base.records import read_rows
 
     csv_path = tmp_path / "remote.csv"
     assert main(["profile", "--rpc", servers["rpc"].address, "--gpu", "emulated", "--models", "alexnet",
@@ -262,7 +265,8 @@ def test_profile_over_rpc_measures_both_remote_devices(servers, tmp_path, capsys
     assert "on the remote" in capsys.readouterr().out
     rows = read_rows(csv_path)
     kernels = {(r["role"], r["config"]) for r in rows if r["kind"] == "kernel"}
-    from tvm_mulayer.profiler import config_key, zoo_configs
+    from tvm_mulayer.planning.profiler import zoo_configs
+    from tvm_mulayer.base.records import config_key
 
     layers = zoo_configs(["alexnet"], fractions=(1.0,), image_size=67, width=0.1)
     assert len(layers) == 8  # AlexNet's 5 conv + 3 dense

@@ -9,6 +9,7 @@ from tvm import relax, tirx
 from tvm.target import Target
 
 from tvm_mulayer import schedules
+from tvm_mulayer.schedules import analysis
 
 from isa import FIXED_ISAS, GENERIC, HOST, VNNI, require_runs_here, vector_registers
 
@@ -153,7 +154,7 @@ def test_cpu_conv2d_modes_covered():
     for case in CONV_CASES:
         mod, _, _ = conv_relax(*case)
         sch = s_tir.Schedule(the_func(mod, "conv2d"))
-        modes.add(conv2d.Conv2d.tiles(conv2d.ConvInfo(sch, conv2d.find_conv_block(sch)), VNNI)["mode"])
+        modes.add(conv2d.Conv2d.tiles(analysis.ConvInfo(sch, analysis.find_conv_block(sch)), VNNI)["mode"])
     assert modes == {"xvec", "fvec", "dw"}
 
 
@@ -176,7 +177,7 @@ def test_cpu_pointwise_conv2d_gemm(case, target):
     func = the_func(mod, "conv2d")
     plain = s_tir.Schedule(func)
     # AVX-512's register tile takes every case (SSE2's smaller one finds no pixel tile for some planes)
-    tiles = conv2d.Conv2d.tiles(conv2d.ConvInfo(plain, conv2d.find_conv_block(plain)), VNNI, True)
+    tiles = conv2d.Conv2d.tiles(analysis.ConvInfo(plain, analysis.find_conv_block(plain)), VNNI, True)
     assert tiles["mode"] == "gemm" and (tiles["KC"] is not None) == (cin >= 512), tiles
     rule, sch = schedules.apply_rules(func, target, schedules.schedule_rules(target, prepacked_weights=True))
     assert rule_name(rule) == "Conv2d"

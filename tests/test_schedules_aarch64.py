@@ -16,15 +16,17 @@ import pytest
 
 from tvm.target import Target
 
-from tvm_mulayer.cross import export_fcompile
-from tvm_mulayer.processors import cpu_processor
-from tvm_mulayer.schedules.common import num_vector_registers, vector_bits
+from tvm_mulayer.runtime.cross import export_fcompile
+from tvm_mulayer.base.processors import cpu_processor
+from tvm_mulayer.schedules.target import num_vector_registers, vector_bits
 from tvm_mulayer.schedules.cpu.dot_intrin import I8MM, dot_product_for
 
 from test_schedules_int8 import CONV_CASES, compile_scheduled, qconv_case, qdense_case
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 import aarch64_qemu_check  # noqa: E402  pylint: disable=wrong-import-position
+
+pytestmark = pytest.mark.cross  # full tier: aarch64 codegen, run under QEMU where installed
 
 # glibc triples: QEMU runs them with Debian's arm64 Python (an Android build would need bionic)
 TARGETS = {

@@ -265,12 +265,13 @@ def test_fp32_dense_loads_four_columns():
 
 
 def _zoo_layers():
-    from tvm_mulayer.profiler import zoo_configs  # pylint: disable=import-outside-toplevel
+    from tvm_mulayer.planning.profiler import zoo_configs  # pylint: disable=import-outside-toplevel
 
     return zoo_configs(fractions=(1.0,))
 
 
 @pytest.mark.parametrize("target", [CUDA, OPENCL], ids=["cuda", "opencl"])
+@pytest.mark.slow
 def test_every_zoo_layer_builds_in_fp16(target):
     """Every conv/dense shape of the five zoo models, in the quantized form; on CUDA every
     non-grouped conv with more than 16 channels runs on tensor cores."""
@@ -298,7 +299,7 @@ def test_dense_threads_along_k_divide_k(n, k, bits):
 
 
 def _direct_conv_tiles(cin, cout, hw, k, target):
-    from tvm_mulayer.schedules.cpu.conv2d import ConvInfo, find_conv_block
+    from tvm_mulayer.schedules.analysis import ConvInfo, find_conv_block
     from tvm_mulayer.schedules.gpu.conv2d import Conv2d
 
     func = layer_func("conv2d", (1, cin, hw, hw), (cout, cin, k, k), pad=k // 2, precision="fp32")

@@ -9,7 +9,8 @@ from tvm import relax, tirx
 from tvm.target import Target
 
 from tvm_mulayer import schedules
-from tvm_mulayer.processors import cpu_processor
+from tvm_mulayer.passes import PrepackWeights
+from tvm_mulayer.base.processors import cpu_processor
 from tvm_mulayer.schedules.cpu.dot_intrin import dot_product_for
 
 from isa import AVX2 as NO_VNNI
@@ -89,7 +90,7 @@ def compile_scheduled(mod, target, prepacked=True):
             mod[g_var] = func.with_attr("target", target)
     passes = [schedules.ScheduleForTargets(prepacked_weights=prepacked)]
     if prepacked:
-        passes += [relax.transform.SplitLayoutRewritePreproc(), schedules.PrepackWeights()]
+        passes += [relax.transform.SplitLayoutRewritePreproc(), PrepackWeights()]
     mod = tvm.transform.Sequential(passes)(mod)
     return tvm.compile(mod, target=target), mod
 
@@ -243,7 +244,7 @@ def test_prepack_weights_on_lifted_parameters():
         if isinstance(func, tirx.PrimFunc):
             mod[g_var] = func.with_attr("target", VNNI)
     mod = tvm.transform.Sequential([schedules.ScheduleForTargets(prepacked_weights=True),
-                                    relax.transform.SplitLayoutRewritePreproc(), schedules.PrepackWeights()])(mod)
+                                    relax.transform.SplitLayoutRewritePreproc(), PrepackWeights()])(mod)
     func = mod["main"]
     assert not any(g.name_hint.endswith("_weight_prepack") for g in mod.get_global_vars())
     (packed,) = func.attrs["params"]

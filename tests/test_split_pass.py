@@ -6,10 +6,10 @@ from __future__ import annotations
 import tvm
 from tvm import relax
 
-from tvm_mulayer.frontend import import_onnx
-from tvm_mulayer.layers import find_layers
+from tvm_mulayer.compiler.frontend import import_onnx
+from tvm_mulayer.base.layers import find_layers
 from tvm_mulayer.passes import SplitChannels
-from tvm_mulayer.plan import make_plan
+from tvm_mulayer.base.plan import make_plan
 
 LLVM = tvm.target.Target({"kind": "llvm"})
 

@@ -9,12 +9,12 @@ import tvm
 from tvm import relax
 
 import tvm_mulayer
-from tvm_mulayer.build import lower
-from tvm_mulayer.frontend import import_onnx
-from tvm_mulayer.layers import find_layers
+from tvm_mulayer.compiler.lowering import lower
+from tvm_mulayer.compiler.frontend import import_onnx
+from tvm_mulayer.base.layers import find_layers
 from tvm_mulayer.passes import OrderForOverlap
-from tvm_mulayer.plan import make_plan
-from tvm_mulayer.processors import cpu_processor, gpu_processor
+from tvm_mulayer.base.plan import make_plan
+from tvm_mulayer.base.processors import cpu_processor, gpu_processor
 
 
 def _kinds(module) -> list:
@@ -24,7 +24,7 @@ def _kinds(module) -> list:
     return out
 
 
-@pytest.mark.parametrize("gpu", ["cuda", "opencl"])
+@pytest.mark.parametrize("gpu", ["cuda", pytest.param("opencl", marks=pytest.mark.slow)])
 def test_gpu_presets_build_one_module_with_both_targets(small_zoo, gpu, tmp_path):
     executable = tvm_mulayer.compile(small_zoo["squeezenet1_1"], gpu=gpu, split=0.5)
     kinds = _kinds(executable.module.mod)
@@ -87,6 +87,7 @@ def test_order_for_overlap_moves_gpu_work_ahead_of_cpu_work():
     assert ops == ["relax.to_vdevice", "relax.exp", "relax.nn.relu", "relax.to_vdevice", "relax.add"]
 
 
+@pytest.mark.slow
 def test_artifact_round_trip_gives_the_same_outputs(small_zoo, tmp_path):
     model = small_zoo["alexnet"]
     executable = tvm_mulayer.compile(model, gpu="emulated", split=0.4)

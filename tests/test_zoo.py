@@ -1,4 +1,4 @@
-"""Tests for tvm_mulayer.zoo (onnx + onnxruntime only, no TVM)."""
+"""Tests for tvm_mulayer.base.zoo (onnx + onnxruntime only, no TVM)."""
 
 import time
 from collections import Counter
@@ -7,7 +7,7 @@ import numpy as np
 import onnx
 import pytest
 
-from tvm_mulayer import zoo
+from tvm_mulayer.base import zoo
 
 ort = pytest.importorskip("onnxruntime")
 
@@ -104,6 +104,7 @@ def test_names():
     assert zoo.NAMES == ("vgg16", "alexnet", "googlenet", "squeezenet1_1", "mobilenet_v1")
 
 
+@pytest.mark.slow
 def test_full_size_checker_and_counts(full_model):
     name, model = full_model
     # full_check runs strict shape inference, which also fails if the
@@ -133,6 +134,7 @@ def test_full_size_checker_and_counts(full_model):
             assert {f"fire{i}/squeeze1x1", f"fire{i}/expand1x1", f"fire{i}/expand3x3", f"fire{i}/concat"} <= names
 
 
+@pytest.mark.slow
 def test_full_size_googlenet_runs():
     # One full-size model in onnxruntime (the cheapest with every op kind of
     # the inception family): activations must stay O(1) at full size too.

@@ -6,7 +6,8 @@ model; `load(artifact_dir)` loads an exported one (with only the TVM runtime, to
 
 import os as _os
 
-from .errors import MulayerError
+from .base import __version__
+from .base.errors import MulayerError
 
 # In a source checkout passes/ and schedules/ sit beside this package; installing maps them in
 # as tvm_mulayer.passes and tvm_mulayer.schedules (pyproject's package-dir). Let a checkout on
@@ -15,7 +16,6 @@ _checkout = _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)))
 if _os.path.isfile(_os.path.join(_checkout, "pyproject.toml")) and _os.path.isdir(_os.path.join(_checkout, "passes")):
     __path__.append(_checkout)
 
-__version__ = "0.1.0"
 __all__ = ["MulayerError", "compile", "load", "__version__"]
 
 
@@ -28,7 +28,7 @@ def compile(model, cpu="host", gpu=None, split=0.5, shapes=None, predictor=None,
     (default: int8 on the CPU, fp16 on the GPU), "fp32", or overrides like "native,gpu=fp32";
     `calib`: calibration samples for the int8 slices (.npz, directory of .npy, or a saved
     calibration.json / artifact)."""
-    from .build import compile_model
+    from .api import compile_model
 
     return compile_model(model, cpu=cpu, gpu=gpu, split=split, shapes=shapes, predictor=predictor,
                          verify=verify, log=print, precision=precision, calib=calib, calib_method=calib_method,
@@ -38,6 +38,6 @@ def compile(model, cpu="host", gpu=None, split=0.5, shapes=None, predictor=None,
 def load(artifact_dir, weights=None):
     """Load an exported artifact directory into an `Executable` ready to `.run()`;
     `weights` (arrays of the artifact's shapes) replaces its weights.npz."""
-    from .runtime import load_artifact
+    from .runtime.executable import load_artifact
 
     return load_artifact(artifact_dir, weights=weights)

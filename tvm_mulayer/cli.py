@@ -1,4 +1,4 @@
-"""The `mulayer` command: compile, run, zoo."""
+"""The `mulayer` command: compile, run, plan, profile, train, deploy, zoo."""
 
 from __future__ import annotations
 
@@ -8,8 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import MulayerError, reported
-from .processors import CPU_PRESETS
+from .base.errors import MulayerError, reported
+from .base.processors import CPU_PRESETS
+from .runtime.deploy import DEFAULT_TIMEOUT as DEFAULT_RPC_TIMEOUT
+from .runtime.inputs import read_inputs
 
 
 def _parse_shapes(items) -> dict | None:
@@ -32,24 +34,6 @@ def _parse_split(text: str):
         return float(text)
     except ValueError:
         return text
-
-
-def _load_inputs(items, executable) -> dict | None:
-    if not items:
-        return None
-    inputs = {}
-    for item in items:
-        name, sep, path = item.partition("=")
-        if not sep:
-            if len(executable.inputs) != 1:
-                raise MulayerError(f"--input {item}: the model has inputs {sorted(executable.inputs)}; "
-                                   "write --input NAME=FILE.npy")
-            name, path = next(iter(executable.inputs)), item
-        try:
-            inputs[name] = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as err:
-            raise MulayerError(f"--input {item}: cannot read {path} as a .npy array ({err})") from None
-    return inputs
 
 
 def _add_processor_args(parser):
@@ -99,7 +83,7 @@ def cmd_compile(args) -> int:
 
 
 def _print_plan(executable) -> None:
-    from .report import plan_table
+    from .planning.report import plan_table
 
     print(plan_table(executable.plan, executable.cpu, executable.gpu, executable.crossing))
 
@@ -114,7 +98,7 @@ def cmd_run(args) -> int:
     else:
         executable = compile_model(source, **_compile_args(args))
     _print_plan(executable)
-    inputs = _load_inputs(args.input, executable)
+    inputs = read_inputs(args.input, executable.inputs)
     if inputs is None:
         print("no --input given: running on seeded random data")
     outputs = executable.run(inputs)
@@ -132,11 +116,11 @@ def cmd_run(args) -> int:
 
 
 def cmd_plan(args) -> int:
-    from .build import resolve_processors
-    from .frontend import import_onnx
-    from .partitioner import auto_plan, simulate
-    from .report import predicted_table
-    from .timeline import write_timeline
+    from .base.processors import resolve_processors
+    from .compiler.frontend import import_onnx
+    from .planning.partitioner import auto_plan, simulate
+    from .planning.report import predicted_table
+    from .planning.timeline import write_timeline
 
     cpu, gpu = resolve_processors(args.cpu, args.gpu)
     mod, info = import_onnx(args.model, _parse_shapes(args.shape))
@@ -151,7 +135,7 @@ def cmd_plan(args) -> int:
     lanes = {"predicted": events}
     if args.measure:
         from . import compile as compile_model
-        from .timeline import measured_events
+        from .planning.timeline import measured_events
 
         executable = compile_model(args.model, cpu=cpu, gpu=gpu, split=plan, shapes=_parse_shapes(args.shape),
                                    precision=args.precision)
@@ -162,8 +146,9 @@ def cmd_plan(args) -> int:
 
 
 def cmd_profile(args) -> int:
-    from .build import resolve_processors
-    from .profiler import FRACTIONS, configs_from_file, profile, profile_precisions, sampled_configs, zoo_configs
+    from .base.processors import resolve_processors
+    from .planning.profiler import FRACTIONS, profile, profile_precisions, sampled_configs, zoo_configs
+    from .base.records import configs_from_file
 
     cpu, gpu = resolve_processors(args.cpu, args.gpu)
     precisions = profile_precisions(args.precision)
@@ -179,8 +164,8 @@ def cmd_profile(args) -> int:
         configs += sampled_configs(configs, args.sampled)
     forms = f"CPU {'/'.join(precisions['cpu'])}, GPU {'/'.join(precisions['gpu'])}"
     if args.rpc or args.tracker:
-        from .deploy import connect
-        from .profiler import profile_remote
+        from .runtime.deploy import connect
+        from .planning.profiler import profile_remote
 
         session = connect(rpc=args.rpc, tracker=args.tracker, key=args.key)
         print(f"profiling {len(configs)} layer configurations ({forms}) on the remote {cpu.label()} and {gpu.label()}")
@@ -193,9 +178,9 @@ def cmd_profile(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from .build import resolve_processors
-    from .predictor import train
-    from .profiler import read_profiles
+    from .base.processors import resolve_processors
+    from .planning.predictor import train
+    from .base.records import read_profiles
 
     rows = read_profiles(args.profiles)
     cpu, gpu = resolve_processors(args.cpu, args.gpu)
@@ -216,7 +201,7 @@ def cmd_train(args) -> int:
             print(f"{role}: the fastest of each half of the passes agree within +-10% for "
                   f"{halves['within_10pct'] * 100:.1f}% (median difference {halves['median_difference'] * 100:.1f}%)")
     if args.runs:
-        from .partitioner import calibrate, whole_model_runs
+        from .planning.partitioner import calibrate, whole_model_runs
 
         multiple = max(cpu.channel_multiple, gpu.channel_multiple)
         print("whole model (ms): measured, layer kernels only, calibrated, calibrated without this model")
@@ -229,7 +214,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_zoo(args) -> int:
-    from . import zoo
+    from .base import zoo
 
     if args.zoo_command == "list":
         for name in zoo.NAMES:
@@ -248,6 +233,49 @@ def cmd_zoo(args) -> int:
 
     onnx.save(model, args.output)
     print(f"{args.name} written to {args.output}")
+    return 0
+
+
+def _add_deploy_parser(subparsers) -> None:
+    p = subparsers.add_parser("deploy", help="run an artifact on a remote device over TVM RPC")
+    p.add_argument("artifact", metavar="ARTIFACT_DIR")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--rpc", metavar="HOST:PORT", help="a TVM RPC server (python -m tvm.exec.rpc_server, "
+                                                          "the TVM RPC app)")
+    where.add_argument("--tracker", metavar="HOST:PORT", help="a TVM RPC tracker; needs --key")
+    p.add_argument("--key", help="device key registered with the tracker (with --rpc: the server's key, if any)")
+    p.add_argument("--input", action="append", metavar="NAME=FILE.npy", help="input data (repeatable)")
+    p.add_argument("-o", "--output", help="write outputs to this .npz, keyed by ONNX output names")
+    p.add_argument("--repeat", type=int, default=10, help="time N remote runs and print the median (0: no timing)")
+    p.add_argument("--timeout", type=float, default=DEFAULT_RPC_TIMEOUT,
+                   help="seconds to wait for a connection or a free server (default %(default)s)")
+    p.set_defaults(func=cmd_deploy)
+
+
+def cmd_deploy(args) -> int:
+    from .base.processors import Processor
+    from .runtime.deploy import connect, deploy
+    from .runtime.executable import read_manifest
+
+    if args.repeat < 0:
+        raise MulayerError("--repeat must be 0 or more")
+    manifest = read_manifest(args.artifact)
+    inputs = read_inputs(args.input, manifest["inputs"])
+    if inputs is None:
+        print("no --input given: running on seeded random data")
+    session = connect(rpc=args.rpc, tracker=args.tracker, key=args.key, timeout=args.timeout)
+    result = deploy(args.artifact, session, inputs, repeat=args.repeat)
+    for name, value in result["outputs"].items():
+        print(f"output {name}: shape {list(value.shape)} {value.dtype}, "
+              f"mean {float(np.mean(value)):.6g}, max {float(np.max(value)):.6g}")
+    if args.output:
+        np.savez(args.output, **result["outputs"])
+        print(f"outputs written to {args.output}")
+    if result["latency"] is not None:
+        cpu, gpu = Processor.from_json(manifest["cpu"]), Processor.from_json(manifest["gpu"])
+        target = args.rpc or f"{args.key} via {args.tracker}"
+        print(f"median latency over {args.repeat} remote runs: {result['latency'] * 1e3:.3f} ms "
+              f"({cpu.label()} + {gpu.label()} on {target})")
     return 0
 
 
@@ -328,8 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--width", type=float, help="channel width multiplier")
     e.add_argument("--image-size", type=int, help="input height and width")
     p.set_defaults(func=cmd_zoo)
-    from .deploy import add_parser as add_deploy_parser
-    add_deploy_parser(sub)
+    _add_deploy_parser(sub)
     return parser
 
 

@@ -2,10 +2,14 @@
 
 from tvm.s_tir import dlight as dl
 
+from .base import CPUScheduleRule
 from .conv2d import Conv2d
 from .dense import Dense
-from .elementwise import Fallback, Injective
+from .fallback import Fallback
+from .injective import Injective
 from .pool import Pool
+
+__all__ = ["CPUScheduleRule", "Conv2d", "Dense", "Pool", "Injective", "Fallback", "default_rules"]
 
 
 def default_rules(prepacked_weights: bool = False):

@@ -29,103 +29,25 @@ scheduled by conv2d_int8 instead.
 from __future__ import annotations
 
 from tvm import s_tir, tirx
-from tvm.sym.pattern import detect_linear_equation
+from tvm.s_tir import ScheduleError
 from tvm.target import Target
 
-from . import conv2d_int8
-from .dot_intrin import dot_product_for
-from ..common import (
-    NamedRule,
+from ..analysis import (
+    ConvInfo,
+    NotApplicable,
     best_divisor,
     block_name,
-    child_blocks,
-    const_int,
-    dtype_bits,
     inline_epilogue_chain,
     inline_producers,
-    iter_kinds,
-    is_spatial,
-    loop_extent,
-    num_cores,
-    num_vector_registers,
+    is_pointwise,
+    match_conv,
     try_reverse_compute_inline,
-    vector_bits,
-    spatial_loops,
 )
-
-
-class ConvInfo:  # pylint: disable=too-few-public-methods,too-many-instance-attributes
-    """Shapes of a conv2d reduction block, read from its loops and buffer accesses."""
-
-    def __init__(self, sch, block):
-        stmt = sch.get(block)
-        loops = sch.get_loops(block)
-        ext = [loop_extent(sch, l) for l in loops]
-        if any(e is None for e in ext):
-            raise ValueError("dynamic shape")
-        self.n, self.f, self.oh, self.ow, self.rc, self.kh, self.kw = ext
-        ivars = [iv.var for iv in stmt.iter_vars]
-        out = stmt.writes[0].source
-        self.out_dtype = str(out.dtype)
-        reads = [r for r in stmt.reads if not r.source.same_as(out)]
-        if len(reads) != 2:
-            raise ValueError("conv2d expects two inputs")
-        data, weight = reads
-        if len(data.region) != 4 or len(weight.region) != 4:
-            raise ValueError("not 4-D")
-        self.data_buffer = data.source
-        self.weight_buffer = weight.source
-        self.in_dtype = str(data.source.dtype)
-
-        def coef(expr, var):
-            res = detect_linear_equation(expr, [var])
-            return const_int(res[0]) if len(res) else None
-
-        self.stride_h = coef(data.region[2].min, ivars[2])
-        self.stride_w = coef(data.region[3].min, ivars[3])
-        if not self.stride_h or not self.stride_w:
-            raise ValueError("cannot read stride")
-        self.in_c = const_int(data.source.shape[1])
-        self.in_h = const_int(data.source.shape[2])
-        self.in_w = const_int(data.source.shape[3])
-        # depthwise: one input channel per output channel (channel index moves with ff)
-        ch = data.region[1].min
-        self.depthwise = self.rc == 1 and len(detect_linear_equation(ch, [ivars[1]])) > 0 and \
-            const_int(detect_linear_equation(ch, [ivars[1]])[0]) == 1
-        self.weight_bytes = self.f * self.rc * self.kh * self.kw * dtype_bits(self.in_dtype) // 8
-        self.input_bytes = self.in_c * self.in_h * self.in_w * dtype_bits(self.in_dtype) // 8
-
-
-def match_conv(rule, func, target: Target):
-    """(schedule, conv block, ConvInfo) when `func` is a static-shape NCHW conv2d for a
-    target `rule` serves, else None: the common start of every conv rule's `apply`."""
-    if not isinstance(func, tirx.PrimFunc) or not rule.is_target_available(target):
-        return None
-    sch = s_tir.Schedule(func)
-    conv = find_conv_block(sch)
-    if conv is None:
-        return None
-    try:
-        return sch, conv, ConvInfo(sch, conv)
-    except ValueError:
-        return None
-
-
-def find_conv_block(sch: s_tir.Schedule):
-    """The single conv2d NCHW reduction block of the function, or None."""
-    blocks = child_blocks(sch)
-    reductions = [b for b in blocks if not is_spatial(sch, b)]
-    if len(reductions) != 1:
-        return None
-    blk = reductions[0]
-    name = block_name(sch, blk)
-    if "conv2d" not in name or "nhwc" in name.lower():
-        return None
-    if iter_kinds(sch, blk) != "SSSSRRR":
-        return None
-    if len(sch.get_loops(blk)) != 7:
-        return None
-    return blk
+from ..target import dtype_bits, num_cores, num_vector_registers, vector_bits
+from . import conv2d_int8
+from .base import CPUScheduleRule
+from .blocks import pack_weights, pad_conv_iterations, schedule_injective_block, schedule_producer, write_back_at
+from .dot_intrin import dot_product_for
 
 
 def _pick_width_tile(ow: int, max_tile: int) -> tuple[int, bool]:
@@ -145,12 +67,6 @@ def _pick_channel_tile(f: int, target_fi: int) -> int:
     if d is not None:
         return d
     return target_fi  # predicated tail (odd split-layer channel counts)
-
-
-def is_pointwise(info: ConvInfo) -> bool:
-    """A 1x1, stride-1, unpadded conv with one group: a GEMM over the flattened pixels."""
-    return (info.kh == info.kw == 1 and info.stride_h == info.stride_w == 1 and not info.depthwise
-            and info.rc == info.in_c and (info.in_h, info.in_w) == (info.oh, info.ow))
 
 
 # Strided depthwise convs de-interleave their input only for output rows at least this long
@@ -184,10 +100,8 @@ def _gemm_tiles(info: ConvInfo, lanes: int, acc_budget: int) -> dict | None:
     return {"mode": "gemm", "FV": lanes, "FO": fo, "PU": pu, "KC": GEMM_K_CHUNK if chunked else None}
 
 
-class Conv2d(NamedRule):
+class Conv2d(CPUScheduleRule):
     """Direct NCHW conv2d with register tiling, parallel outer loops and fused epilogue."""
-
-    family = "cpu"
 
     def __init__(self, override: dict | None = None, prepacked_weights: bool = False):
         self.override = override
@@ -356,18 +270,17 @@ class Conv2d(NamedRule):
                 try:
                     sch.compute_at(blk, par, preserve_unit_loops=True)
                     continue
-                except Exception:  # pylint: disable=broad-except
+                except ScheduleError:
                     pass
-            _schedule_producer(sch, blk, target)
+            schedule_producer(sch, blk, target)
         return sch
-
 
     def schedule_fvec(self, sch: s_tir.Schedule, conv, info: ConvInfo, target: Target, t: dict):
         """Vectorize over output channels instead of width.
 
         The input value is a broadcast scalar, so stride and odd widths cost nothing; the
         weights are repacked to [F'/FV, I, KH, KW, FV], marked as a layout-rewrite preprocessor
-        (`conv2d_int8.pack_weights`: a build with prepacked weights runs it once, at compile
+        (`blocks.pack_weights`: a build with prepacked weights runs it once, at compile
         time; otherwise it runs per call, cheap when I*KH*KW*F is small, e.g. the first layer
         of a network). Output channels that are not a multiple of FV (274 -> 212) are padded
         to F' (zero weights; only the real channels are written): a predicate on the
@@ -378,8 +291,8 @@ class Conv2d(NamedRule):
         epilogues = inline_epilogue_chain(sch, conv)
         producers = inline_producers(sch, conv, keep=("pad_temp",))
         if info.f % fv_:
-            conv2d_int8.pad_conv_iterations(sch, conv, [1, fv_, 1, 1, 1, 1, 1])
-        pack = conv2d_int8.pack_weights(sch, conv, 1, lambda f, c, y, x: (f // fv_, c, y, x, f % fv_))
+            pad_conv_iterations(sch, conv, [1, fv_, 1, 1, 1, 1, 1])
+        pack = pack_weights(sch, conv, 1, lambda f, c, y, x: (f // fv_, c, y, x, f % fv_))
         n, ff, yy, xx, rc, ry, rx = sch.get_loops(conv)
         fo, fv = sch.split(ff, [None, fv_])
         xo, xu = sch.split(xx, [None, xu_])
@@ -399,8 +312,8 @@ class Conv2d(NamedRule):
             # the crop to the real channels and the epilogue read the accumulators under the
             # tile (inlining the epilogue into the padded write-back loses its width predicate)
             if epilogues is None:
-                raise ValueError("non-injective consumer")
-            conv2d_int8.write_back_at(sch, acc, xo)
+                raise NotApplicable("non-injective consumer")
+            write_back_at(sch, acc, xo)
         else:
             sch.reverse_compute_at(acc, xo, preserve_unit_loops=True)
             if epilogues and not (len(epilogues) == 1 and try_reverse_compute_inline(sch, epilogues[-1])):
@@ -411,7 +324,7 @@ class Conv2d(NamedRule):
         sch.decompose_reduction(conv, rc)
         schedule_injective_block(sch, pack, target, vectorize=False)
         for blk in producers:
-            _schedule_producer(sch, blk, target)
+            schedule_producer(sch, blk, target)
         return sch
 
     @staticmethod
@@ -432,10 +345,10 @@ class Conv2d(NamedRule):
         fb_, pu_, kc_ = t["FV"] * t["FO"], t["PU"], t["KC"]
         epilogues = inline_epilogue_chain(sch, conv)
         if epilogues is None:
-            raise ValueError("non-injective consumer")
+            raise NotApplicable("non-injective consumer")
         producers = inline_producers(sch, conv, keep=("pad_temp",))
-        conv2d_int8.pad_conv_iterations(sch, conv, [1, fb_, 1, 1, 1, 1, 1])  # whole FB blocks
-        pack = conv2d_int8.pack_weights(sch, conv, 1, lambda f, c, y, x: (f // fb_, c, y, x, f % fb_))
+        pad_conv_iterations(sch, conv, [1, fb_, 1, 1, 1, 1, 1])  # whole FB blocks
+        pack = pack_weights(sch, conv, 1, lambda f, c, y, x: (f // fb_, c, y, x, f % fb_))
 
         n, ff, yy, xx, rc, ry, rx = sch.get_loops(conv)
         pixels = sch.fuse(yy, xx)
@@ -456,58 +369,11 @@ class Conv2d(NamedRule):
         # accumulator tile [pixel][channel]: each FV run of channels is one register
         sch.transform_layout(conv, ("write", 0), lambda n_, f, y, x: (n_, y, x, f))
         # chunked: the accumulators of the whole channel block persist across chunks
-        conv2d_int8.write_back_at(sch, acc, par if kc_ else po)
+        write_back_at(sch, acc, par if kc_ else po)
         sch.decompose_reduction(conv, rco if kc_ else rc)
         schedule_injective_block(sch, pack, target, vectorize=False)
         for blk in producers:
-            _schedule_producer(sch, blk, target)
+            schedule_producer(sch, blk, target)
         return sch
 
 
-def schedule_injective_block(
-    sch: s_tir.Schedule, blk, target: Target, min_parallel: int = 4096, vectorize: bool = True
-):
-    """Parallel outer / vectorized inner for one spatial block at root level."""
-    shape = spatial_loops(sch, blk, target)
-    if shape is None:
-        return
-    loops, exts, total, vl = shape
-    inner = loops[-1]
-    inner_ext = exts[-1]
-    outer = loops[:-1]
-    if outer:
-        fused = sch.fuse(*outer) if len(outer) > 1 else outer[0]
-        if total >= min_parallel:
-            sch.parallel(fused)
-    elif total >= min_parallel and inner_ext > vl * 4:
-        fused, inner = sch.split(inner, [None, vl * 4])
-        sch.parallel(fused)
-        inner_ext = vl * 4
-    if vectorize and inner_ext >= 2:
-        if inner_ext % vl == 0 and inner_ext > vl:
-            _, v = sch.split(inner, [None, vl])
-            sch.vectorize(v)
-        elif inner_ext <= vl:
-            sch.vectorize(inner)
-
-
-def schedule_pad_block(sch: s_tir.Schedule, blk, target: Target):
-    """Zero-padding copy: parallel over channel planes; the border fill is split from the
-    interior copy (decompose_padding) so that both are branch-free streaming loops."""
-    loops = sch.get_loops(blk)
-    if len(loops) < 3:
-        schedule_injective_block(sch, blk, target)
-        return
-    par = sch.fuse(*loops[:-2])
-    sch.parallel(par)
-    try:
-        sch.decompose_padding(blk, sch.get_loops(blk)[1])
-    except Exception:  # pylint: disable=broad-except
-        pass
-
-
-def _schedule_producer(sch: s_tir.Schedule, blk, target: Target):
-    if "pad" in block_name(sch, blk):
-        schedule_pad_block(sch, blk, target)
-    else:
-        schedule_injective_block(sch, blk, target)

@@ -28,7 +28,7 @@ The Conv2d rule (conv2d.py) schedules a conv this way when `fits` and the target
 dot product (dot_intrin.py); otherwise (no VNNI, depthwise and grouped convs, input channel
 counts that are not a multiple of 4) it uses its generic int32 path. The split pass's int8
 slices of convs with more than 4 input channels read them zero-padded to a multiple of 4 on
-such a target (`quantization.slice_input_channels`), so those run here too.
+such a target (`dot_intrin.slice_input_channels`), so those run here too.
 """
 
 from __future__ import annotations
@@ -36,78 +36,14 @@ from __future__ import annotations
 from tvm import s_tir
 from tvm.target import Target
 
-from ..common import (
-    best_divisor,
-    block_name,
-    child_blocks,
-    inline_epilogue_chain,
-    inline_producers,
-    num_vector_registers,
-    try_compute_inline,
-)
-from . import conv2d  # the generic rule, which calls this one: imported as a module (cycle)
+from ..analysis import NotApplicable, best_divisor, inline_epilogue_chain, inline_producers
+from ..target import num_vector_registers
+from .blocks import pack_weights, pad_conv_iterations, producer_writing, schedule_producer, write_back_at
 from .dot_intrin import DEPTH, DotProduct
-
-LAYOUT_REWRITE_PREPROC = "meta_schedule.layout_rewrite_preproc"
 
 
 def is_u8_i8_i32(info_in_dtype: str, weight_dtype: str, out_dtype: str) -> bool:
     return (info_in_dtype, weight_dtype, out_dtype) == ("uint8", "int8", "int32")
-
-
-def producer_writing(sch: s_tir.Schedule, block, buffer):
-    """The producer block of `block` that writes `buffer`, or None."""
-    for prod in sch.get_producers(block):
-        if any(w.source.same_as(buffer) for w in sch.get(prod).writes):
-            return prod
-    return None
-
-
-def inline_crop(sch: s_tir.Schedule, block) -> None:
-    """pad_einsum copies the padded result into the original buffer with a crop block named
-    after the padded buffer; inline it into the epilogue that reads it (when there is one)."""
-    out_name = sch.get(block).writes[0].source.name
-    for consumer in sch.get_consumers(block):
-        if block_name(sch, consumer) == out_name:
-            try_compute_inline(sch, consumer)
-
-
-def blocks_after(sch: s_tir.Schedule, block) -> list:
-    blocks = child_blocks(sch)
-    names = [block_name(sch, b) for b in blocks]
-    return blocks[names.index(block_name(sch, block)) + 1 :]
-
-
-def pad_conv_iterations(sch: s_tir.Schedule, conv, padding: list) -> None:
-    """pad_einsum on an NCHW conv block (output channels rounded up to a whole register
-    block, ...): its input read y*s+ry is not an einsum index, so the input is reindexed
-    first and the reindexed copy inlined back; the crop of the padded result goes into the
-    epilogue."""
-    reindexed = sch.reindex(conv, ("read", 0))
-    sch.pad_einsum(conv, padding)
-    sch.compute_inline(reindexed)
-    inline_crop(sch, conv)
-
-
-def write_back_at(sch: s_tir.Schedule, acc, loop) -> None:
-    """Move the accumulator's write-back `acc` and the epilogue blocks after it under
-    `loop`, and inline the write-back: the epilogue then reads the accumulators directly."""
-    sch.reverse_compute_at(acc, loop, preserve_unit_loops=True)
-    for epi in blocks_after(sch, acc):
-        sch.reverse_compute_at(epi, loop, preserve_unit_loops=True)
-    try_compute_inline(sch, acc)
-
-
-def pack_weights(sch: s_tir.Schedule, block, read_index: int, index_map):
-    """Repack the weight `block` reads (through pad_einsum's zero-padding block when there is
-    one) into `index_map`'s layout, marked as a layout-rewrite preprocessor."""
-    weight = sch.get(block).reads[read_index].source
-    pack = producer_writing(sch, block, weight)
-    if pack is None:
-        pack = sch.cache_read(block, weight, "global")
-    sch.transform_layout(pack, ("write", 0), index_map)
-    sch.annotate(pack, LAYOUT_REWRITE_PREPROC, True)
-    return pack
 
 
 def schedule_weight_pack(sch: s_tir.Schedule, pack, lanes: int):
@@ -160,7 +96,7 @@ def schedule(sch: s_tir.Schedule, conv, info, target: Target, dot: DotProduct):
     lanes, fb_, xi_ = dot.lanes, t["FB"], t["XI"]
     epilogues = inline_epilogue_chain(sch, conv)
     if epilogues is None:
-        raise ValueError("non-injective consumer")
+        raise NotApplicable("non-injective consumer")
     producers = inline_producers(sch, conv, keep=("pad_temp",))
     # pad the output-channel domain to whole LANES blocks
     pad_conv_iterations(sch, conv, [1, lanes * fb_, 1, 1, DEPTH, 1, 1])
@@ -195,5 +131,5 @@ def schedule(sch: s_tir.Schedule, conv, info, target: Target, dot: DotProduct):
 
     schedule_weight_pack(sch, wpack, lanes)
     for blk in producers:
-        conv2d._schedule_producer(sch, blk, target)  # pylint: disable=protected-access
+        schedule_producer(sch, blk, target)
     return sch

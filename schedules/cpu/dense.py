@@ -7,76 +7,19 @@ activation fused into the register write-back. The kernel is bound by streaming 
 
 from __future__ import annotations
 
-from tvm import s_tir, tirx
+
 from tvm.target import Target
 
-from ..common import (
-    NamedRule,
-    child_blocks,
-    dtype_bits,
-    inline_epilogue_chain,
-    inline_producers,
-    iter_kinds,
-    is_spatial,
-    loop_extent,
-    num_cores,
-    try_reverse_compute_inline,
-    vector_bits,
-)
+from ..analysis import NotApplicable, inline_epilogue_chain, inline_producers, match_matmul, try_reverse_compute_inline
+from ..target import dtype_bits, num_cores, vector_bits
 from . import dense_int8
+from .base import CPUScheduleRule
+from .blocks import schedule_flat
 from .dot_intrin import dot_product_for
-from .elementwise import schedule_flat
 
 
-def match_matmul(rule, func, target: Target, max_rows: int):
-    """(schedule, matmul block, its loops, their extents) when `func` is a static-shape
-    [M<=max_rows, K] x [K, N] matmul for a target `rule` serves, else None: the common
-    start of the dense rules' `apply`."""
-    if not isinstance(func, tirx.PrimFunc) or not rule.is_target_available(target):
-        return None
-    sch = s_tir.Schedule(func)
-    blk, transposed = find_matmul(sch)
-    if blk is None or transposed:
-        return None
-    loops = sch.get_loops(blk)
-    exts = [loop_extent(sch, l) for l in loops]
-    if any(e is None for e in exts) or (len(exts) == 3 and exts[0] > max_rows):
-        return None
-    return sch, blk, loops, exts
-
-
-def find_matmul(sch: s_tir.Schedule):
-    """(block, transposed) for a single 'S..SR' x@W block, else (None, None)."""
-    blocks = child_blocks(sch)
-    reds = [b for b in blocks if not is_spatial(sch, b)]
-    if len(reds) != 1:
-        return None, None
-    blk = reds[0]
-    kinds = iter_kinds(sch, blk)
-    if kinds not in ("SSR", "SR"):
-        return None, None
-    stmt = sch.get(blk)
-    out = stmt.writes[0].source
-    reads = [r for r in stmt.reads if not r.source.same_as(out)]
-    if len(reads) != 2:
-        return None, None
-    ivars = [iv.var for iv in stmt.iter_vars]
-    n_var, k_var = ivars[-2], ivars[-1]
-    w = reads[1]
-    if len(w.region) != 2:
-        return None, None
-    i0, i1 = w.region[0].min, w.region[1].min
-    if i0.same_as(k_var) and i1.same_as(n_var):
-        return blk, False
-    if i0.same_as(n_var) and i1.same_as(k_var):
-        return blk, True
-    return None, None
-
-
-class Dense(NamedRule):
+class Dense(CPUScheduleRule):
     """GEMV-style dense with W laid out [K, N] (what Relax matmul and folded Gemm give)."""
-
-    family = "cpu"
 
     def __init__(self, split_k: bool | None = None, prepacked_weights: bool = False):
         self.split_k = split_k  # None: decide from the weight size
@@ -103,7 +46,7 @@ class Dense(NamedRule):
                 self._schedule_split_k(sch, blk, loops, exts, target)
             else:
                 self._schedule(sch, blk, loops, exts, target)
-        except Exception:  # pylint: disable=broad-except
+        except NotApplicable:
             return None
         return sch
 
@@ -115,7 +58,7 @@ class Dense(NamedRule):
         256 bytes it reads, which leaves the kernel at a fraction of memory bandwidth."""
         epilogues = inline_epilogue_chain(sch, blk)
         if epilogues is None:
-            raise ValueError("non-injective consumer")
+            raise NotApplicable("non-injective consumer")
         producers = inline_producers(sch, blk)
         bits = dtype_bits(sch.get(blk).writes[0].source.dtype)
         vl = max(vector_bits(target) // bits, 1)
@@ -175,7 +118,7 @@ class Dense(NamedRule):
     def _schedule(self, sch, blk, loops, exts, target):
         epilogues = inline_epilogue_chain(sch, blk)
         if epilogues is None:
-            raise ValueError("non-injective consumer")
+            raise NotApplicable("non-injective consumer")
         producers = inline_producers(sch, blk)
         bits = dtype_bits(sch.get(blk).writes[0].source.dtype)
         n, k = exts[-2], exts[-1]

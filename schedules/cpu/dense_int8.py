@@ -23,10 +23,11 @@ from __future__ import annotations
 
 from tvm.target import Target
 
-from ..common import inline_epilogue_chain, inline_producers, num_cores
-from .conv2d_int8 import inline_crop, is_u8_i8_i32, pack_weights, producer_writing, write_back_at
+from ..analysis import inline_epilogue_chain, inline_producers
+from ..target import num_cores
+from .blocks import inline_crop, pack_weights, producer_writing, schedule_flat, write_back_at
+from .conv2d_int8 import is_u8_i8_i32
 from .dot_intrin import DEPTH, DotProduct
-from .elementwise import schedule_flat
 
 
 def schedule(sch, blk, loops, exts, target: Target, dot: DotProduct):

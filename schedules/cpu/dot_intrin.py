@@ -33,7 +33,8 @@ from tvm.s_tir import TensorIntrin
 from tvm.script import tirx as T
 from tvm.target import Target
 
-from ..common import cpu_features
+from ..target import cpu_features
+
 
 DEPTH = 4  # products summed into each lane per instruction
 
@@ -127,3 +128,21 @@ def dot_product_for(target: Target) -> DotProduct | None:
     if "avxvnni" in feats:
         return _registered(AVX_VNNI)
     return None
+
+
+def slice_input_channels(layer, precision: str, target) -> int:
+    """The input channels a slice of `layer` in `precision` reads on `target` (a TVM target;
+    None: unknown). An int8 conv of one group and more input channels than the depth of the
+    CPU's dot-product instruction reads them zero-padded to whole groups of that depth: the
+    dot-product rule needs whole groups, and the generic int32 schedule ran such layers a
+    median 4x slower on the H200 host's 15 threads (BENCHMARKS.md). The padded channels meet
+    zero weights. A network's first layer (1-3 channels) keeps them: its padded input, one
+    group of channels, is repacked by at most 4 threads sharing cache lines, and most first
+    layers ran slower padded there (up to 4.6x). Every other slice reads the layer's own
+    channels."""
+    channels = layer.input_shape[1]
+    if precision != "int8" or layer.op != "conv2d" or layer.groups != 1 or target is None:
+        return channels
+    if channels <= DEPTH or dot_product_for(target) is None:
+        return channels
+    return -(-channels // DEPTH) * DEPTH

@@ -8,31 +8,28 @@ relu, ...) fused into the register write-back; the padding block computed per pa
 
 from __future__ import annotations
 
-from tvm import tirx
 from tvm.sym.pattern import detect_linear_equation
+from tvm.s_tir import ScheduleError
 from tvm.target import Target
 
-from ..common import (
-    NamedRule,
+from ..analysis import (
+    NotApplicable,
     best_divisor,
     block_name,
     const_int,
-    dtype_bits,
     inline_epilogue_chain,
     inline_producers,
-    num_cores,
-    try_reverse_compute_inline,
-    vector_bits,
     match_window_reduction,
+    try_reverse_compute_inline,
 )
-from .conv2d import schedule_injective_block, schedule_pad_block
-from .elementwise import schedule_flat
+from ..target import dtype_bits, num_cores, vector_bits
+from .base import CPUScheduleRule
+from .blocks import schedule_flat, schedule_injective_block, schedule_pad_block
 
 
-class Pool(NamedRule):
+class Pool(CPUScheduleRule):
     """One reduction block 'S..SR..R' (no multiply of two inputs) plus injective blocks."""
 
-    family = "cpu"
     plane_tasks = True  # parallel over whole planes (padding once per plane) when possible
 
     def apply(self, func, target: Target, tunable: bool):  # pylint: disable=unused-argument
@@ -42,55 +39,20 @@ class Pool(NamedRule):
         sch, red, loops, exts, ns = matched
         try:
             self._schedule(sch, red, loops, exts, ns, target)
-        except Exception:  # pylint: disable=broad-except
+        except NotApplicable:
             return None
         return sch
 
     @staticmethod
-    def _deinterleave(sch, red, producers, ns):
-        """Strided window along the innermost axis: store the input de-interleaved by the
-        stride (as the conv rule does) so vector loads of the window are contiguous."""
-        stmt = sch.get(red)
-        out = stmt.writes[0].source
-        reads = [r for r in stmt.reads if not r.source.same_as(out)]
-        if len(reads) != 1 or len(reads[0].region) != ns:
-            return
-        x_var = stmt.iter_vars[ns - 1].var
-        coef = detect_linear_equation(reads[0].region[ns - 1].min, [x_var])
-        stride = const_int(coef[0]) if len(coef) else None
-        if not stride or stride <= 1:
-            return
-        src = reads[0].source
-        pads = [b for b in producers if block_name(sch, b) == "pad_temp"]
-        if pads:
-            blk = pads[0]
-        else:
-            blk = sch.cache_read(red, src, "global")
-            producers.append(blk)
-        rank = len(src.shape)
-
-        def index_map(*idx):
-            return (*idx[: rank - 1], idx[rank - 1] % stride, idx[rank - 1] // stride)
-
-        # slots past the (padded) width that the layout adds are never read by any window
-        pad_value = tirx.const(0, str(src.dtype))
-        try:
-            sch.transform_layout(blk, ("write", 0), index_map, pad_value=pad_value)
-        except Exception:  # pylint: disable=broad-except
-            pass
-
-    @staticmethod
-    def _schedule(sch, red, loops, exts, ns, target, deinterleave=False):
+    def _schedule(sch, red, loops, exts, ns, target):
         epilogues = inline_epilogue_chain(sch, red)
         if epilogues is None:
-            raise ValueError("non-injective consumer")
+            raise NotApplicable("non-injective consumer")
         producers = inline_producers(sch, red, keep=("pad_temp",))
         bits = dtype_bits(sch.get(red).writes[0].source.dtype)
         vl = max(vector_bits(target) // bits, 1)
         s_loops, r_loops = loops[:ns], loops[ns:]
         x_ext = exts[ns - 1]
-        if deinterleave:  # measured slower than strided loads for 3x3/s2 pools: off
-            Pool._deinterleave(sch, red, producers, ns)
         # Output axes that the window slides along (e.g. H, W for pooling, C for LRN).
         win = Pool._window_axes(sch, red, ns)
         first_win = min(win) if win else ns - 1
@@ -131,23 +93,16 @@ class Pool(NamedRule):
         sch.decompose_reduction(red, r_loops[0])
         for blk in producers:
             if block_name(sch, blk) == "pad_temp":
-                placed = False
-                if pad_inside:
-                    try:
-                        sch.compute_at(blk, par, preserve_unit_loops=True)
-                        placed = True
-                    except Exception:  # pylint: disable=broad-except
-                        placed = False
-                if not placed:
-                    try:  # row tasks: the rows of padding the task's window needs
-                        sch.compute_at(blk, par, preserve_unit_loops=True)
-                        placed = True
-                    except Exception:  # pylint: disable=broad-except
-                        placed = False
+                # plane tasks pad their planes, row tasks the rows their windows need
+                try:
+                    sch.compute_at(blk, par, preserve_unit_loops=True)
+                    placed = True
+                except ScheduleError:
+                    placed = False
                 if placed and pad_inside:
                     try:  # fill value and interior copy as two branch-free loops
                         sch.decompose_padding(blk, sch.get_loops(blk)[1])
-                    except Exception:  # pylint: disable=broad-except
+                    except ScheduleError:
                         pass
                 if not placed:
                     schedule_pad_block(sch, blk, target)

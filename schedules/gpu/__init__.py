@@ -3,9 +3,15 @@ wins. dlight's Fallback, last, binds threads to anything left so every kernel bu
 
 from tvm.s_tir import dlight as dl
 
-from .conv2d import Conv2d, DepthwiseConv2d
+from .base import GPUScheduleRule
+from .conv2d import Conv2d
 from .dense import Dense
+from .depthwise_conv2d import DepthwiseConv2d
 from .pool import WindowPool
+from .tensor_core import TensorCoreGemm
+
+__all__ = ["GPUScheduleRule", "Conv2d", "DepthwiseConv2d", "Dense", "WindowPool", "TensorCoreGemm",
+           "default_rules"]
 
 
 def default_rules():

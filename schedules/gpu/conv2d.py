@@ -1,5 +1,5 @@
-"""GPU rules for NCHW conv2d: tensor-core implicit GEMM, direct convolution with shared-memory
-tiles, and depthwise.
+"""GPU rule for NCHW conv2d: tensor-core implicit GEMM, or direct convolution with
+shared-memory tiles (depthwise convs: depthwise_conv2d.py).
 
 Conv2d: float16 x float16 -> float32 convs (the quantized GPU slices) with groups 1 on CUDA
 sm_70+ go to ``tensor_core.TensorCoreGemm`` (wmma, any kernel size, stride, channel count).
@@ -11,9 +11,6 @@ accumulates from shared memory. The padding is fused into the shared-memory load
 bias/activation epilogue into the register write-back, so the kernel is one launch. On CUDA a
 short grid of long threads (a deep reduction on a small plane) is split into more blocks
 (`Conv2d.fill_grid`).
-
-DepthwiseConv2d: no reuse across channels, so one thread per output pixel, window unrolled,
-padding inlined, accumulator in a register.
 """
 
 from __future__ import annotations
@@ -22,26 +19,19 @@ import tvm
 from tvm import s_tir
 from tvm.target import Target
 
-from ..common import (
-    NamedRule,
+from ..analysis import (
+    ConvInfo,
+    NotApplicable,
     best_divisor,
     block_name,
     child_blocks,
     inline_epilogue_chain,
-    inline_producers,
+    match_conv,
     try_compute_inline,
-    try_reverse_compute_inline,
 )
-from ..cpu.conv2d import ConvInfo, match_conv
+from .base import GPUScheduleRule, max_threads
+from .blocks import cooperative_fetch, finish_epilogue
 from .tensor_core import TARGET_BLOCKS, TensorCoreGemm
-
-
-def _max_threads(target: Target) -> int:
-    for key in ("max_threads_per_block", "max_num_threads"):
-        val = target.attrs.get(key, None)
-        if val is not None:
-            return int(val)
-    return 256
 
 
 def _pow2_at_most(n: int, cap: int) -> int:
@@ -51,66 +41,14 @@ def _pow2_at_most(n: int, cap: int) -> int:
     return p
 
 
-def _finish_epilogue(sch, acc, epilogues, target):
-    if epilogues:
-        if not (len(epilogues) == 1 and try_reverse_compute_inline(sch, epilogues[-1])):
-            for epi in epilogues:
-                bind_flat(sch, epi, target)
-
-
-def thread_per_output(sch: s_tir.Schedule, block, spatial: int, epilogues: list, target: Target):
-    """One thread per output element of a reduction `block` (its first `spatial` loops fused
-    and bound), the reduction loops (a small window) unrolled in the thread, the accumulator
-    in a register and `epilogues` fused into its write-back."""
-    loops = sch.get_loops(block)
-    fused = sch.fuse(*loops[:spatial])
-    bx, tx = sch.split(fused, [None, min(256, _max_threads(target))])
-    sch.bind(bx, "blockIdx.x")
-    sch.bind(tx, "threadIdx.x")
-    for loop in loops[spatial:]:
-        sch.unroll(loop)
-    acc = sch.cache_write(block, 0, "local")
-    sch.reverse_compute_at(acc, tx, preserve_unit_loops=True)
-    _finish_epilogue(sch, acc, epilogues, target)
-    sch.decompose_reduction(block, loops[spatial])
-
-
-def bind_flat(sch: s_tir.Schedule, blk, target: Target, threads: int | None = None):
-    """Fuse a spatial block's loops and bind them to blockIdx.x / threadIdx.x."""
-    loops = sch.get_loops(blk)
-    if not loops:
-        loops = [sch.add_unit_loop(blk)]
-    fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
-    bx, tx = sch.split(fused, [None, threads or min(256, _max_threads(target))])
-    sch.bind(bx, "blockIdx.x")
-    sch.bind(tx, "threadIdx.x")
-
-
-def _cooperative_fetch(sch, blk, thread_extents, vec: int = 1):
-    loops = sch.get_loops(blk)
-    # loops above the copy are the compute_at loops; the copy's own loops follow them
-    n_outer = len(sch.get_loops(blk)) - len(sch.get(blk).iter_vars)
-    inner = loops[n_outer:]
-    fused = sch.fuse(*inner) if len(inner) > 1 else inner[0]
-    names = ["threadIdx.z", "threadIdx.y", "threadIdx.x"][-len(thread_extents):]
-    factors = [None] + list(thread_extents) + ([vec] if vec > 1 else [])
-    parts = sch.split(fused, factors)
-    for loop, name in zip(parts[1 : 1 + len(thread_extents)], names):
-        sch.bind(loop, name)
-    if vec > 1:
-        sch.vectorize(parts[-1])
-
-
 SHARED_LIMIT = 48 * 1024  # bytes of static shared memory per block (CUDA; OpenCL local memory is 32+ KiB)
 MIN_CHAIN = 2000  # multiply-adds per thread from which fill_grid splits a short grid
 MIN_BLOCK_THREADS = 64  # fill_grid's floor
 
 
-class Conv2d(NamedRule):
+class Conv2d(GPUScheduleRule):
     """Tensor-core implicit GEMM where it applies, else direct conv2d with shared-memory
     input/weight tiles and register accumulators."""
-
-    family = "gpu"
 
     def apply(self, func, target: Target, tunable: bool):
         matched = match_conv(self, func, target)
@@ -126,13 +64,13 @@ class Conv2d(NamedRule):
             return None  # a plain GEMM: dlight's Matmul (implicit GEMM) handles it better
         try:
             self.schedule(sch, conv, info, target)
-        except Exception:  # pylint: disable=broad-except
+        except NotApplicable:
             return None
         return sch
 
     @staticmethod
     def tiles(info: ConvInfo, target: Target) -> dict:
-        max_t = _max_threads(target)
+        max_t = max_threads(target)
         # Tiles divide the output exactly: a predicated tail keeps TVM from compacting the
         # shared-memory buffers to the tile (a 55x55 AlexNet output staged the whole padded
         # input, 712 KB, in shared memory).
@@ -157,7 +95,7 @@ class Conv2d(NamedRule):
             elif tiles["TY"] > 1:
                 tiles["TY"] //= 2
             else:
-                raise ValueError("no tiling fits shared memory")
+                raise NotApplicable("no tiling fits shared memory")
         return tiles
 
     @staticmethod
@@ -210,7 +148,7 @@ class Conv2d(NamedRule):
             if block_name(sch, blk) == "pad_temp":
                 pad = blk
             elif not try_compute_inline(sch, blk):
-                raise ValueError("unexpected producer")
+                raise NotApplicable("unexpected producer")
         n, ff, yy, xx, rc, ry, rx = sch.get_loops(conv)
         bf, tf, fi = sch.split(ff, [None, t["TF"], t["FI"]])
         by, ty = sch.split(yy, [None, t["TY"]])
@@ -226,7 +164,7 @@ class Conv2d(NamedRule):
 
         acc = sch.cache_write(conv, 0, "local")
         sch.reverse_compute_at(acc, tx, preserve_unit_loops=True)
-        _finish_epilogue(sch, acc, epilogues, target)
+        finish_epilogue(sch, acc, epilogues, target)
 
         grouped = info.in_c != info.rc
         extents = [t["TF"], t["TY"], t["TX"]]
@@ -238,33 +176,11 @@ class Conv2d(NamedRule):
             sch.compute_at(d_sh, rco, preserve_unit_loops=True)
             if pad is not None:
                 sch.compute_inline(pad)  # padding happens while staging into shared memory
-            _cooperative_fetch(sch, d_sh, extents)
+            cooperative_fetch(sch, d_sh, extents)
         elif pad is not None:
             sch.compute_inline(pad)
         w_sh = sch.cache_read(conv, info.weight_buffer, "shared")
         sch.compute_at(w_sh, rco, preserve_unit_loops=True)
-        _cooperative_fetch(sch, w_sh, extents)
+        cooperative_fetch(sch, w_sh, extents)
         sch.decompose_reduction(conv, rco)
-        return sch
-
-
-class DepthwiseConv2d(NamedRule):
-    """Depthwise conv2d: a thread per output pixel, unrolled window, fused pad/epilogue."""
-
-    family = "gpu"
-
-    def apply(self, func, target: Target, tunable: bool):  # pylint: disable=unused-argument
-        matched = match_conv(self, func, target)
-        if matched is None:
-            return None
-        sch, conv, info = matched
-        if not info.depthwise:
-            return None
-        try:
-            epilogues = inline_epilogue_chain(sch, conv)
-            if inline_producers(sch, conv):  # the padding too: read through a select
-                return None
-            thread_per_output(sch, conv, 4, epilogues, target)
-        except Exception:  # pylint: disable=broad-except
-            return None
         return sch

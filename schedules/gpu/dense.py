@@ -20,17 +20,16 @@ from __future__ import annotations
 
 from tvm.target import Target
 
-from ..common import NamedRule, best_divisor, dtype_bits, inline_epilogue_chain, inline_producers
-from ..cpu.dense import match_matmul
-from .conv2d import _finish_epilogue, _max_threads, bind_flat
+from ..analysis import NotApplicable, best_divisor, inline_epilogue_chain, inline_producers, match_matmul
+from ..target import dtype_bits
+from .base import GPUScheduleRule, max_threads
+from .blocks import bind_flat, finish_epilogue
 
 LOAD_BYTES = 16  # one 128-bit load per thread and row
 
 
-class Dense(NamedRule):
+class Dense(GPUScheduleRule):
     """GEMV-shaped matmul: [M<=8, K] x [K, N]."""
-
-    family = "gpu"
 
     @staticmethod
     def tiles(n: int, k: int, w_bits: int, max_threads: int) -> dict:
@@ -51,7 +50,7 @@ class Dense(NamedRule):
         sch, blk, loops, exts = matched
         try:
             w_bits = dtype_bits(sch.get(blk).reads[-1].source.dtype)
-            t = self.tiles(exts[-2], exts[-1], w_bits, _max_threads(target))
+            t = self.tiles(exts[-2], exts[-1], w_bits, max_threads(target))
             epilogues = inline_epilogue_chain(sch, blk)
             for producer in inline_producers(sch, blk):
                 bind_flat(sch, producer, target)
@@ -96,7 +95,7 @@ class Dense(NamedRule):
                 for epilogue in epilogues:
                     sch.reverse_compute_at(epilogue, lane, preserve_unit_loops=True)
             else:
-                _finish_epilogue(sch, None, epilogues, target)
-        except Exception:  # pylint: disable=broad-except
+                finish_epilogue(sch, None, epilogues, target)
+        except NotApplicable:
             return None
         return sch

@@ -13,14 +13,14 @@ from __future__ import annotations
 
 from tvm.target import Target
 
-from ..common import NamedRule, inline_epilogue_chain, inline_producers, match_window_reduction
-from .conv2d import thread_per_output
+from ..analysis import NotApplicable, inline_epilogue_chain, inline_producers, match_window_reduction
+from .base import GPUScheduleRule
+from .blocks import thread_per_output
 
 
-class WindowPool(NamedRule):
+class WindowPool(GPUScheduleRule):
     """A window reduction of at most `max_window` elements per output, one thread each."""
 
-    family = "gpu"
     max_window = 32
 
     def apply(self, func, target: Target, tunable: bool):  # pylint: disable=unused-argument
@@ -40,6 +40,6 @@ class WindowPool(NamedRule):
             if inline_producers(sch, red):  # the padding too: read through a select
                 return None
             thread_per_output(sch, red, ns, epilogues, target)
-        except Exception:  # pylint: disable=broad-except
+        except NotApplicable:
             return None
         return sch

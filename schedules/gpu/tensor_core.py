@@ -47,8 +47,9 @@ from tvm.s_tir.dlight.gpu.matmul import (
 )
 from tvm.target import Target
 
-from ..common import NamedRule, child_blocks, const_int
+from ..analysis import NotApplicable, child_blocks, const_int
 from . import wmma
+from .base import GPUScheduleRule
 
 FRAG = wmma.FRAG
 WARP = 32
@@ -166,17 +167,16 @@ def gemm_tiles(m: int, n: int, k: int, window: int = 1, stages: int = 2, in_chan
                      vector_w=vector_w, channels_inner=channels_inner)
 
 
-def _is_sm70_cuda(target: Target) -> bool:
+def is_sm70_cuda(target: Target) -> bool:
     if target.kind.name != "cuda":
         return False
     arch = str(target.attrs.get("arch", ""))
     return arch.startswith("sm_") and arch[3:5].isdigit() and int(arch[3:5]) >= 70
 
 
-class TensorCoreGemm(NamedRule):
+class TensorCoreGemm(GPUScheduleRule):
     """conv2d (groups 1) / matmul with float16 inputs and a float32 accumulator, on wmma."""
 
-    family = "gpu"
     min_pixels = 16  # fewer pixels (a dense layer's single row) is a GEMV: gpu.Dense
     # At most one fragment row of channels (a split's 13-channel tail) the im2col gather is
     # amortised over too few outputs: the direct rule was 1.9-2.4x faster on the H100.
@@ -184,7 +184,7 @@ class TensorCoreGemm(NamedRule):
     stages = 2  # the K loop double-buffered (see gemm_tiles)
 
     def apply(self, func, target: Target, tunable: bool):  # pylint: disable=unused-argument
-        if not isinstance(func, tirx.PrimFunc) or not _is_sm70_cuda(target):
+        if not isinstance(func, tirx.PrimFunc) or not is_sm70_cuda(target):
             return None
         sch = s_tir.Schedule(func)
         reductions = get_reduction_blocks(sch, child_blocks(sch))
@@ -200,7 +200,7 @@ class TensorCoreGemm(NamedRule):
         try:
             window, in_channels = self.k_extents(sch.get(main))
             self.schedule(sch, main, gemm_tiles(m, n, k, window, self.stages, in_channels))
-        except Exception:  # pylint: disable=broad-except
+        except NotApplicable:
             return None
         return sch
 

@@ -15,7 +15,7 @@ activations stay O(1) through the whole network for a standard-normal input.
 
 This module only needs numpy and onnx (no TVM).
 
-    >>> from tvm_mulayer import zoo
+    >>> from tvm_mulayer.base import zoo
     >>> model = zoo.build("googlenet", **zoo.small("googlenet"))
 """
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from .plan import Plan
-from .processors import Processor
+from ..base.plan import Plan
+from ..base.processors import Processor
 
 
 def _shape(shape) -> str:

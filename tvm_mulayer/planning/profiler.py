@@ -12,7 +12,7 @@ interrupted run resume.
 
 Each configuration also carries the *precision* its slice computes in (CPU: int8 or fp32,
 GPU: fp16 or fp32; see `tvm_mulayer.quantization`). Its kernel is the one the split pass
-emits for that slice — built by the split pass's own `_slice_layer` from the slice's input
+emits for that slice — built by the split pass's own `slice_layer` from the slice's input
 form (uint8, float16 or float32), its weights lifted into parameters and repacked at compile
 time as `build.lower` does — so an int8 configuration times exactly uint8 x int8 -> int32 plus its
 dequantize, and an fp16 one float16 inputs with float32 accumulation. Converting the input
@@ -30,26 +30,22 @@ from __future__ import annotations
 
 import collections
 import csv
-import gzip
 import itertools
 import json
 import platform
 import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
-from .errors import MulayerError
-from .layers import Layer
-from .quantization import CPU_PRECISIONS, GPU_PRECISIONS, parse_precision
+from ..base.errors import MulayerError
+from ..base.layers import Layer
+from ..base.quantization import CPU_PRECISIONS, GPU_PRECISIONS, parse_precision
+from ..base.records import CSV_FIELDS, FLOAT32, KERNEL_KINDS, config_key, layer_from_key, read_rows
 
 FRACTIONS = tuple(i / 8 for i in range(1, 9))  # the partitioner's ratios
 COPY_SIZES = tuple(2**k for k in range(10, 25, 2))  # 1 KiB .. 16 MiB
-KERNEL_KINDS = {False: "kernel", True: "kernel-concurrent"}
-CSV_FIELDS = ("kind", "role", "processor", "config", "bytes", "seconds", "device", "tvm", "recorded")
-FLOAT32 = "fp32"
 ROLE_PRECISIONS = {"cpu": CPU_PRECISIONS, "gpu": GPU_PRECISIONS}
 # what an input is converted to before a slice of each precision reads it
 CONVERTED_DTYPE = {"int8": "uint8", "fp16": "float16"}
@@ -57,43 +53,6 @@ CONVERTED_DTYPE = {"int8": "uint8", "fp16": "float16"}
 # (zero point 0). The range changes the scale, not the kernel's work. (Inputs with negative
 # values, a network's first layer, are padded with the zero point by a separate kernel.)
 PROFILE_INPUT_RANGE = (0.0, 4.0)
-
-
-def config_key(layer: Layer, precision: str = FLOAT32) -> str:
-    """The CSV/predictor key of a layer configuration computing in `precision`. float32
-    keys have no precision field, so they are the keys older profiles wrote."""
-    fields = asdict(layer)
-    fields.pop("name")
-    if precision != FLOAT32:
-        fields["precision"] = precision
-    return json.dumps(fields, sort_keys=True)
-
-
-def parse_config(key: str) -> tuple[Layer, str]:
-    """(layer, precision) of a configuration key; a key without a precision is float32."""
-    fields = json.loads(key)
-    precision = fields.pop("precision", FLOAT32)
-    if precision not in {*CPU_PRECISIONS, *GPU_PRECISIONS}:
-        raise MulayerError(f"profile configuration has precision {precision!r}; "
-                           f"known: {', '.join(sorted({*CPU_PRECISIONS, *GPU_PRECISIONS}))}")
-    return Layer(name="", **{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}), precision
-
-
-def layer_from_key(key: str) -> Layer:
-    return parse_config(key)[0]
-
-
-def configs_from_file(path) -> list[Layer]:
-    """The layer configurations of a JSON list of configuration keys (as a profile's config
-    column holds them; a key's precision is dropped, the profiler measures each layer in
-    every precision it is asked for), each once, in the file's order."""
-    try:
-        keys = json.loads(Path(path).read_text())
-        layers = [layer_from_key(key) for key in keys]
-    except (OSError, ValueError, TypeError, KeyError) as err:
-        raise MulayerError(f"cannot read configurations from {path}: {err}; give a JSON list of configuration keys "
-                           "(a profile CSV's config column)") from None
-    return list({config_key(layer): layer for layer in layers}.values())
 
 
 def profile_precisions(specs=("native", "fp32")) -> dict:
@@ -115,10 +74,10 @@ def zoo_configs(models=None, fractions=FRACTIONS, image_size: int = 224, width: 
     """Every splittable layer of the zoo models, cut to both parts of each split at
     `fractions` (rounded as the partitioner rounds them, to `channel_multiple`); with
     `small`, of the models' small variants (`zoo.small`) instead of `image_size`/`width`."""
-    from . import zoo
-    from .frontend import import_onnx
-    from .layers import find_layers
-    from .plan import round_split
+    from ..base import zoo
+    from ..compiler.frontend import import_onnx
+    from ..base.layers import find_layers
+    from ..base.plan import round_split
 
     seen, configs = set(), []
     for name in models or zoo.NAMES:
@@ -212,21 +171,21 @@ def _layer_call(layer: Layer, x, w):
 
 def input_form(precision: str):
     """The `Form` of a profiled slice's input in `precision` (int8: over the profile's range)."""
-    from .quantization import input_form as slice_input_form
+    from ..base.quantization import input_form as slice_input_form
 
     return slice_input_form(precision, PROFILE_INPUT_RANGE)
 
 
 def slice_function(bb, name: str, layer: Layer, precision: str, weight=None, bias=None, target=None):
     """Add `name(x)` = relu(slice) to `bb`: the layer slice the split pass emits for a layer
-    configuration in `precision` on `target` — its `_slice_layer` on an input already in the
+    configuration in `precision` on `target` — its `slice_layer` on an input already in the
     slice's form (`slice_input_shape`), constant weights, the folded bias and the dequantize
     included. Weights and bias are constants, 0.5 unless given (a kernel's speed does not
     depend on their values; no denormals)."""
     from tvm import relax
     from tvm.relax import op
 
-    from .passes.split_channels import _slice_layer
+    from ..passes.split_channels import slice_layer
 
     form = input_form(precision)
     x = relax.Var("x", relax.TensorType(slice_input_shape(layer, precision, target), form.dtype))
@@ -239,7 +198,7 @@ def slice_function(bb, name: str, layer: Layer, precision: str, weight=None, bia
     padding = list(layer.padding) if layer.op == "conv2d" else None
     with bb.function(name, [x]):
         with bb.dataflow():
-            y = bb.emit(_slice_layer(original, layer, layer.channels, x, weight, bias, precision, form, padding))
+            y = bb.emit(slice_layer(original, layer, layer.channels, x, weight, bias, precision, form, padding))
             out = bb.emit_output(op.nn.relu(y))
         bb.emit_func_output(out)
 
@@ -252,13 +211,13 @@ def conversion_function(bb, name: str, dtype: str, nbytes: int):
     quantize to uint8 with the profile's range, or the cast to float16)."""
     from tvm import relax
 
-    from .passes.split_channels import _convert
+    from ..passes.split_channels import convert_to_form
 
     precision = {v: k for k, v in CONVERTED_DTYPE.items()}[dtype]
     x = relax.Var("x", relax.TensorType((1, nbytes // 4), "float32"))
     with bb.function(name, [x]):
         with bb.dataflow():
-            out = bb.emit_output(_convert(x, input_form(precision)))
+            out = bb.emit_output(convert_to_form(x, input_form(precision)))
         bb.emit_func_output(out)
 
 
@@ -270,7 +229,7 @@ def slice_input_shape(layer: Layer, precision: str, target) -> tuple:
     """The shape of the input a slice kernel reads on `target` (`slice_input_channels`: an
     int8 conv on a dot-product CPU reads its channels padded, the pad being part of the
     input's conversion)."""
-    from .quantization import slice_input_channels
+    from ..schedules.cpu.dot_intrin import slice_input_channels
 
     shape = list(layer.input_shape)
     shape[1] = slice_input_channels(layer, precision, target)
@@ -302,9 +261,10 @@ def build_kernels(items: list[tuple[Layer, str]], processor, host, conversions=(
     import tvm
     from tvm import relax
 
-    from .build import vm_pipeline
-    from .passes import LiftWeights
-    from .schedules import PrepackWeights, ScheduleForTargets
+    from ..compiler.lowering import vm_pipeline
+    from ..passes import LiftWeights
+    from ..passes import PrepackWeights
+    from ..schedules import ScheduleForTargets
 
     target = processor.tvm_target(host)
     mod = slice_module(items, conversions, values, target)
@@ -481,24 +441,6 @@ def _device_description(processor, threads: int | None = None) -> str:
     return f"{processor.device_type} {getattr(device, 'device_name', '')}".strip()
 
 
-def read_rows(path: Path) -> list[dict]:
-    """The rows of a profile (.csv, or .csv.gz: profiles compress ~15x, which keeps the
-    ones kept in a repository small)."""
-    path = Path(path)
-    if not path.is_file():  # never read as empty: a mistyped path would drop a profile silently
-        raise MulayerError(f"no such profile: {path}")
-    with (gzip.open(path, "rt", newline="") if path.suffix == ".gz" else open(path, newline="")) as handle:
-        return list(csv.DictReader(handle))
-
-
-def read_profiles(paths) -> list[dict]:
-    """The rows of several profiles, one after the other (every missing path named at once)."""
-    missing = [str(path) for path in paths if not Path(path).is_file()]
-    if missing:
-        raise MulayerError(f"no such profile: {', '.join(missing)}")
-    return [row for path in paths for row in read_rows(path)]
-
-
 def _kernel_row(kind, role, processor, layer, precision, seconds, stamp, threads) -> dict:
     import tvm
 
@@ -661,7 +603,7 @@ def profile(csv_path, cpu, gpu, configs: list[Layer], *, precisions: dict | None
     copies between them; append to `csv_path`, skipping what it already holds (so an
     interrupted run resumes). Kernels are compiled and timed `batch` at a time, each in
     `passes` sweeps over its batch."""
-    from .runtime import cpu_threads, tvm_device
+    from ..runtime.devices import cpu_threads, tvm_device
 
     threads = cpu_threads(cpu, gpu)
     devices = [tvm_device(cpu, 0), tvm_device(gpu, 1)]
@@ -677,7 +619,7 @@ def profile_remote(session, csv_path, cpu, gpu, configs: list[Layer], *, precisi
     kernels are compiled here, uploaded, and timed there."""
     import tempfile
 
-    from .deploy import remote_devices
+    from ..runtime.deploy import remote_devices
 
     with tempfile.TemporaryDirectory() as tmp:
         uploads = []
@@ -727,8 +669,8 @@ def measure_exported(directory, csv_path, *, quiet: bool = False, passes: int = 
     `passes` sweeps over all of them; appends to `csv_path`, skipping what it already holds."""
     import tvm
 
-    from .processors import Processor
-    from .runtime import cpu_threads, tvm_device
+    from ..base.processors import Processor
+    from ..runtime.devices import cpu_threads, tvm_device
 
     src = Path(directory)
     spec = json.loads((src / "configs.json").read_text())

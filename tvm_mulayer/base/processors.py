@@ -155,6 +155,14 @@ def default_gpu(cpu: Processor) -> Processor:
     return gpu_processor("emulated", cpu)
 
 
+def resolve_processors(cpu: "Processor | str | dict" = "host", gpu: "Processor | str | dict | None" = None) -> tuple:
+    """(CPU, GPU) Processors from presets, target JSON or Processors; GPU None: `default_gpu`."""
+    cpu_proc = cpu if isinstance(cpu, Processor) else cpu_processor(cpu)
+    if gpu is None:
+        return cpu_proc, default_gpu(cpu_proc)
+    return cpu_proc, gpu if isinstance(gpu, Processor) else gpu_processor(gpu, cpu_proc)
+
+
 def _parse_json_spec(spec) -> dict | None:
     if isinstance(spec, dict):
         return dict(spec)

@@ -21,8 +21,10 @@ take float16 inputs with float32 accumulation at full rate, so nothing is lost.
 
 from __future__ import annotations
 
+import json
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -40,6 +42,8 @@ DEFAULT_MODE = "native"
 MAX_WEIGHT_ERROR = 0.03
 UINT8_MAX = 255
 INT8_MAX = 127
+CALIBRATION_FORMAT = "tvm-mulayer-calibration/1"
+CALIBRATION_FILE = "calibration.json"
 
 
 def parse_precision(text: str | dict | None) -> dict:
@@ -96,26 +100,6 @@ def input_form(precision: str, input_range) -> Form:
     if precision == "int8":
         return Form("uint8", *activation_qparams(*input_range))
     return Form("float16") if precision == "fp16" else FLOAT32_FORM
-
-
-def slice_input_channels(layer, precision: str, target) -> int:
-    """The input channels a slice of `layer` in `precision` reads on `target` (a TVM target;
-    None: unknown). An int8 conv of one group and more input channels than the depth of the
-    CPU's dot-product instruction reads them zero-padded to whole groups of that depth: the
-    dot-product rule needs whole groups, and the generic int32 schedule ran such layers a
-    median 4x slower on the H200 host's 15 threads (BENCHMARKS.md). The padded channels meet
-    zero weights. A network's first layer (1-3 channels) keeps them: its padded input, one
-    group of channels, is repacked by at most 4 threads sharing cache lines, and most first
-    layers ran slower padded there (up to 4.6x). Every other slice reads the layer's own
-    channels."""
-    channels = layer.input_shape[1]
-    if precision != "int8" or layer.op != "conv2d" or layer.groups != 1 or target is None:
-        return channels
-    from .schedules.cpu.dot_intrin import DEPTH, dot_product_for
-
-    if channels <= DEPTH or dot_product_for(target) is None:
-        return channels
-    return -(-channels // DEPTH) * DEPTH
 
 
 def quantize_weights(weight: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
@@ -205,3 +189,35 @@ def _int8_obstacle(layer, weight, ranges) -> str:
     if error > MAX_WEIGHT_ERROR:
         return f"int8 weights would be {error:.1%} off (outlier weights; limit {MAX_WEIGHT_ERROR:.0%})"
     return ""
+
+
+@dataclass
+class Calibration:
+    """The calibrated input range of each layer an int8 slice reads (`tvm_mulayer.compiler.calibration`
+    computes it; artifacts keep it as calibration.json)."""
+
+    method: str
+    samples: int
+    source: str
+    ranges: dict = field(default_factory=dict)  # layer name -> [lo, hi] of its input
+    percentile: float | None = None
+
+    def to_json(self) -> dict:
+        return {"format": CALIBRATION_FORMAT, **asdict(self)}
+
+    def save(self, path) -> None:
+        Path(path).write_text(json.dumps(self.to_json(), indent=1) + "\n")
+
+    @staticmethod
+    def load(path) -> "Calibration":
+        path = Path(path)
+        if path.is_dir():
+            path = path / CALIBRATION_FILE
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise MulayerError(f"{path}: cannot read a calibration ({err})") from None
+        if not isinstance(data, dict) or data.get("format") != CALIBRATION_FORMAT:
+            raise MulayerError(f"{path} is not a tvm-mulayer calibration (format {CALIBRATION_FORMAT})")
+        data.pop("format")
+        return Calibration(**data)

@@ -5,10 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import onnx
 
-from .errors import MulayerError
+from ..base.errors import MulayerError
 
 
 @dataclass
@@ -102,7 +101,7 @@ def import_onnx(model, shapes: dict | None = None):
     from tvm import relax
     from tvm.relax.frontend.onnx import from_onnx
 
-    from .layers import find_layers
+    from ..base.layers import find_layers
 
     proto = load_onnx(model)
     inputs = model_inputs(proto, shapes)
@@ -127,9 +126,3 @@ def import_onnx(model, shapes: dict | None = None):
     layers = find_layers(mod["main"])
     outputs = [value.name for value in proto.graph.output]
     return mod, ModelInfo(inputs, outputs, onnx_layer_sources(proto, layers))
-
-
-def random_inputs(inputs: dict, seed: int = 0) -> dict:
-    """Seeded standard-normal data for each input (what `mulayer run` uses with no --input)."""
-    rng = np.random.default_rng(seed)
-    return {name: rng.standard_normal(shape).astype(dtype) for name, (shape, dtype) in inputs.items()}

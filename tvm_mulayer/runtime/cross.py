@@ -22,8 +22,8 @@ import platform
 import shutil
 from pathlib import Path
 
-from .errors import MulayerError
-from .processors import Processor
+from ..base.errors import MulayerError
+from ..base.processors import Processor
 
 # ELF e_machine of each LLVM architecture we cross-compile for
 ELF_MACHINE = {"aarch64": 183, "arm": 40, "x86_64": 62, "i686": 3, "riscv64": 243}

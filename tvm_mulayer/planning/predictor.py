@@ -36,9 +36,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import MulayerError
-from .layers import Layer
-from .quantization import slice_input_channels
+from ..base.errors import MulayerError
+from ..base.layers import Layer
+from ..base.records import KERNEL_KINDS, config_key, parse_config
+from ..schedules.cpu.dot_intrin import slice_input_channels
 
 PREDICTOR_FORMAT = "tvm-mulayer-predictor/5"
 # What the regressors see: the layer's shape and costs, and what the project's schedule
@@ -163,11 +164,11 @@ class KernelFeatures:
             input_bytes=in_c * layer.input_shape[2] * layer.input_shape[3] * nbytes)
 
     def _cpu_schedule(self, layer: Layer, depthwise: bool, precision: str = "fp32") -> dict:
-        from .schedules.common import num_cores, vector_bits
-        from .schedules.cpu import conv2d_int8, dense_int8
-        from .schedules.cpu.conv2d import Conv2d
-        from .schedules.cpu.dense import Dense
-        from .schedules.cpu.dot_intrin import DEPTH, dot_product_for
+        from ..schedules.target import num_cores, vector_bits
+        from ..schedules.cpu import conv2d_int8, dense_int8
+        from ..schedules.cpu.conv2d import Conv2d
+        from ..schedules.cpu.dense import Dense
+        from ..schedules.cpu.dot_intrin import DEPTH, dot_product_for
 
         in_dtype, _, out_dtype = SLICE_DTYPES[precision] if precision != "fp32" else (layer.dtype,) * 3
         # int8/float16 slices were always timed as the build runs them, weights repacked at
@@ -221,13 +222,14 @@ class KernelFeatures:
                 "waste": waste, "tasks": tasks, "slots": slots, "work": layer.macs / tasks}
 
     def _gpu_schedule(self, layer: Layer, depthwise: bool, precision: str = "fp32") -> dict:
-        from .schedules.gpu.conv2d import Conv2d, _max_threads
-        from .schedules.gpu.dense import Dense
-        from .schedules.gpu.tensor_core import TensorCoreGemm, _is_sm70_cuda, gemm_tiles
+        from ..schedules.gpu.base import max_threads
+        from ..schedules.gpu.conv2d import Conv2d
+        from ..schedules.gpu.dense import Dense
+        from ..schedules.gpu.tensor_core import TensorCoreGemm, is_sm70_cuda, gemm_tiles
 
         slots = 132 * 4  # resident blocks of a large GPU: only the relative wave count matters
         in_dtype = SLICE_DTYPES[precision][0] if precision != "fp32" else layer.dtype
-        if precision == "fp16" and _is_sm70_cuda(self.target) and layer.groups == 1:
+        if precision == "fp16" and is_sm70_cuda(self.target) and layer.groups == 1:
             # TensorCoreGemm's eligibility: channels x pixels x reduction, each big enough
             m = layer.channels
             n = 1 if layer.op == "dense" else layer.output_shape[2] * layer.output_shape[3]
@@ -253,7 +255,7 @@ class KernelFeatures:
                         "gather_tail": in_channels % t.bk if t.channels_inner else -1}
         if layer.op == "dense":
             k, n = layer.weight_shape
-            t = Dense.tiles(n, k, 8 * _dtype_bytes(in_dtype), _max_threads(self.target))
+            t = Dense.tiles(n, k, 8 * _dtype_bytes(in_dtype), max_threads(self.target))
             columns = t["LANES"] * t["VEC"]
             return {"rule": 3, "tile_channels": columns, "tile_width": t["VEC"], "waste": -(-n // columns) * columns / n,
                     "tasks": -(-n // columns), "slots": slots, "work": k / t["TK"] * t["VEC"],
@@ -433,8 +435,6 @@ class Predictor:
                      precision: str = "fp32") -> np.ndarray:
         """Seconds of each layer part's slice kernel on `role` computing in `precision`
         (which must be one of `precisions(role)`)."""
-        from .profiler import KERNEL_KINDS, config_key
-
         if precision not in self.precisions(role):
             raise MulayerError(f"the predictor has no {precision} {role} kernel measurements (it was profiled in "
                                f"{', '.join(self.precisions(role))}); profile with `mulayer profile --precision`")
@@ -512,8 +512,6 @@ def _repeatability(rows: list[dict]) -> dict:
     any predictor of it can reach. With four timings or more, also ("halves") how the
     fastest of the first half of them agrees with the fastest of the second: the noise of
     a fastest-of-several timing, such as the predictor's own target."""
-    from .profiler import parse_config
-
     timings = {}
     for row in rows:
         timings.setdefault((row["kind"], row["role"], row["config"]), []).append(float(row["seconds"]))
@@ -535,7 +533,7 @@ def _repeatability(rows: list[dict]) -> dict:
             for label, compared in sorted(pairs.items())}
 
 
-def _fastest(rows: list[dict]) -> dict:
+def fastest_rows(rows: list[dict]) -> dict:
     """(kind, role, config) -> the fastest of its measurements (a profile may hold repeats)."""
     fastest = {}
     for row in rows:
@@ -552,12 +550,10 @@ def _line(points: list) -> list:
     return [max(float(fixed), 0.0), max(float(per_byte), 0.0)]
 
 
-def _split_family(layer: Layer) -> str:
+def split_family(layer: Layer) -> str:
     """What the split parts of one layer share (`Layer.part` changes only the output channels,
     and a grouped conv's input channels and groups with them): its key with those left out."""
     import dataclasses
-
-    from .profiler import config_key
 
     grouped = layer.groups > 1
     in_channels = 0 if grouped else layer.input_shape[1]
@@ -573,8 +569,6 @@ class KernelSamples:
     concurrency and layer shape (the unit held out together)."""
 
     def __init__(self, predictor: Predictor, fastest: dict, role: str):
-        from .profiler import config_key, parse_config
-
         self.role = role
         self.rule_names = RULE_NAMES["gpu" if predictor.features(role).gpu else "cpu"]
         self.keys = [key for key in fastest if key[1] == role]
@@ -585,7 +579,7 @@ class KernelSamples:
         self.precision = np.array([precision for _, precision in parsed])
         self.concurrent = np.array([kind != "kernel" for kind, _, _ in self.keys])
         self.shape = np.array([config_key(layer) for layer in layers])
-        self.family = np.array([_split_family(layer) for layer in layers])
+        self.family = np.array([split_family(layer) for layer in layers])
         self.x = np.array([predictor.features(role)(layer, c, p)
                            for layer, c, p in zip(layers, self.concurrent, self.precision)])
         self.seconds = np.array([fastest[key] for key in self.keys])
@@ -607,7 +601,7 @@ class KernelSamples:
 
     def folds(self, count: int, seed: int = 0, whole_layers: bool = False) -> np.ndarray:
         """Each sample's fold of `count`, drawn by layer shape (for `accuracy`); with
-        `whole_layers`, by the layer a shape is a split part of (`_split_family`), so that no
+        `whole_layers`, by the layer a shape is a split part of (`split_family`), so that no
         other part of a held-out layer is trained on: the accuracy on a network never profiled."""
         groups = self._units(whole_layers)
         keys = sorted(set(groups))
@@ -670,8 +664,6 @@ def training_samples(rows: list[dict], cpu, gpu) -> tuple:
     """(an untrained Predictor for `cpu` + `gpu` whose features the samples use, the kernel
     rows of `rows`, {role: KernelSamples}): what `train` fits and scores, and what
     scripts/tune_predictor.py cross-validates."""
-    from .profiler import KERNEL_KINDS
-
     kernel_rows = [r for r in rows if r["kind"] in KERNEL_KINDS.values()]
     meta = {"cpu_target": cpu.target, "gpu_target": gpu.target, "gpu_async": gpu.device_type != "cpu",
             "gpu_label": gpu.label(), "cpu_label": cpu.label(), "accuracy": {}, "accuracy_whole_layers": {}, "devices": {},
@@ -682,7 +674,7 @@ def training_samples(rows: list[dict], cpu, gpu) -> tuple:
             # gives its float32 rows the rule choice of prepacked weights)
             "fp32_weights_prepacked": True}
     predictor = Predictor({}, {}, {}, meta)
-    fastest = _fastest(kernel_rows)
+    fastest = fastest_rows(kernel_rows)
     return predictor, kernel_rows, {role: KernelSamples(predictor, fastest, role) for role in ("cpu", "gpu")}
 
 

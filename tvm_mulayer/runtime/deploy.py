@@ -21,11 +21,10 @@ import struct
 import threading
 import uuid
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 
-from .errors import MulayerError
+from ..base.errors import MulayerError
 
 DEFAULT_TIMEOUT = 60.0
 RPC_ENTRY = "mulayer_rpc_main"  # main with its weights read from the remote's tensor cache
@@ -150,28 +149,6 @@ def _last_line(err: BaseException) -> str:
     return text.splitlines()[-1] if text else type(err).__name__
 
 
-# ---- the executable's RPC entry (added at compile time) ---------------------------------
-def add_rpc_entry(mod):
-    """Add `mulayer_rpc_main(inputs...)`: main, its weights taken from the VM's tensor cache.
-
-    Over RPC the VM can receive tensors only through `set_input`, which moves every argument
-    to its first device, so weights meant for the GPU cannot be passed in. The entry instead
-    binds each weight parameter to `vm.builtin.tensor_cache.get("tvm_mulayer.wI")`, which
-    `deploy` fills on the right device first. Same kernels, same order as main.
-    """
-    from tvm import relax
-
-    func = mod["main"]
-    num_inputs = int(func.attrs["num_input"])
-    bindings = [relax.VarBinding(param, relax.call_pure_packed("vm.builtin.tensor_cache.get",
-                                                              f"{WEIGHT_PREFIX}{index}", ty_args=param.ty))
-                for index, param in enumerate(func.params[num_inputs:])]
-    body = relax.SeqExpr([relax.BindingBlock(bindings)] + list(func.body.blocks), func.body.body)
-    entry = relax.Function(list(func.params[:num_inputs]), body, func.ret_ty, func.is_pure)
-    mod[RPC_ENTRY] = entry.with_attr("global_symbol", RPC_ENTRY)
-    return mod
-
-
 # ---- deploying -------------------------------------------------------------------------
 def remote_devices(session, cpu, gpu) -> list:
     """The remote VM's device list [cpu, gpu] for the artifact's processors, checked to exist."""
@@ -201,9 +178,9 @@ def deploy(artifact_dir, session, inputs=None, repeat: int = 10, progress=None) 
     remote runs (None if repeat is 0), "times": the per-run seconds, "devices": [str, str]}.
     `progress(stage)` is called with "uploaded", "loaded", "placed", "ran", "timed".
     """
-    from .plan import Plan
-    from .processors import Processor
-    from .runtime import Executable, read_manifest
+    from ..base.plan import Plan
+    from ..base.processors import Processor
+    from .executable import Executable, read_manifest
 
     root = Path(artifact_dir)
     manifest = read_manifest(root)  # format, TVM version and checksums, as tvm_mulayer.load does
@@ -248,8 +225,7 @@ def deploy(artifact_dir, session, inputs=None, repeat: int = 10, progress=None) 
         for index, (weight, device) in enumerate(zip(weights, manifest["weight_devices"])):
             update(f"{WEIGHT_PREFIX}{index}", tvm.runtime.tensor(weight, devices[device]), True)
             cached.append(f"{WEIGHT_PREFIX}{index}")
-        local._devices = devices
-        vm.set_input(RPC_ENTRY, *local._input_args(inputs))
+        vm.set_input(RPC_ENTRY, *local.input_tensors(inputs, devices[0]))
         step("placed")
         stage = "running the model on the remote"
         vm.invoke_stateful(RPC_ENTRY)
@@ -294,51 +270,3 @@ def _forget(session, names: list) -> None:
             remove(names.pop())
     except Exception:  # noqa: BLE001 - the session may be gone; nothing more to free then
         pass
-
-
-# ---- command line ----------------------------------------------------------------------
-def add_parser(subparsers) -> None:
-    """Add `mulayer deploy` to the CLI's sub-parsers."""
-    p = subparsers.add_parser("deploy", help="run an artifact on a remote device over TVM RPC")
-    p.add_argument("artifact", metavar="ARTIFACT_DIR")
-    where = p.add_mutually_exclusive_group(required=True)
-    where.add_argument("--rpc", metavar="HOST:PORT", help="a TVM RPC server (python -m tvm.exec.rpc_server, "
-                                                          "the TVM RPC app)")
-    where.add_argument("--tracker", metavar="HOST:PORT", help="a TVM RPC tracker; needs --key")
-    p.add_argument("--key", help="device key registered with the tracker (with --rpc: the server's key, if any)")
-    p.add_argument("--input", action="append", metavar="NAME=FILE.npy", help="input data (repeatable)")
-    p.add_argument("-o", "--output", help="write outputs to this .npz, keyed by ONNX output names")
-    p.add_argument("--repeat", type=int, default=10, help="time N remote runs and print the median (0: no timing)")
-    p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT,
-                   help="seconds to wait for a connection or a free server (default %(default)s)")
-    p.set_defaults(func=cmd_deploy)
-
-
-def cmd_deploy(args) -> int:
-    from .cli import _load_inputs
-    from .processors import Processor
-    from .runtime import read_manifest
-
-    if args.repeat < 0:
-        raise MulayerError("--repeat must be 0 or more")
-    manifest = read_manifest(args.artifact)
-    inputs = None
-    if args.input:
-        # _load_inputs needs only the model's input names, which the manifest has
-        inputs = _load_inputs(args.input, SimpleNamespace(inputs=manifest["inputs"]))
-    else:
-        print("no --input given: running on seeded random data")
-    session = connect(rpc=args.rpc, tracker=args.tracker, key=args.key, timeout=args.timeout)
-    result = deploy(args.artifact, session, inputs, repeat=args.repeat)
-    for name, value in result["outputs"].items():
-        print(f"output {name}: shape {list(value.shape)} {value.dtype}, "
-              f"mean {float(np.mean(value)):.6g}, max {float(np.max(value)):.6g}")
-    if args.output:
-        np.savez(args.output, **result["outputs"])
-        print(f"outputs written to {args.output}")
-    if result["latency"] is not None:
-        cpu, gpu = Processor.from_json(manifest["cpu"]), Processor.from_json(manifest["gpu"])
-        target = args.rpc or f"{args.key} via {args.tracker}"
-        print(f"median latency over {args.repeat} remote runs: {result['latency'] * 1e3:.3f} ms "
-              f"({cpu.label()} + {gpu.label()} on {target})")
-    return 0

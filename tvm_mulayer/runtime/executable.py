@@ -24,95 +24,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import MulayerError
-from .plan import Plan
-from .processors import Processor
+from ..base.errors import MulayerError
+from ..base.plan import Plan
+from ..base.processors import Processor
+from ..base.quantization import CALIBRATION_FILE, Calibration
+from .devices import cpu_threads, tvm_device
 
 ARTIFACT_FORMAT = "tvm-mulayer-artifact/1"
 FILES = ("model.so", "weights.npz", "plan.json")
-
-
-def tvm_device(processor: Processor, index: int):
-    """The runtime device of a processor; index is its position in the VM's device list."""
-    import tvm
-
-    if processor.device_type == "cpu":
-        return tvm.cpu(index)
-    available = True
-    if processor.device_type == "cuda":
-        try:
-            enable_cuda_runtime()
-        except OSError:  # libcuda.so missing: no NVIDIA driver on this machine
-            available = False
-    device = tvm.device(processor.device_type, 0)
-    if not available or not device.exist:
-        raise MulayerError(
-            f"this executable runs its GPU part on {processor.device_type} ({processor.name}), "
-            f"but this machine has no {processor.device_type} device; run it where there is one, "
-            "or compile with --gpu emulated to run both parts on this CPU")
-    return device
-
-
-def cpu_threads(cpu: Processor, gpu: Processor) -> int:
-    """Size of the CPU side's thread pool, set in TVM_NUM_THREADS unless already set (TVM's
-    pool reads it once, at its first parallel kernel; its own default is half the logical
-    CPUs on x86). Every core the CPU target was built for, but one where a real GPU's
-    kernels are issued from the same host thread: with a pool on every core, mixed plans ran
-    up to 4.6x slower on the GPU host (the issuing thread starved)."""
-    cores = int(cpu.target.get("num-cores") or os.cpu_count() or 1)
-    os.environ.setdefault("TVM_NUM_THREADS", str(cores - 1 if not gpu.emulated and cores > 2 else cores))
-    return int(os.environ["TVM_NUM_THREADS"])
-
-
-def enable_cuda_runtime() -> None:
-    """Make CUDA kernels loadable on a host with only the TVM runtime.
-
-    The CUDA part of an artifact built on a machine without a GPU driver is CUDA source; it
-    is compiled with nvcc for this GPU when the module loads (TVM calls the registered
-    `tvm_callback_cuda_compile`). With TVM_USE_RUNTIME_LIB=1 the CUDA device API lives in
-    libtvm_runtime_cuda.so, which must be loaded into the global symbol table first.
-    """
-    import ctypes
-
-    import tvm
-
-    if tvm.get_global_func("device_api.cuda", allow_missing=True) is None:
-        lib = Path(tvm.__file__).parent / "lib" / "libtvm_runtime_cuda.so"
-        if lib.exists():
-            ctypes.CDLL(str(lib), mode=ctypes.RTLD_GLOBAL)
-    # TVM's own callback (tvm.support.nvcc) needs the compiler library's Target API, which
-    # a runtime-only install lacks; ours only needs nvcc.
-    tvm.register_global_func("tvm_callback_cuda_compile", _nvcc_fatbin, override=True)
-
-
-def fatbin_name(code: str, arch: str) -> str:
-    """File name of the fatbin of CUDA source `code` for `arch` in TVM_MULAYER_FATBIN_DIR."""
-    return f"{hashlib.sha256(code.encode()).hexdigest()}-{arch}.fatbin"
-
-
-def nvcc_fatbin(code: str, arch: str) -> bytes:
-    import subprocess
-
-    with tempfile.TemporaryDirectory() as tmp:
-        src, out = Path(tmp) / "kernels.cu", Path(tmp) / "kernels.fatbin"
-        src.write_text(code)
-        cmd = ["nvcc", "-fatbin", "-O3", f"-arch={arch}", "-o", str(out), str(src)]
-        result = subprocess.run(cmd, capture_output=True, text=True)
-        if result.returncode != 0:
-            raise RuntimeError(f"nvcc failed compiling the CUDA kernels:\n{result.stderr[-2000:]}")
-        return out.read_bytes()
-
-
-def _nvcc_fatbin(code, target=None):
-    import tvm
-
-    arch = "sm_" + tvm.cuda(0).compute_version.replace(".", "") if tvm.cuda(0).exist else "sm_90"
-    # kernels compiled ahead of time (scripts/gpu_host_run.py pack), named by source and arch
-    fatbins = os.environ.get("TVM_MULAYER_FATBIN_DIR")
-    cached = Path(fatbins or ".") / fatbin_name(str(code), arch)
-    if fatbins and cached.is_file():
-        return bytearray(cached.read_bytes())
-    return bytearray(nvcc_fatbin(str(code), arch))
 
 
 def _manifest_digest(manifest: dict) -> str:
@@ -162,11 +81,16 @@ class Executable:
             self._weight_args = [tvm.runtime.tensor(w, devices[d]) for w, d in zip(self.weights, self.weight_devices)]
         return self._vm
 
-    def _input_args(self, inputs) -> list:
+    def input_tensors(self, inputs, device=None) -> list:
+        """The VM's input arguments on `device` (default: the CPU device the VM runs with), after
+        checking `inputs` (dict, one array, or None: seeded random data) against the model's."""
         import tvm
 
+        if device is None:
+            self._setup()
+            device = self._devices[0]
         if inputs is None:
-            from .frontend import random_inputs
+            from .inputs import random_inputs
 
             inputs = random_inputs(self.inputs)
         if isinstance(inputs, np.ndarray):
@@ -191,7 +115,7 @@ class Executable:
                 raise MulayerError(f"input {name!r} contains NaN or Inf; tvm-mulayer refuses non-finite inputs "
                                    "(its Relu/Clip kernels map NaN to numbers where onnxruntime keeps NaN)")
             # reshape: np.ascontiguousarray makes a 0-d (scalar) input 1-d
-            args.append(tvm.runtime.tensor(np.ascontiguousarray(array).reshape(array.shape), self._devices[0]))
+            args.append(tvm.runtime.tensor(np.ascontiguousarray(array).reshape(array.shape), device))
         return args
 
     def _invoke(self, args):
@@ -202,13 +126,13 @@ class Executable:
     def run(self, inputs=None) -> dict:
         """Outputs keyed by the ONNX output names; `inputs` is a dict, one array, or None (random)."""
         self._setup()
-        results = self._invoke(self._input_args(inputs))
+        results = self._invoke(self.input_tensors(inputs))
         return {name: value.numpy() for name, value in zip(self.outputs, results)}
 
     def benchmark(self, inputs=None, repeat: int = 10, warmup: int = 2) -> dict:
         """Latency in seconds over `repeat` runs (outputs back on the host each time)."""
         self._setup()
-        args = self._input_args(inputs)
+        args = self.input_tensors(inputs)
         for _ in range(warmup):
             self._invoke(args)[0].numpy()
         times = []
@@ -251,7 +175,7 @@ class Executable:
             return 0
 
         vm.set_instrument(instrument)
-        args = self._input_args(inputs)
+        args = self.input_tensors(inputs)
         vm["main"](*args, *self._weight_args)
         return calls
 
@@ -260,7 +184,7 @@ class Executable:
         """Write the artifact directory (atomically: a failed export leaves nothing loadable)."""
         import tvm
 
-        from . import __version__
+        from ..base import __version__
 
         target = Path(directory)
         if target.exists() and (not target.is_dir() or not (target / "manifest.json").exists() and any(target.iterdir())):
@@ -275,8 +199,6 @@ class Executable:
             self.plan.save(staging / "plan.json")
             files = list(FILES)
             if self.calibration is not None:
-                from .calibration import CALIBRATION_FILE
-
                 self.calibration.save(staging / CALIBRATION_FILE)
                 files.append(CALIBRATION_FILE)
             manifest = {
@@ -372,8 +294,6 @@ def load_artifact(directory, weights: list | None = None) -> Executable:
     inputs = {name: (tuple(v["shape"]), v["dtype"]) for name, v in manifest["inputs"].items()}
     executable = Executable(module, plan, cpu, gpu, inputs, manifest["outputs"], manifest.get("sources", {}),
                             weights, manifest["weight_devices"], manifest)
-    if "calibration.json" in manifest["files"]:
-        from .calibration import Calibration
-
-        executable.calibration = Calibration.load(root / "calibration.json")
+    if CALIBRATION_FILE in manifest["files"]:
+        executable.calibration = Calibration.load(root / CALIBRATION_FILE)
     return executable

@@ -37,8 +37,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from tvm import relax
 
-from .layers import Layer, layer_bindings
-from .plan import round_split
+from ..base.layers import Layer, layer_bindings
+from ..base.plan import round_split
 
 RATIOS = tuple(i / 8 for i in range(9))
 
@@ -87,7 +87,7 @@ def _shape(expr):
 
 def layer_graph(func: relax.Function) -> LayerGraph:
     """The node/provenance model of `func` (a `main` ready for SplitChannels)."""
-    from .passes.split_channels import (BINARY, CHANNEL_WINDOW_POOLS, PER_CHANNEL_UNARY, POOLS, REDUCTIONS,
+    from ..passes.split_channels import (BINARY, CHANNEL_WINDOW_POOLS, PER_CHANNEL_UNARY, POOLS, REDUCTIONS,
                                         RESHAPING)
 
     layers = layer_bindings(func)
@@ -422,8 +422,8 @@ def whole_model_runs(paths, channel_multiple: int) -> list:
     import json
     from pathlib import Path
 
-    from . import zoo
-    from .frontend import import_onnx
+    from ..base import zoo
+    from ..compiler.frontend import import_onnx
 
     graphs, runs = {}, []
     for path in paths:
@@ -455,7 +455,7 @@ def calibrate(predictor, runs: list, channel_multiple: int) -> dict:
     from scipy.optimize import minimize
 
     names = list(OVERHEAD_SCALES)
-    from .quantization import parse_precision
+    from ..base.quantization import parse_precision
 
     # each run simulated in its own precision where the predictor has it (float32 otherwise)
     times = [KernelTimes(run["graph"], predictor, channel_multiple, include=run["gpu_channels"],
@@ -566,10 +566,10 @@ def default_predictor(cpu, gpu):
     """The shipped predictor measured on exactly these processors, if there is one."""
     from pathlib import Path
 
-    from .errors import MulayerError
+    from ..base.errors import MulayerError
     from .predictor import Predictor
 
-    for path in sorted((Path(__file__).parent / "predictors").glob("*.json")):
+    for path in sorted((Path(__file__).parent.parent / "predictors").glob("*.json")):
         predictor = Predictor.load(path)
         if (predictor.meta.get("cpu_target"), predictor.meta.get("gpu_target")) == (cpu.target, gpu.target):
             return predictor
@@ -586,10 +586,10 @@ def auto_plan(func, cpu, gpu, predictor=None, sources=None, channel_multiple: in
     `log` (default: a warning) and the plan's description say so."""
     import warnings
 
-    from .layers import find_layers
-    from .plan import make_plan
+    from ..base.layers import find_layers
+    from ..base.plan import make_plan
     from .predictor import Predictor
-    from .quantization import parse_precision
+    from ..base.quantization import parse_precision
 
     requested = parse_precision(precision)
     if predictor is None:

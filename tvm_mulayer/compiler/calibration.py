@@ -17,49 +17,17 @@ artifact.
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from .errors import MulayerError
+from ..base.errors import MulayerError
+from ..base.quantization import CALIBRATION_FILE, Calibration
 
-CALIBRATION_FORMAT = "tvm-mulayer-calibration/1"
-CALIBRATION_FILE = "calibration.json"
 METHODS = ("percentile", "minmax")
 DEFAULT_PERCENTILE = 99.99
 HISTOGRAM_BINS = 2048
 RANDOM_SAMPLES = 8
-
-
-@dataclass
-class Calibration:
-    method: str
-    samples: int
-    source: str
-    ranges: dict = field(default_factory=dict)  # layer name -> [lo, hi] of its input
-    percentile: float | None = None
-
-    def to_json(self) -> dict:
-        return {"format": CALIBRATION_FORMAT, **asdict(self)}
-
-    def save(self, path) -> None:
-        Path(path).write_text(json.dumps(self.to_json(), indent=1) + "\n")
-
-    @staticmethod
-    def load(path) -> "Calibration":
-        path = Path(path)
-        if path.is_dir():
-            path = path / CALIBRATION_FILE
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as err:
-            raise MulayerError(f"{path}: cannot read a calibration ({err})") from None
-        if not isinstance(data, dict) or data.get("format") != CALIBRATION_FORMAT:
-            raise MulayerError(f"{path} is not a tvm-mulayer calibration (format {CALIBRATION_FORMAT})")
-        data.pop("format")
-        return Calibration(**data)
 
 
 def obtain_calibration(mod, info, calib, method: str, percentile: float, log=None) -> Calibration:
@@ -97,7 +65,7 @@ def _samples_of(array, name: str, shape: tuple, where: str) -> list:
 
 def calibration_samples(spec, inputs: dict, warn=None) -> tuple[list, str]:
     """(list of input dicts, description) from `spec` (see the module docstring)."""
-    from .frontend import random_inputs
+    from ..runtime.inputs import random_inputs
 
     if spec is None:
         if warn:
@@ -146,7 +114,7 @@ def _with_layer_inputs(mod):
     and the layer names of each added output."""
     from tvm import relax
 
-    from .layers import layer_bindings
+    from ..base.layers import layer_bindings
 
     mod = relax.transform.ToNonDataflow()(mod)
     func = mod["main"]
@@ -171,11 +139,11 @@ def _with_layer_inputs(mod):
 def calibrate(mod, info, samples: list, source: str, method: str = "percentile",
               percentile: float = DEFAULT_PERCENTILE) -> Calibration:
     """Ranges of every layer's input over `samples`, running the float32 model on this machine."""
-    from .build import _build
+    from .lowering import build_executable
     from .frontend import ModelInfo
-    from .layers import find_layers
-    from .plan import make_plan
-    from .processors import cpu_processor, gpu_processor
+    from ..base.layers import find_layers
+    from ..base.plan import make_plan
+    from ..base.processors import cpu_processor, gpu_processor
 
     if method not in METHODS:
         raise MulayerError(f"calibration method {method!r}: choose one of {', '.join(METHODS)}")
@@ -185,7 +153,7 @@ def calibrate(mod, info, samples: list, source: str, method: str = "percentile",
     tap_info = ModelInfo(info.inputs, [f"out{i}" for i in range(skip)] + [f"tap{i}" for i in range(len(names))])
     host = cpu_processor("host")
     plan = make_plan(find_layers(tapped["main"]), "cpu", 1)
-    executable = _build(tapped, tap_info, plan, host, gpu_processor("emulated", host))
+    executable = build_executable(tapped, tap_info, plan, host, gpu_processor("emulated", host))
 
     def layer_inputs():
         for sample in samples:
