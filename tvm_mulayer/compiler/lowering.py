@@ -10,7 +10,7 @@ from tvm import relax
 
 from ..base.plan import Plan
 from ..base.processors import Processor
-from ..passes import LiftWeights, OrderForOverlap, PrepackWeights, PropagateDevices, SplitChannels
+from ..passes import LiftWeights, OrderForOverlap, PooledCopies, PrepackWeights, PropagateDevices, SplitChannels
 from ..passes.vdevices import vdevice_index
 from ..runtime.executable import Executable
 from ..schedules import ScheduleForTargets
@@ -78,6 +78,7 @@ def lower(mod: tvm.IRModule, plan: Plan, cpu: Processor, gpu: Processor) -> tupl
         PrepackWeights(),
         OrderForOverlap(),
         relax.transform.DeadCodeElimination(["main"]),
+        PooledCopies(),
     ])(mod)
     func = mod["main"]
     weights = [w.numpy() for w in func.attrs["params"]] if "params" in func.attrs else []
