@@ -65,7 +65,7 @@ class ModelCompiler:
         """The executable of `plan`, each slice in the precision of the mode (or of
         `overrides`: layer name -> {"cpu": ..., "gpu": ...})."""
         overrides = overrides or {}
-        wants_int8 = any(lp.gpu_channels < lp.channels for lp in plan.layers) and (
+        wants_int8 = any(lp.on("cpu") for lp in plan.layers) and (
             self.mode["cpu"] == "int8" or any(o.get("cpu") == "int8" for o in overrides.values()))
         if wants_int8 and self.calibration is None:
             self.calibration = obtain_calibration(self.mod, self.info, *self.calib, self.log)
