@@ -72,6 +72,11 @@ def _shape(expr) -> tuple | None:
     return None
 
 
+def layer_window(layer) -> Window:
+    """The row window of a conv `Layer`."""
+    return Window(layer.row_extent, int(layer.strides[0]), int(layer.padding[0]), int(layer.input_shape[ROWS]))
+
+
 def window_of(call: relax.Call, layer=None) -> Window | None:
     """The row window of a conv layer or a 2-D pooling call (NCHW), else None."""
     attrs = call.attrs
@@ -79,9 +84,7 @@ def window_of(call: relax.Call, layer=None) -> Window | None:
     if in_shape is None or len(in_shape) != 4:
         return None
     if layer is not None:
-        kernel = int(layer.weight_shape[2])
-        return Window(int(attrs.dilation[0]) * (kernel - 1) + 1, int(attrs.strides[0]), int(attrs.padding[0]),
-                      in_shape[ROWS])
+        return layer_window(layer)
     if str(attrs.layout) != "NCHW" or str(attrs.out_layout) != "NCHW":
         return None
     kernel = int(attrs.pool_size[0])

@@ -574,16 +574,28 @@ def _chains(func, layers: dict, biases: dict, plan: Plan) -> Chains:
     return analyze(func, layers, plan, {add_var: layer_var for layer_var, (add_var, _) in biases.items()})
 
 
+class ChainRecorder:
+    """`record_chains` for many plans of one function (the partitioner's chain search): the
+    layers and folded biases, which do not depend on the plan, found once."""
+
+    def __init__(self, func):
+        self.func = func
+        self.layers = layer_bindings(func)
+        self.biases = _folded_biases(func, self.layers)
+
+    def __call__(self, plan: Plan) -> Chains:
+        chains = _chains(self.func, self.layers, self.biases, plan)
+        for var, layer in self.layers.items():
+            layer_plan = plan[layer.name]
+            layer_plan.chain = chains.members.get(var, "")
+            layer_plan.halo_rows = chains.halo(var, layer_plan.gpu_rows)
+        return chains
+
+
 def record_chains(func, plan: Plan) -> Chains:
     """The operator chains SplitChannels forms in `func` under `plan`, written into the plan:
     each height-split layer's chain and halo rows."""
-    layers = layer_bindings(func)
-    chains = _chains(func, layers, _folded_biases(func, layers), plan)
-    for var, layer in layers.items():
-        layer_plan = plan[layer.name]
-        layer_plan.chain = chains.members.get(var, "")
-        layer_plan.halo_rows = chains.halo(var, layer_plan.gpu_rows)
-    return chains
+    return ChainRecorder(func)(plan)
 
 
 @tvm.transform.module_pass(opt_level=0, name="SplitChannels")

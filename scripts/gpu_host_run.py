@@ -312,6 +312,8 @@ def run_share(args, spec) -> int:
             row["rel_error"] = float(np.max(np.abs(output - ref)) / np.max(np.abs(ref)))
         row.update({"plan": executable.plan.description,
                     "gpu_channels": {lp.name: lp.gpu_channels for lp in executable.plan.layers},
+                    "dims": {lp.name: lp.dim for lp in executable.plan.layers if lp.dim != "channel"},
+                    "crossing_bytes": executable.crossing,
                     "round_medians_ms": []})
         loaded.append((row, executable, x))
     # every run timed once per round, rounds alternating over all runs: two runs compare in

@@ -521,3 +521,39 @@ def test_layers_the_split_leaves_whole_get_a_prediction(balanced_async):
     for role in ("cpu", "gpu"):
         times = predictor.kernel_times(layers, role)
         assert np.all(np.isfinite(times)) and np.all(times > 0)
+
+
+def test_chain_search_splits_rows_in_chains_and_computes_the_right_answer(small_zoo, balanced_async):
+    """With an equal-speed async GPU and costly copies, channel splits pay an exchange per
+    layer; CoDL's row splits in chains cross only at chain ends, so the hybrid search finds
+    a plan predicted faster than the channel-only one, with chains of several layers, and
+    that plan, built and run, gives onnxruntime's answer."""
+    _, gpu = balanced_async
+    predictor = train(_synthetic_rows(2e9, 2e9, copy_per_byte=2e-9), CPU, gpu)
+    model = small_zoo["vgg16"]
+    mod, info = import_onnx(model)
+    channel_plan, channel_only, _, _ = auto_plan(mod["main"], CPU, gpu, predictor, info.sources, 8, precision="fp32",
+                                                 dims=("channel",))
+    assert not channel_only.rows and {lp.dim for lp in channel_plan.layers} == {"channel"}
+    plan, choice, graph, _ = auto_plan(mod["main"], CPU, gpu, predictor, info.sources, 8, precision="fp32")
+    assert choice.latency < channel_only.latency <= min(channel_only.single.values()) * (1 + 1e-9)
+    assert max(len(chain) for chain, _ in choice.chains) >= 2
+    heights = [lp for lp in plan.layers if lp.dim == "height"]
+    assert {lp.name for lp in heights} == set(choice.rows)
+    assert all(lp.chain and lp.gpu_rows == choice.rows[lp.name].gpu_rows for lp in heights)
+    # the simulated timeline marks each part with its chain
+    _, events = simulate(graph, choice.gpu_channels, choice.times, predictor, timeline=True, rows=choice.rows)
+    assert {e.chain for e in events if e.chain} == {split.chain for split in choice.rows.values()}
+    x = np.random.default_rng(3).standard_normal(input_shape(model)).astype("float32")
+    executable = tvm_mulayer.compile(model, gpu="emulated", split=plan, precision="fp32")
+    assert [(lp.dim, lp.gpu_rows, lp.chain) for lp in executable.plan.layers] == \
+        [(lp.dim, lp.gpu_rows, lp.chain) for lp in plan.layers]
+    assert relative_error(executable.run(x)["logits"], ort_run(model, {"input": x})[0]) < 1e-4
+
+
+def test_split_dims_must_include_channel(small_zoo, balanced_async):
+    predictor, gpu = balanced_async
+    mod, info = import_onnx(small_zoo["squeezenet1_1"])
+    for dims in (("height",), ("channel", "width")):
+        with pytest.raises(MulayerError, match="split dims"):
+            auto_plan(mod["main"], CPU, gpu, predictor, info.sources, 8, dims=dims)

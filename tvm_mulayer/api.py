@@ -6,15 +6,15 @@ from __future__ import annotations
 from .base.errors import MulayerError
 from .compiler.build import ModelCompiler
 from .compiler.calibration import DEFAULT_PERCENTILE
-from .planning.partitioner import auto_plan
+from .planning.partitioner import DIMS, auto_plan
 
 
 def compile_model(model, cpu="host", gpu=None, split=0.5, shapes=None, predictor=None, verify=False,
                   log=None, precision=None, calib=None, calib_method="percentile",
-                  calib_percentile=DEFAULT_PERCENTILE):
+                  calib_percentile=DEFAULT_PERCENTILE, dims=DIMS):
     """Build an `Executable` for `model` (ONNX path or ModelProto) split per `split`:
     a ratio, 'cpu', 'gpu', a per-layer spec or Plan, or 'auto' (the partitioner, with
-    `predictor`; `verify` then measures the auto plan against both single-processor
+    `predictor`, splitting layers along `dims`; `verify` then measures the auto plan against both single-processor
     plans and keeps the fastest, reporting through `log`). `precision` and `calib*`: see
     `ModelCompiler`; a per-layer plan may also set `cpu_precision`/`gpu_precision`."""
     compiler = ModelCompiler.from_onnx(model, shapes, cpu=cpu, gpu=gpu, precision=precision, calib=calib,
@@ -26,7 +26,7 @@ def compile_model(model, cpu="host", gpu=None, split=0.5, shapes=None, predictor
                            "there is nothing to split between the processors")
     # the partitioner predicts the slices in the precision they will be built in
     plan = auto_plan(compiler.mod["main"], compiler.cpu, compiler.gpu, predictor, compiler.info.sources,
-                     compiler.channel_multiple, precision=compiler.mode, log=log)[0]
+                     compiler.channel_multiple, precision=compiler.mode, log=log, dims=dims)[0]
     chosen = compiler.build(plan)
     if not verify:
         return chosen

@@ -36,6 +36,10 @@ def _parse_split(text: str):
         return text
 
 
+def _parse_dims(text: str) -> tuple:
+    return tuple(dim.strip() for dim in text.split(",") if dim.strip())
+
+
 def _add_processor_args(parser):
     parser.add_argument("--cpu", default="host", help=f"CPU preset ({', '.join(CPU_PRESETS)}) or TVM target JSON")
     parser.add_argument("--gpu", default=None,
@@ -48,6 +52,9 @@ def _add_processor_args(parser):
                                             "(default: the shipped one for these processors)")
     parser.add_argument("--verify", action="store_true",
                         help="with --split auto: measure the plan against both single-processor plans, keep the fastest")
+    parser.add_argument("--dims", default="channel,height", type=_parse_dims,
+                        help="with --split auto: what layers may split along: 'channel,height' (the default: "
+                             "output channels, or a conv's output rows in operator chains, as CoDL) or 'channel'")
     parser.add_argument("--shape", action="append", metavar="NAME=D0,D1,..",
                         help="static shape for a dynamic model input (repeatable)")
 
@@ -68,7 +75,7 @@ def _add_precision_args(parser):
 
 def _compile_args(args) -> dict:
     return dict(cpu=args.cpu, gpu=args.gpu, split=args.split, shapes=_parse_shapes(args.shape),
-                predictor=args.predictor, verify=args.verify, precision=args.precision, calib=args.calib,
+                predictor=args.predictor, verify=args.verify, precision=args.precision, calib=args.calib, dims=args.dims,
                 calib_method=args.calib_method, calib_percentile=args.calib_percentile)
 
 
@@ -126,8 +133,8 @@ def cmd_plan(args) -> int:
     mod, info = import_onnx(args.model, _parse_shapes(args.shape))
     multiple = max(cpu.channel_multiple, gpu.channel_multiple)
     plan, choice, graph, predictor = auto_plan(mod["main"], cpu, gpu, args.predictor, info.sources, multiple,
-                                               precision=args.precision, log=print)
-    _, events = simulate(graph, choice.gpu_channels, choice.times, predictor, timeline=True)
+                                               precision=args.precision, log=print, dims=args.dims)
+    _, events = simulate(graph, choice.gpu_channels, choice.times, predictor, timeline=True, rows=choice.rows)
     print(predicted_table(plan, choice.times, events, cpu, gpu))
     if args.output:
         plan.save(args.output)

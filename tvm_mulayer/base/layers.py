@@ -64,6 +64,19 @@ class Layer:
             weight_shape=(channels, *self.weight_shape[1:]), groups=units if self.groups > 1 else 1)
 
     @property
+    def row_extent(self) -> int:
+        """Input rows one output row of a conv reads (its dilated kernel height)."""
+        return self.dilation[0] * (int(self.weight_shape[2]) - 1) + 1
+
+    def row_part(self, rows: int) -> "Layer":
+        """The conv layer computing only `rows` of its output rows (one side of a height
+        split, its halo included): the input rows those read, with the layer's padding."""
+        in_rows = max(1, min(int(self.input_shape[2]),
+                             (rows - 1) * self.strides[0] + self.row_extent - self.padding[0] - self.padding[2]))
+        return dataclasses.replace(self, input_shape=(*self.input_shape[:2], in_rows, *self.input_shape[3:]),
+                                   output_shape=(*self.output_shape[:2], rows, *self.output_shape[3:]))
+
+    @property
     def macs(self) -> int:
         """Multiply-accumulates of the whole layer."""
         out = 1

@@ -39,6 +39,7 @@ from tvm import relax
 
 from ..base.layers import Layer, layer_bindings
 from ..base.plan import round_split
+from ..passes.row_chains import layer_window
 
 RATIOS = tuple(i / 8 for i in range(9))
 
@@ -183,9 +184,11 @@ class Event:
     start: float
     end: float
     nbytes: float = 0.0  # for copies: bytes moved (to the layer named by label)
+    chain: str = ""  # the operator chain of a height-split layer's part
 
 
 FLOAT32_SLICES = {"cpu": "fp32", "gpu": "fp32"}
+WHOLE = (0.0, 1.0)  # all rows of a tensor, as fractions of its height
 # the dtype a slice of each precision reads its input in (float32 needs no conversion)
 SLICE_INPUT_DTYPE = {"int8": "uint8", "fp16": "float16", "fp32": "float32"}
 DTYPE_BYTES = {"uint8": 1, "float16": 2, "float32": 4}
@@ -220,8 +223,10 @@ class KernelTimes:
     cannot divide whole in float32)."""
 
     def __init__(self, graph: LayerGraph, predictor, channel_multiple: int, ratios=RATIOS, include: dict | None = None,
-                 precision: dict | None = None):
+                 precision: dict | None = None, row_splits: bool = False):
         self.precision = dict(precision or FLOAT32_SLICES)
+        self.layers = {node.name: node.layer for node in graph.layers}
+        self.row_grid: dict = {}  # layer name -> the row counts predicted (see row_time)
         self.choices: dict = {}  # layer name -> sorted candidate GPU channel counts
         wanted = {"cpu": {}, "gpu": {}}
         for node in graph.layers:
@@ -236,6 +241,11 @@ class KernelTimes:
                     wanted["gpu"][(layer.name, k)] = layer.part(k) if layer.splittable else layer
                 if k < layer.channels:
                     wanted["cpu"][(layer.name, layer.channels - k)] = layer.part(layer.channels - k) if layer.splittable else layer
+            if row_splits and RowSplitter.splits(layer):
+                self.row_grid[layer.name] = _row_grid(layer, ratios)
+                for rows in self.row_grid[layer.name]:
+                    for role in wanted:
+                        wanted[role][(layer.name, "rows", rows)] = layer.row_part(rows)
         self.seconds = {}
         whole = {node.layer.name for node in graph.layers if not node.layer.splittable}
         for role, parts in wanted.items():
@@ -256,11 +266,60 @@ class KernelTimes:
     def time(self, role: str, name: str, channels: int, concurrent: bool = False) -> float:
         return self.seconds[(role, name, channels, concurrent)] if channels > 0 else 0.0
 
+    def row_time(self, role: str, name: str, rows: int, concurrent: bool = False) -> float:
+        """Predicted seconds of `role`'s slice of layer `name` computing `rows` output rows (a
+        height split's part, its halo included): predicted at the grid of row counts the
+        ratios give (one batch, as every prediction here: a call costs far more than a row),
+        linear between them — a conv's time grows with its rows, and a chain's halos make
+        any count."""
+        if rows <= 0:
+            return 0.0
+        grid = self.row_grid[name]
+        above = next((g for g in grid if g >= rows), grid[-1])
+        below = max((g for g in grid if g < above), default=0)
+        at = lambda g: self.seconds[(role, name, "rows", g, concurrent)] if g else 0.0  # noqa: E731
+        return at(below) + (at(above) - at(below)) * (rows - below) / (above - below)
+
+
+def _row_grid(layer: Layer, ratios) -> list:
+    """The output row counts of `layer`'s row parts at `ratios` (ascending, all rows last)."""
+    rows = int(layer.output_shape[2])
+    return sorted({math.ceil(round(rows * r, 9)) for r in ratios if r > 0} | {rows})
+
+
+@dataclass(frozen=True)
+class RowSplit:
+    """A height-split layer of a candidate plan: the GPU computes output rows [0, gpu_rows),
+    the CPU the rest, and each `halo` (GPU, CPU) rows more for later members of `chain`,
+    inside which nothing crosses."""
+
+    gpu_rows: int
+    halo: tuple = (0, 0)
+    chain: str = ""
+
+    def computed(self, layer: Layer) -> dict:
+        """device (0 CPU, 1 GPU) -> output rows it computes, its halo included."""
+        rows = int(layer.output_shape[2])
+        return {1: self.gpu_rows + self.halo[0] if self.gpu_rows else 0,
+                0: rows - self.gpu_rows + self.halo[1] if self.gpu_rows < rows else 0}
+
+    def input_span(self, layer: Layer, device: int) -> tuple:
+        """The input rows `device`'s part reads, as fractions [a, b) of the input height."""
+        rows = self.computed(layer)[device]
+        lo = 0 if device else int(layer.output_shape[2]) - rows
+        first, end, _, _ = layer_window(layer).input_rows(lo, lo + rows)
+        height = int(layer.input_shape[2])
+        return first / height, end / height
+
 
 def simulate(graph: LayerGraph, gpu_channels: dict, times: KernelTimes, predictor, timeline: bool = False,
-             overheads: dict | None = None):
-    """Predicted latency (s) of running `graph` with `gpu_channels` per layer; with
-    `timeline`, also the list of Events. `overheads` (default: the predictor's) charges
+             overheads: dict | None = None, rows: dict | None = None):
+    """Predicted latency (s) of running `graph` with `gpu_channels` per layer, or by output
+    rows for the layers in `rows` (name -> RowSplit); with `timeline`, also the list of
+    Events. A height-split part reads the input rows its window needs (copying those the
+    other processor holds), except from an earlier member of its chain, whose rows (halo
+    included) are already its own; tensors hold channels, rows or the whole tensor per
+    processor, so a consumer copies only what its processor lacks. `overheads` (default: the predictor's) charges
     what runs besides layer kernels: each GPU kernel costs the host `gpu_launch` to issue
     and the GPU `gpu_call` besides its compute, each CPU kernel `cpu_call`; the pooling/LRN/
     concat kernels after a layer (its `followers`) and whole-tensor ops cost per byte on
@@ -272,60 +331,73 @@ def simulate(graph: LayerGraph, gpu_channels: dict, times: KernelTimes, predicto
     cost = predictor.overheads if overheads is None else overheads
     host = cost["base"]
     gpu = 0.0
+    rows = rows or {}
     ready = {}  # (node, device) -> time its part is available there; device 0 cpu, 1 gpu
-    placement = {}  # node -> (first GPU channel end) : GPU holds [0, k), CPU [k, C)
+    # node -> (k, whole_on, gpu_share): the GPU holds channels [0, k) and the CPU the rest,
+    # or the whole tensor is on device whole_on, or (height splits) the GPU holds the first
+    # gpu_share of its rows and the CPU the rest
+    placement = {}
+    chain_of = {}  # node -> its chain (height-split layers in chains)
     events = []
 
-    def split_of(src: int):
-        return placement.get(src, (0, None))
-
-    def held_on(src, lo, hi, device):
-        """Channels of [lo, hi) of src that live on device."""
+    def held_on(src, lo, hi, device, span=WHOLE):
+        """Channels of [lo, hi) of src, within the rows `span` (fractions of the height),
+        that live on device (a fraction of a channel where only some of its rows do)."""
+        a, b = span
         if src < 0:
-            return hi - lo if device == 0 else 0
-        k, whole_on = split_of(src)
+            return (hi - lo) * (b - a) if device == 0 else 0
+        k, whole_on, gpu_share = placement.get(src, (0, None, None))
+        if gpu_share is not None:
+            on_gpu = max(0.0, min(b, gpu_share) - a)
+            return (hi - lo) * (on_gpu if device == 1 else (b - a) - on_gpu)
         if whole_on is not None:
-            return hi - lo if device == whole_on else 0
+            return (hi - lo) * (b - a) if device == whole_on else 0
         on_gpu = max(0, min(hi, k) - lo)
-        return on_gpu if device == 1 else (hi - lo) - on_gpu
+        return (on_gpu if device == 1 else (hi - lo) - on_gpu) * (b - a)
 
     copied = {}  # (src, lo, hi, device, dtype) -> arrival: like the split pass, each copy is made once
     converted = {}  # (src, lo, hi, holder, dtype) -> when the converted piece is ready on holder
 
-    def convert(src, lo, hi, per, holder, dtype, label):
+    def convert(src, lo, hi, per, holder, dtype, label, span=WHOLE):
         """When channels [lo, hi) of src that `holder` has are ready there in `dtype`: the
         split pass converts each piece once, on the device holding it, before any copy."""
-        key = (src, lo, hi, holder, dtype)
+        key = (src, lo, hi, holder, dtype, span)
         if key not in converted:
             role = "gpu" if holder else "cpu"
-            seconds = predictor.convert_time(held_on(src, lo, hi, holder) * per, role, dtype) + cost[f"{role}_call"]
+            seconds = predictor.convert_time(held_on(src, lo, hi, holder, span) * per, role, dtype) + cost[f"{role}_call"]
             converted[key] = run(holder, f"{label} input to {dtype}", seconds, 1, ready.get((src, holder), 0.0))
         return converted[key]
 
-    def bring(segments, device, label, dtype="float32"):
-        """Copy the channels of `segments` that `device` lacks, in `dtype` (converted first
-        where they are); returns when all are there."""
+    def local(src, lo, hi, per, device, dtype, label, span):
+        return ready.get((src, device), 0.0) if dtype == "float32" \
+            else convert(src, lo, hi, per, device, dtype, label, span)
+
+    def bring(segments, device, label, dtype="float32", span=WHOLE, chain=""):
+        """Copy the channels (within the rows `span`) of `segments` that `device` lacks, in
+        `dtype` (converted first where they are), except from members of `chain`; returns
+        when all are there."""
         nonlocal host
         arrival = 0.0
         scale = DTYPE_BYTES[dtype] / 4  # segments count float32 bytes per channel
         for src, lo, hi, per in segments:
-            missing = held_on(src, lo, hi, 1 - device)
-            if missing and (src, lo, hi, device, dtype) in copied:
-                arrival = max(arrival, copied[(src, lo, hi, device, dtype)])
+            if chain and chain_of.get(src) == chain:
+                arrival = max(arrival, local(src, lo, hi, per, device, dtype, label, span))
+                continue
+            missing = held_on(src, lo, hi, 1 - device, span)
+            key = (src, lo, hi, device, dtype, span)
+            if missing and key in copied:
+                arrival = max(arrival, copied[key])
             elif missing:
-                source_ready = ready.get((src, 1 - device), 0.0) if dtype == "float32" \
-                    else convert(src, lo, hi, per, 1 - device, dtype, label)
+                source_ready = local(src, lo, hi, per, 1 - device, dtype, label, span)
                 direction = "h2d" if device == 1 else "d2h"
                 start = max(host, source_ready, gpu if asynchronous else 0.0)  # a copy drains the GPU queue
                 host = start + cost["copy_call"] + predictor.copy_time(missing * per * scale, direction)
                 if timeline:
                     events.append(Event("copy", label, start, host, missing * per * scale))
-                copied[(src, lo, hi, device, dtype)] = host
+                copied[key] = host
                 arrival = max(arrival, host)
-            if held_on(src, lo, hi, device):
-                local = ready.get((src, device), 0.0) if dtype == "float32" \
-                    else convert(src, lo, hi, per, device, dtype, label)
-                arrival = max(arrival, local)
+            if held_on(src, lo, hi, device, span):
+                arrival = max(arrival, local(src, lo, hi, per, device, dtype, label, span))
         return arrival
 
     def extra(node: Node, channels: int, device: int, own_bytes: float = 0.0) -> tuple:
@@ -336,7 +408,7 @@ def simulate(graph: LayerGraph, gpu_channels: dict, times: KernelTimes, predicto
         kernels = 1 + len(node.followers)
         return kernels, kernels * cost[f"{name}_call"] + nbytes * cost[f"{name}_byte"]
 
-    def run_gpu(label, seconds, kernels, inputs_ready):
+    def run_gpu(label, seconds, kernels, inputs_ready, chain=""):
         nonlocal host, gpu
         issued = host + cost["gpu_launch"]  # the first kernel can start once issued
         host += cost["gpu_launch"] * kernels
@@ -345,19 +417,20 @@ def simulate(graph: LayerGraph, gpu_channels: dict, times: KernelTimes, predicto
         if not asynchronous:
             host = gpu
         if timeline:
-            events.append(Event("gpu", label, start, gpu))
+            events.append(Event("gpu", label, start, gpu, chain=chain))
         return gpu
 
-    def run_cpu(label, seconds, inputs_ready):
+    def run_cpu(label, seconds, inputs_ready, chain=""):
         nonlocal host
         start = max(host, inputs_ready)
         host = start + seconds
         if timeline:
-            events.append(Event("cpu", label, start, host))
+            events.append(Event("cpu", label, start, host, chain=chain))
         return host
 
-    def run(device, label, seconds, kernels, inputs_ready):
-        return run_gpu(label, seconds, kernels, inputs_ready) if device else run_cpu(label, seconds, inputs_ready)
+    def run(device, label, seconds, kernels, inputs_ready, chain=""):
+        return run_gpu(label, seconds, kernels, inputs_ready, chain) if device \
+            else run_cpu(label, seconds, inputs_ready, chain)
 
     # Like OrderForOverlap, each step (nodes of one depth) first makes its copies, then
     # queues its GPU kernels, then runs its CPU kernels.
@@ -370,12 +443,28 @@ def simulate(graph: LayerGraph, gpu_channels: dict, times: KernelTimes, predicto
                 on_cpu = sum(held_on(s, lo, hi, 0) * per for s, lo, hi, per in node.inputs)
                 device = 1 if on_gpu > on_cpu else 0
                 inputs_ready = bring(node.inputs, device, node.name)
-                placement[node.index] = (0, device)
+                placement[node.index] = (0, device, None)
                 kernels, seconds = extra(node, node.channels, device, sum((hi - lo) * per for _, lo, hi, per in node.inputs))
                 ready[(node.index, device)] = run(device, node.name, seconds, kernels, inputs_ready)
                 continue
+            if node.name in rows:
+                split_rows = rows[node.name]
+                layer = node.layer
+                placement[node.index] = (0, None, split_rows.gpu_rows / int(layer.output_shape[2]))
+                chain_of[node.index] = split_rows.chain
+                computed = split_rows.computed(layer)
+                for device, count in computed.items():
+                    if count:
+                        role = "gpu" if device else "cpu"
+                        dtype = SLICE_INPUT_DTYPE[times.slice_precision(role, layer)]
+                        arrivals[(node.index, device)] = bring(node.inputs, device, node.name, dtype,
+                                                               split_rows.input_span(layer, device), split_rows.chain)
+                        kernels, seconds = extra(node, layer.channels * count / int(layer.output_shape[2]), device)
+                        compute = times.row_time(role, node.name, count, all(computed.values())) * cost[f"{role}_scale"]
+                        parts.append((device, node, compute + seconds, kernels, split_rows.chain))
+                continue
             k = gpu_channels.get(node.name, 0)
-            placement[node.index] = (k, None)
+            placement[node.index] = (k, None, None)
             split = 0 < k < node.layer.channels
             for device, channels, lo, hi in ((1, k, 0, k), (0, node.layer.channels - k, k, node.layer.channels)):
                 if channels:
@@ -384,9 +473,9 @@ def simulate(graph: LayerGraph, gpu_channels: dict, times: KernelTimes, predicto
                     arrivals[(node.index, device)] = bring(_needed_inputs(node, lo, hi), device, node.name, dtype)
                     kernels, seconds = extra(node, channels, device)
                     compute = times.time(role, node.name, channels, split) * cost[f"{role}_scale"]
-                    parts.append((device, node, compute + seconds, kernels))
-        for device, node, seconds, kernels in sorted(parts, key=lambda part: -part[0]):  # GPU parts first
-            ready[(node.index, device)] = run(device, node.name, seconds, kernels, arrivals[(node.index, device)])
+                    parts.append((device, node, compute + seconds, kernels, ""))
+        for device, node, seconds, kernels, chain in sorted(parts, key=lambda part: -part[0]):  # GPU parts first
+            ready[(node.index, device)] = run(device, node.name, seconds, kernels, arrivals[(node.index, device)], chain)
     end = bring(graph.outputs, 0, "output")
     latency = max(end, host)
     return (latency, events) if timeline else latency
@@ -433,6 +522,8 @@ def whole_model_runs(paths, channel_multiple: int) -> list:
                 kwargs = zoo.small(name) if row["model"].endswith("-small") else {}
                 graphs[name] = layer_graph(import_onnx(zoo.build(name, **kwargs))[0]["main"])
             graph = graphs[name]
+            if row.get("dims"):
+                continue  # a plan with row splits: its rows and chains are not recorded in the row
             if "gpu_channels" in row:
                 channels = row["gpu_channels"]
             elif row["split"] in ("cpu", "gpu") or isinstance(row["split"], (int, float)):
@@ -506,15 +597,18 @@ class Choice:
     distributed: list  # names of modules placed by branch distribution
     times: KernelTimes  # the predicted kernel times the search used
     notes: list = field(default_factory=list)  # where the predictions differ from the request (precision)
+    rows: dict = field(default_factory=dict)  # height-split layers: name -> RowSplit
+    chains: list = field(default_factory=list)  # the chains of height-split layers: ([names], ratio)
 
 
 def partition(graph: LayerGraph, predictor, channel_multiple: int, ratios=RATIOS, sweeps: int = 3,
-              precision: dict | None = None) -> Choice:
+              precision: dict | None = None, row_splitter: "RowSplitter | None" = None) -> Choice:
     """Search the plan of least simulated latency (see the module docstring) with slices in
     `precision` (role -> precision; default float32), or float32 where the predictor has no
-    data for it (`Choice.notes` says so)."""
+    data for it (`Choice.notes` says so); with a `row_splitter`, then also height splits
+    in chains (`chain_search`)."""
     used, notes = planned_precision(predictor, precision or FLOAT32_SLICES)
-    times = KernelTimes(graph, predictor, channel_multiple, ratios, precision=used)
+    times = KernelTimes(graph, predictor, channel_multiple, ratios, precision=used, row_splits=row_splitter is not None)
     layers = {n.name: n.layer for n in graph.layers}
 
     def uniform(ratio):
@@ -547,8 +641,99 @@ def partition(graph: LayerGraph, predictor, channel_multiple: int, ratios=RATIOS
                 best, best_time = trial, latency
     # A module is distributed when each branch runs whole on one processor and both are used
     # (whichever stage of the search got there).
-    distributed = [m.name for m in graph.modules if _distributed(m, best, layers)]
-    return Choice(best, best_time, single, distributed, times, notes)
+    rows, chains = {}, []
+    if row_splitter is not None:
+        rows, chains, best_time = chain_search(graph, best, best_time, times, predictor, row_splitter, ratios)
+    distributed = [m.name for m in graph.modules if _distributed(m, best, layers)
+                   and not any(name in rows for branch in m.branches for name in branch)]
+    return Choice(best, best_time, single, distributed, times, notes, rows, chains)
+
+
+class RowSplitter:
+    """The RowSplits of one chain of height-split layers at one ratio, from the split pass's
+    own chain analysis of `func` (a chain's halos depend on its members alone, so each
+    chain is analysed once)."""
+
+    def __init__(self, func, channel_multiple: int):
+        from ..base.layers import find_layers
+        from ..passes.split_channels import ChainRecorder
+
+        self.record = ChainRecorder(func)
+        self.layers = find_layers(func)
+        self.channel_multiple = channel_multiple
+        self.analysed: dict = {}
+
+    @staticmethod
+    def splits(layer: Layer) -> bool:
+        """Whether `layer` can split by output rows (a conv with rows to divide)."""
+        return layer.splittable and layer.op == "conv2d" and int(layer.output_shape[2]) > 1
+
+    def chain(self, names: tuple, ratio: float) -> dict:
+        """name -> RowSplit of the layers `names` chained at `ratio`."""
+        from ..base.plan import make_plan
+
+        key = (names, ratio)
+        if key not in self.analysed:
+            plan = make_plan(self.layers, {"default_ratio": 0.0, "chains": [list(names)],
+                                           "layers": {n: {"dim": "height", "ratio": ratio} for n in names}},
+                             self.channel_multiple)
+            self.record(plan)
+            self.analysed[key] = {n: RowSplit(plan[n].gpu_rows, tuple(plan[n].halo_rows),
+                                              f"{names[0]}/{plan[n].chain}" if plan[n].chain else "") for n in names}
+        return self.analysed[key]
+
+    @staticmethod
+    def alone(layer: Layer, ratio: float) -> RowSplit:
+        """A layer split by rows on its own, without halo (a chain's head before the chain
+        analysis confirms it)."""
+        return RowSplit(math.ceil(round(int(layer.output_shape[2]) * ratio, 9)), (0, 0), layer.name)
+
+
+def chain_search(graph: LayerGraph, gpu_channels: dict, best_time: float, times: KernelTimes, predictor,
+                 splitter: RowSplitter, ratios=RATIOS) -> tuple:
+    """CoDL's chain search (its Algorithm 1), greedy over the layers in order: a layer that
+    can split by rows heads a chain at the ratio where its row split alone is predicted
+    fastest, if that beats the plan so far; the chain then takes the layer reading only its
+    last member while the predicted latency keeps falling (halos, computed by both
+    processors, grow with every member; nothing crosses inside). Layers left out keep their
+    channel plan. Returns (name -> RowSplit, [(chain's layer names, ratio)], latency)."""
+    tall = {n.name for n in graph.layers if splitter.splits(n.layer)}
+    readers: dict = {}
+    for node in graph.layers:
+        for src in {s for s, *_ in node.inputs}:
+            readers.setdefault(src, []).append(node)
+
+    def successor(node):
+        return next((r for r in readers.get(node.index, []) if r.name in tall
+                     and {s for s, *_ in r.inputs} == {node.index}), None)
+
+    rows, chains = {}, []
+
+    def latency(extra: dict) -> float:
+        return simulate(graph, gpu_channels, times, predictor, rows={**rows, **extra})
+
+    for node in graph.layers:
+        if node.name not in tall or node.name in rows:
+            continue
+        head_time, ratio = min((latency({node.name: splitter.alone(node.layer, r)}), r) for r in ratios if 0 < r < 1)
+        if head_time >= best_time * (1 - 1e-9):
+            continue
+        chain, members = [node.name], splitter.chain((node.name,), ratio)
+        chain_time = latency(members)
+        if chain_time >= best_time * (1 - 1e-9):
+            continue
+        follower = successor(node)
+        while follower is not None and follower.name not in rows:
+            longer = splitter.chain((*chain, follower.name), ratio)
+            longer_time = latency(longer)
+            if longer_time >= chain_time * (1 - 1e-9):
+                break
+            chain, members, chain_time = [*chain, follower.name], longer, longer_time
+            follower = successor(follower)
+        rows.update(members)
+        chains.append((chain, ratio))
+        best_time = chain_time
+    return rows, chains, best_time
 
 
 def _distributed(module: Module, gpu_channels: dict, layers: dict) -> bool:
@@ -578,14 +763,20 @@ def default_predictor(cpu, gpu):
                        "--predictor FILE")
 
 
-def auto_plan(func, cpu, gpu, predictor=None, sources=None, channel_multiple: int = 8, precision=None, log=None):
+DIMS = ("channel", "height")
+
+
+def auto_plan(func, cpu, gpu, predictor=None, sources=None, channel_multiple: int = 8, precision=None, log=None,
+              dims=DIMS):
     """(Plan chosen by the partitioner, its Choice, the layer graph, the predictor) for
     `func`, the imported `main`, with slices in `precision` (a mode or overrides as
-    `--precision` takes them, or a role -> precision dict; default native). Where the
+    `--precision` takes them, or a role -> precision dict; default native), splitting
+    layers along `dims` ("channel", and "height" for CoDL's row splits in chains). Where the
     predictor has no data for that precision the plan is made with float32 predictions:
     `log` (default: a warning) and the plan's description say so."""
     import warnings
 
+    from ..base.errors import MulayerError
     from ..base.layers import find_layers
     from ..base.plan import make_plan
     from .predictor import Predictor
@@ -598,7 +789,12 @@ def auto_plan(func, cpu, gpu, predictor=None, sources=None, channel_multiple: in
         predictor = Predictor.load(predictor)
     predictor.check_processors(cpu, gpu)
     graph = layer_graph(func)
-    choice = partition(graph, predictor, channel_multiple, precision=requested)
+    unknown = set(dims) - set(DIMS)
+    if "channel" not in dims or unknown:
+        raise MulayerError(f"split dims {list(dims)}: give \"channel\", or \"channel\" and \"height\" "
+                           "(a plan splits layers by output channels, and convs also by output rows)")
+    splitter = RowSplitter(func, channel_multiple) if "height" in dims else None
+    choice = partition(graph, predictor, channel_multiple, precision=requested, row_splitter=splitter)
     if choice.notes:  # once per plan, every gap in one message
         message = "--split auto: " + "; ".join(choice.notes)
         if log:
@@ -612,11 +808,17 @@ def auto_plan(func, cpu, gpu, predictor=None, sources=None, channel_multiple: in
                    f"{choice.times.precision['cpu']}, gpu {choice.times.precision['gpu']})")
     if choice.distributed:
         description += f"; branch distribution in {len(choice.distributed)} module(s)"
+    if choice.chains:
+        description += (f"; {len(choice.rows)} layer(s) split by rows in {len(choice.chains)} chain(s)")
     if choice.notes:
         description += "; " + "; ".join(choice.notes)
-    spec = {"description": description,
-            "layers": {name: {"gpu_channels": k, "ratio": k / channels[name]} for name, k in choice.gpu_channels.items()}}
+    ratio_of = {name: ratio for chain, ratio in choice.chains for name in chain}
+    spec = {"description": description, "chains": [chain for chain, _ in choice.chains],
+            "layers": {name: {"dim": "height", "ratio": ratio_of[name]} if name in ratio_of
+                       else {"gpu_channels": k, "ratio": k / channels[name]} for name, k in choice.gpu_channels.items()}}
     plan = make_plan(layers, spec, channel_multiple, sources or {})
+    if splitter is not None:
+        splitter.record(plan)
     branch_of = {name: module.name for module in graph.modules if module.name in choice.distributed
                  for branch in module.branches for name in branch}
     for layer_plan in plan.layers:

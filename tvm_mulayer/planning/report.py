@@ -70,13 +70,20 @@ def predicted_table(plan: Plan, times, events: list, cpu: Processor, gpu: Proces
     for event in events:
         if event.lane == "copy":
             moved[event.label] = moved.get(event.label, 0.0) + event.nbytes
-    rows = [("layer", "onnx node", "cpu only ms", "gpu only ms", "placement", "ratio", "gpu part ms", "cpu part ms",
-             "bytes in", "note")]
+    rows = [("layer", "onnx node", "cpu only ms", "gpu only ms", "placement", "dim", "chain", "ratio", "gpu part ms",
+             "cpu part ms", "bytes in", "note")]
     for lp in plan.layers:
         ms = lambda role, channels: f"{times.time(role, lp.name, channels) * 1e3:.3f}"  # noqa: E731
+        if lp.dim == "height":  # each side's rows, its halo included
+            split = lp.placement == "split"
+            parts = [f"{times.row_time(role, lp.name, rows + extra, split) * 1e3:.3f}" if lp.on(role) else "-"
+                     for role, rows, extra in (("gpu", lp.gpu_rows, lp.halo_rows[0]),
+                                               ("cpu", lp.rows - lp.gpu_rows, lp.halo_rows[1]))]
+        else:
+            parts = [ms("gpu", lp.gpu_channels), ms("cpu", lp.channels - lp.gpu_channels)]
         rows.append((lp.name, lp.source or "-", ms("cpu", lp.channels), ms("gpu", lp.channels), lp.placement,
-                     f"{lp.effective_ratio:.2f}", ms("gpu", lp.gpu_channels), ms("cpu", lp.channels - lp.gpu_channels),
-                     f"{moved.get(lp.name, 0):.0f}", lp.note))
+                     lp.dim, lp.chain or "-", f"{lp.effective_ratio:.2f}", *parts, f"{moved.get(lp.name, 0):.0f}",
+                     lp.note))
     lines = _render(rows, cpu, gpu, plan)
     total = sum(moved.values())
     lines.append(f"bytes copied between the processors per inference (predicted): {total:.0f}")

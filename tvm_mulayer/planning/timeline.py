@@ -22,6 +22,7 @@ _GLYPHS = {
 }
 COLORS = {"cpu": ((52, 101, 164), (114, 159, 207)), "gpu": ((78, 154, 6), (138, 226, 52)),
           "copy": ((206, 92, 0), (252, 175, 62))}
+CHAIN_COLORS = ((117, 80, 123), (196, 160, 0), (204, 0, 0))
 LANES = ("gpu", "cpu", "copy")
 SCALE, LEFT, LANE_H, WIDTH = 2, 70, 22, 1100
 
@@ -49,7 +50,7 @@ def _png(path, image):
 
 def write_timeline(path, panels: dict) -> None:
     """One panel per entry of `panels` (name -> list of Event), three lanes each, on a shared
-    time axis in milliseconds."""
+    time axis in milliseconds; the parts of each operator chain are underlined in its colour."""
     end = max((e.end for events in panels.values() for e in events), default=1e-3) or 1e-3
     panel_h = 24 + LANE_H * len(LANES) + 8
     height = 20 + panel_h * len(panels) + 30
@@ -57,6 +58,7 @@ def write_timeline(path, panels: dict) -> None:
     span = WIDTH - LEFT - 20
     x_of = lambda t: LEFT + int(span * t / end)  # noqa: E731
     y = 8
+    chains = list(dict.fromkeys(e.chain for events in panels.values() for e in events if e.chain))
     for name, events in panels.items():
         _text(image, 4, y, name)
         y += 16
@@ -68,6 +70,8 @@ def write_timeline(path, panels: dict) -> None:
             for index, event in enumerate(lane_events):
                 x0, x1 = x_of(event.start), max(x_of(event.end), x_of(event.start) + 1)
                 image[top + 2:top + LANE_H - 3, x0:x1] = COLORS[lane][index % 2]
+                if event.chain:  # a band under the parts of each operator chain, one colour per chain
+                    image[top + LANE_H - 6:top + LANE_H - 3, x0:x1] = CHAIN_COLORS[chains.index(event.chain) % 3]
         y += LANE_H * len(LANES) + 8
     # time axis: ticks at round milliseconds
     step = 10 ** np.floor(np.log10(end * 1e3 / 5)) if end > 0 else 1
