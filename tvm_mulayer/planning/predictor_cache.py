@@ -2,8 +2,8 @@
 
 First a shipped predictor measured on exactly these processors (`tvm_mulayer/predictors/`).
 Every other machine is measured on first use: a quick profile of the layer parts the
-partitioner will ask about for this model — each splittable layer cut at QUICK_FRACTIONS
-of its channels, in the slice precisions asked for, and each layer the split pass runs
+partitioner will ask about for this model — each splittable layer cut at quarters (halves
+for a model with many layers) of its channels, in the slice precisions asked for, and each layer the split pass runs
 whole, in float32 — on both processors, then a predictor trained on those rows. Rows and
 predictor are cached per processor pair in the user's cache directory
 ($TVM_MULAYER_CACHE, else $XDG_CACHE_HOME/tvm-mulayer, else ~/.cache/tvm-mulayer), so a
@@ -26,9 +26,12 @@ from ..base.layers import Layer
 from ..base.records import FLOAT32, config_key, read_rows
 from .predictor import Predictor
 
-# a quarter of the partitioner's eighths: both parts of each cover 1/4..4/4 of a layer, and
-# keep a first profile of a zoo model within ~3 minutes on 2 cores (compiling dominates)
-QUICK_FRACTIONS = (0.25, 0.5, 0.75, 1.0)
+# Where the layers are cut: quarters (both parts of each: 1/4..4/4 of a layer), or halves
+# where quarters give more than QUICK_MAX_PARTS distinct parts (GoogLeNet: 165 at quarters).
+# Compiling dominates a first profile (~0.6 s of CPU per kernel, one kernel per part and
+# processor): ~100 parts keep it within ~3 minutes on 2 cores.
+QUICK_FRACTIONS = ((0.25, 0.5, 0.75, 1.0), (0.5, 1.0))
+QUICK_MAX_PARTS = 100
 PROFILE_NAME = "profile.csv"
 PREDICTOR_NAME = "predictor.json"
 
@@ -59,13 +62,18 @@ def cache_dir(cpu, gpu) -> Path:
 
 def quick_configs(layers: list[Layer], channel_multiple: int, precision: dict) -> list[tuple[dict, list[Layer]]]:
     """[(role -> precisions, layer parts)] to profile for `layers`: the splittable layers'
-    parts at QUICK_FRACTIONS in `precision` (role -> precision), the layers the split pass
-    runs whole in float32 (`KernelTimes` predicts those in float32)."""
+    parts at QUICK_FRACTIONS (the first with at most QUICK_MAX_PARTS parts, else the last)
+    in `precision` (role -> precision), the layers the split pass runs whole in float32
+    (`KernelTimes` predicts those in float32)."""
     from .profiler import split_parts
 
+    splittable = [layer for layer in layers if layer.splittable]
+    for fractions in QUICK_FRACTIONS:
+        parts = split_parts(splittable, fractions, channel_multiple)
+        if len(parts) <= QUICK_MAX_PARTS:
+            break
     whole = {config_key(layer): layer for layer in layers if not layer.splittable}
-    groups = [({role: (value,) for role, value in precision.items()},
-               split_parts([layer for layer in layers if layer.splittable], QUICK_FRACTIONS, channel_multiple))]
+    groups = [({role: (value,) for role, value in precision.items()}, parts)]
     if whole:
         groups.append(({"cpu": (FLOAT32,), "gpu": (FLOAT32,)}, list(whole.values())))
     return groups
