@@ -197,8 +197,20 @@ def test_cpu_pointwise_conv2d_gemm(case, target):
 
 # Per kernel kind, one case each schedule of it takes: x-vectorized, channel-vectorized and
 # depthwise direct convs, the pointwise GEMM tile, dense.
+# conv_fvec2: two registers of output channels per pixel on AVX2 (16 registers)
 ISA_CASES = {"conv_xvec": (16, 13, 14, 3, 1, 1, 1, "relu"), "conv_fvec": (32, 64, 58, 3, 1, 1, 1, "relu"),
+             "conv_fvec2": (16, 32, 28, 3, 1, 1, 1, "relu"),
              "conv_dw": (16, 16, 15, 3, 2, 1, 16, "clip"), "conv_gemm": (64, 40, 7, 1, 1, 0, 1, "clip")}
+
+
+def test_avx2_channel_vectorized_conv_takes_two_channel_registers():
+    from tvm import s_tir
+
+    mod, _, _ = conv_relax(*ISA_CASES["conv_fvec2"])
+    plain = s_tir.Schedule(the_func(mod, "conv2d"))
+    tiles = schedules.cpu.conv2d.Conv2d.tiles(analysis.ConvInfo(plain, analysis.find_conv_block(plain)),
+                                              FIXED_ISAS["avx2"], True)
+    assert tiles["mode"] == "fvec" and tiles["FV"] == 16 and 2 * tiles["XU"] + 3 <= 16, tiles
 
 
 @pytest.mark.parametrize("isa", list(FIXED_ISAS))
@@ -222,7 +234,7 @@ def test_cpu_kernels_compile_for_every_x86_kind_ci_lands_on(case, isa):
     assert "ymm" in registers or "zmm" in registers, registers
     if isa == "avx2":
         assert "zmm" not in registers, registers
-    elif case in ("conv_fvec", "conv_gemm"):  # 16 float32 lanes of output channels
+    elif case in ("conv_fvec", "conv_fvec2", "conv_gemm"):  # 16 float32 lanes of output channels
         assert "zmm" in registers, registers
     require_runs_here(target)
     args = _random_args(func)

@@ -210,6 +210,10 @@ class Conv2d(CPUScheduleRule):
         xu = best_divisor(info.ow, min(14, acc_budget // 2), lower=1)
         if xu < 4 and info.ow > 4:
             xu = 8  # predicated on an unrolled loop: cheap
+        if regs <= 16 and fv == vl and info.f % (2 * vl) == 0 and 2 * xu + 3 <= regs:
+            # 16 registers: two registers of channels per pixel (2 x XU accumulators, 2 weight
+            # vectors, a broadcast), so that each broadcast input feeds two FMAs, not one
+            fv = 2 * vl
         return {"mode": "fvec", "FV": fv, "XU": xu, "lanes": vl}
 
     def schedule(self, sch: s_tir.Schedule, conv, info: ConvInfo, target: Target):
@@ -340,6 +344,10 @@ class Conv2d(CPUScheduleRule):
             par = sch.fuse(n, yy, fo)
         sch.parallel(par)
         sch.unroll(xu)
+        if fv_ > t["lanes"]:
+            # several registers of channels per pixel (16 registers: see Conv2d.tiles)
+            fvo, fv = sch.split(fv, [None, t["lanes"]])
+            sch.unroll(fvo)
         sch.vectorize(fv)
         acc = sch.cache_write(conv, 0, "local")
         # accumulator tile laid out [x][f] so that each register holds FV channels
