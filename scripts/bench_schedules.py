@@ -61,9 +61,11 @@ def _schedules():
 
 
 def cpu_target(threads: int):
+    """LLVM for this host's CPU, or for the `--mcpu` given (BENCH_MCPU in the workers: e.g.
+    haswell, to time AVX2 code on an AVX-512 machine)."""
     import tvm  # pylint: disable=import-outside-toplevel
 
-    mcpu = tvm.target.codegen.llvm_get_system_cpu()
+    mcpu = os.environ.get("BENCH_MCPU") or tvm.target.codegen.llvm_get_system_cpu()
     spec = {"kind": "llvm", "num-cores": threads}
     if mcpu and mcpu != "generic":
         spec["mcpu"] = mcpu
@@ -895,6 +897,7 @@ def main():
                          "SplitLayoutRewritePreproc + FoldConstant (weight repacks done at build time)")
     ap.add_argument("--clock", choices=["auto", "wall", "cpu"], default="auto",
                     help="cpu: per-thread CPU time (only with --threads 1); auto: cpu for 1 thread")
+    ap.add_argument("--mcpu", help="compile for this LLVM CPU instead of the host's (e.g. haswell: AVX2 code)")
     ap.add_argument("--out", help="write the markdown table here too")
     ap.add_argument("--gpu-pack", metavar="DIR", help="build the float16/float32 GPU kernels and models "
                     "of --models for the GPU host into DIR (then: sh DIR/run.sh $OUT there)")
@@ -939,6 +942,8 @@ def main():
         print(json.dumps(res))
         return
 
+    if args.mcpu:
+        os.environ["BENCH_MCPU"] = args.mcpu  # the workers inherit it
     models = [m for m in args.models.split(",") if m]
     th = str(args.threads)
     CLOCK["name"] = ("cpu" if args.threads == 1 else "wall") if args.clock == "auto" else args.clock
@@ -963,7 +968,8 @@ def main():
                 cpu_name = line.split(":", 1)[1].strip()
     except OSError:
         pass
-    lines.append(f"Machine: {cpu_name}, {os.cpu_count()} cores, {args.threads} thread(s) for TVM and onnxruntime; "
+    compiled = f"code for LLVM mcpu {args.mcpu}, " if args.mcpu else ""
+    lines.append(f"Machine: {cpu_name}, {compiled}{os.cpu_count()} cores, {args.threads} thread(s) for TVM and onnxruntime; "
                  f"clock: {'thread CPU time' if CLOCK['name'] == 'cpu' else 'wall'}; best of {args.rounds} "
                  f"alternating rounds; python {platform.python_version()}; date {time.strftime('%Y-%m-%d')}.")
     lines.append("")

@@ -167,7 +167,7 @@ POINTWISE_CASES = [(64, 32, 7, "relu"), (64, 40, 7, "clip"), (96, 100, 9, "bias"
 
 
 @pytest.mark.parametrize("case", POINTWISE_CASES, ids=lambda c: "x".join(map(str, c)))
-@pytest.mark.parametrize("target", [CPU, CPU_GENERIC], ids=["host", "llvm"])
+@pytest.mark.parametrize("target", [CPU, CPU_GENERIC, FIXED_ISAS["avx2"]], ids=["host", "llvm", "avx2"])
 def test_cpu_pointwise_conv2d_gemm(case, target):
     from tvm import s_tir
 
@@ -176,9 +176,15 @@ def test_cpu_pointwise_conv2d_gemm(case, target):
     mod, w, b = conv_relax(cin, cout, hw, 1, 1, 0, 1, epi)
     func = the_func(mod, "conv2d")
     plain = s_tir.Schedule(func)
+    info = analysis.ConvInfo(plain, analysis.find_conv_block(plain))
     # AVX-512's register tile takes every case (SSE2's smaller one finds no pixel tile for some planes)
-    tiles = conv2d.Conv2d.tiles(analysis.ConvInfo(plain, analysis.find_conv_block(plain)), VNNI, True)
+    tiles = conv2d.Conv2d.tiles(info, VNNI, True)
     assert tiles["mode"] == "gemm" and (tiles["KC"] is not None) == (cin >= 512), tiles
+    # so does AVX2's, with 16 ymm registers: accumulators, weight vectors and a broadcast fit
+    avx2 = conv2d.Conv2d.tiles(info, FIXED_ISAS["avx2"], True)
+    assert avx2["mode"] == "gemm" and avx2["FO"] * avx2["PU"] + avx2["FO"] + 1 <= 16, avx2
+    if target is FIXED_ISAS["avx2"]:
+        require_runs_here(target)
     rule, sch = schedules.apply_rules(func, target, schedules.schedule_rules(target, prepacked_weights=True))
     assert rule_name(rule) == "Conv2d"
     x = RNG.standard_normal((1, cin, hw, hw)).astype("float32")
@@ -191,8 +197,20 @@ def test_cpu_pointwise_conv2d_gemm(case, target):
 
 # Per kernel kind, one case each schedule of it takes: x-vectorized, channel-vectorized and
 # depthwise direct convs, the pointwise GEMM tile, dense.
+# conv_fvec2: two registers of output channels per pixel on AVX2 (16 registers)
 ISA_CASES = {"conv_xvec": (16, 13, 14, 3, 1, 1, 1, "relu"), "conv_fvec": (32, 64, 58, 3, 1, 1, 1, "relu"),
+             "conv_fvec2": (16, 32, 28, 3, 1, 1, 1, "relu"),
              "conv_dw": (16, 16, 15, 3, 2, 1, 16, "clip"), "conv_gemm": (64, 40, 7, 1, 1, 0, 1, "clip")}
+
+
+def test_avx2_channel_vectorized_conv_takes_two_channel_registers():
+    from tvm import s_tir
+
+    mod, _, _ = conv_relax(*ISA_CASES["conv_fvec2"])
+    plain = s_tir.Schedule(the_func(mod, "conv2d"))
+    tiles = schedules.cpu.conv2d.Conv2d.tiles(analysis.ConvInfo(plain, analysis.find_conv_block(plain)),
+                                              FIXED_ISAS["avx2"], True)
+    assert tiles["mode"] == "fvec" and tiles["FV"] == 16 and 2 * tiles["XU"] + 3 <= 16, tiles
 
 
 @pytest.mark.parametrize("isa", list(FIXED_ISAS))
@@ -216,7 +234,7 @@ def test_cpu_kernels_compile_for_every_x86_kind_ci_lands_on(case, isa):
     assert "ymm" in registers or "zmm" in registers, registers
     if isa == "avx2":
         assert "zmm" not in registers, registers
-    elif case in ("conv_fvec", "conv_gemm"):  # 16 float32 lanes of output channels
+    elif case in ("conv_fvec", "conv_fvec2", "conv_gemm"):  # 16 float32 lanes of output channels
         assert "zmm" in registers, registers
     require_runs_here(target)
     args = _random_args(func)

@@ -49,7 +49,8 @@ def _add_processor_args(parser):
                         help="GPU share of each layer's output channels in [0,1], 'cpu', 'gpu', 'auto' "
                              "(the latency predictor chooses), or a plan JSON file")
     parser.add_argument("--predictor", help="predictor file (`mulayer train`'s .zip or .json) for --split auto "
-                                            "(default: the shipped one for these processors)")
+                                            "(default: the shipped one for these processors, else one measured "
+                                            "on first use and cached in $XDG_CACHE_HOME/tvm-mulayer)")
     parser.add_argument("--verify", action="store_true",
                         help="with --split auto: measure the plan against both single-processor plans, keep the fastest")
     parser.add_argument("--dims", default="channel,height", type=_parse_dims,

@@ -37,6 +37,7 @@ from ..analysis import (
     NotApplicable,
     best_divisor,
     block_name,
+    divisors,
     inline_epilogue_chain,
     inline_producers,
     is_pointwise,
@@ -83,6 +84,8 @@ GEMM_MIN_IN_CHANNELS = 64
 GEMM_K_CHUNK = 64
 GEMM_CHUNKED_MIN_IN_CHANNELS = 512
 GEMM_CHUNKED_MIN_INPUT_BYTES = 1 << 20
+# cycles from one FMA to the next that reads its result (4 on Skylake and Zen 3, 5 on Haswell)
+FMA_LATENCY = 4
 
 
 def _gemm_tiles(info: ConvInfo, lanes: int, acc_budget: int) -> dict | None:
@@ -98,6 +101,34 @@ def _gemm_tiles(info: ConvInfo, lanes: int, acc_budget: int) -> dict | None:
     chunked = info.rc >= GEMM_CHUNKED_MIN_IN_CHANNELS or (
         info.rc >= 2 * GEMM_K_CHUNK and info.input_bytes > GEMM_CHUNKED_MIN_INPUT_BYTES)
     return {"mode": "gemm", "FV": lanes, "FO": fo, "PU": pu, "KC": GEMM_K_CHUNK if chunked else None}
+
+
+def _gemm_tiles_16_registers(info: ConvInfo, lanes: int, regs: int) -> dict | None:
+    """The pointwise GEMM tile for 16 vector registers (AVX2): FO x PU accumulators, FO
+    weight vectors and a broadcast in the register file, the pair that keeps the FMA units
+    busiest: per input channel FO*PU FMAs, FO+PU loads (2 of each per cycle) and at least
+    FMA_LATENCY cycles between updates of one accumulator; channels padded to whole FO*FV
+    blocks count as lost work. With two or more chunks' worth of input channels the reduction
+    is chunked, by a divisor of them near GEMM_K_CHUNK (a chunk tail would predicate the
+    reduction loop): 16 registers hold a small tile, whose weight block then stays in L1."""
+    if not is_pointwise(info) or info.rc < GEMM_MIN_IN_CHANNELS or info.f < lanes:
+        return None
+    best = None
+    for fo in range(1, regs):
+        block = fo * lanes
+        kept = info.f / (-(-info.f // block) * block)
+        for pu in divisors(info.oh * info.ow):
+            acc = fo * pu
+            if pu < 2 or acc + fo + 1 > regs:
+                continue
+            rate = acc / max(acc / 2, (fo + pu) / 2, FMA_LATENCY) * kept
+            if best is None or (rate, acc) > best[:2]:
+                best = (rate, acc, fo, pu)
+    if best is None:
+        return None
+    chunk = best_divisor(info.rc, GEMM_K_CHUNK, lower=GEMM_K_CHUNK // 4)
+    return {"mode": "gemm", "FV": lanes, "FO": best[2], "PU": best[3],
+            "KC": chunk if chunk and info.rc >= 2 * chunk else None}
 
 
 class Conv2d(CPUScheduleRule):
@@ -160,7 +191,12 @@ class Conv2d(CPUScheduleRule):
         if (row_bytes % 4096 == 0 and xvec["FI"] > 8) or prepacked_weights:
             use_fvec = True
         # the pointwise GEMM tile repacks (and pads) weights as the channel-vectorized form does
-        gemm = _gemm_tiles(info, vl, acc_budget) if use_fvec else None
+        if not use_fvec:
+            gemm = None
+        elif regs <= 16:
+            gemm = _gemm_tiles_16_registers(info, vl, regs)
+        else:
+            gemm = _gemm_tiles(info, vl, acc_budget)
         if gemm is not None:
             return gemm
         # channels padded to whole vectors: far faster than the x-vectorized form with a
@@ -174,6 +210,10 @@ class Conv2d(CPUScheduleRule):
         xu = best_divisor(info.ow, min(14, acc_budget // 2), lower=1)
         if xu < 4 and info.ow > 4:
             xu = 8  # predicated on an unrolled loop: cheap
+        if regs <= 16 and fv == vl and info.f % (2 * vl) == 0 and 2 * xu + 3 <= regs:
+            # 16 registers: two registers of channels per pixel (2 x XU accumulators, 2 weight
+            # vectors, a broadcast), so that each broadcast input feeds two FMAs, not one
+            fv = 2 * vl
         return {"mode": "fvec", "FV": fv, "XU": xu, "lanes": vl}
 
     def schedule(self, sch: s_tir.Schedule, conv, info: ConvInfo, target: Target):
@@ -304,6 +344,10 @@ class Conv2d(CPUScheduleRule):
             par = sch.fuse(n, yy, fo)
         sch.parallel(par)
         sch.unroll(xu)
+        if fv_ > t["lanes"]:
+            # several registers of channels per pixel (16 registers: see Conv2d.tiles)
+            fvo, fv = sch.split(fv, [None, t["lanes"]])
+            sch.unroll(fvo)
         sch.vectorize(fv)
         acc = sch.cache_write(conv, 0, "local")
         # accumulator tile laid out [x][f] so that each register holds FV channels

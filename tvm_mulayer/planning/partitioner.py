@@ -748,16 +748,14 @@ def _distributed(module: Module, gpu_channels: dict, layers: dict) -> bool:
 
 
 def default_predictor(cpu, gpu):
-    """The shipped predictor measured on exactly these processors, if there is one."""
-    from pathlib import Path
-
+    """The shipped predictor measured on exactly these processors (`--split auto` measures
+    processors without one: `predictor_cache.measured_predictor`)."""
     from ..base.errors import MulayerError
-    from .predictor import Predictor
+    from .predictor_cache import shipped_predictor
 
-    for path in sorted((Path(__file__).parent.parent / "predictors").glob("*.zip")):
-        predictor = Predictor.load(path)
-        if (predictor.meta.get("cpu_target"), predictor.meta.get("gpu_target")) == (cpu.target, gpu.target):
-            return predictor
+    predictor = shipped_predictor(cpu, gpu)
+    if predictor is not None:
+        return predictor
     raise MulayerError(f"no latency predictor for CPU {cpu.label()} {cpu.target} + GPU {gpu.label()}; "
                        "measure these processors with `mulayer profile` and `mulayer train`, then pass "
                        "--predictor FILE")
@@ -784,7 +782,10 @@ def auto_plan(func, cpu, gpu, predictor=None, sources=None, channel_multiple: in
 
     requested = parse_precision(precision)
     if predictor is None:
-        predictor = default_predictor(cpu, gpu)
+        from .predictor_cache import measured_predictor, shipped_predictor
+
+        predictor = shipped_predictor(cpu, gpu) or measured_predictor(find_layers(func), cpu, gpu, channel_multiple,
+                                                                            requested, log)
     elif not isinstance(predictor, Predictor):
         predictor = Predictor.load(predictor)
     predictor.check_processors(cpu, gpu)

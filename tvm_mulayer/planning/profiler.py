@@ -77,22 +77,29 @@ def zoo_configs(models=None, fractions=FRACTIONS, image_size: int = 224, width: 
     from ..base import zoo
     from ..compiler.frontend import import_onnx
     from ..base.layers import find_layers
-    from ..base.plan import round_split
 
-    seen, configs = set(), []
+    layers = []
     for name in models or zoo.NAMES:
         kwargs = zoo.small(name) if small else {"width": width, "image_size": image_size}
         mod, _ = import_onnx(zoo.build(name, **kwargs))
-        for layer in find_layers(mod["main"]):
-            if not layer.splittable:
-                continue
-            for fraction in fractions:
-                channels = round_split(layer, fraction, channel_multiple) or layer.channels_per_unit
-                for part in {channels, layer.channels - channels} - {0}:
-                    config = layer.part(part)
-                    if config_key(config) not in seen:
-                        seen.add(config_key(config))
-                        configs.append(config)
+        layers += [layer for layer in find_layers(mod["main"]) if layer.splittable]
+    return split_parts(layers, fractions, channel_multiple)
+
+
+def split_parts(layers: list[Layer], fractions=FRACTIONS, channel_multiple: int = 1) -> list[Layer]:
+    """Both parts of each of the splittable `layers` split at each of `fractions` (rounded
+    as the partitioner rounds them, to `channel_multiple`), each distinct shape once."""
+    from ..base.plan import round_split
+
+    seen, configs = set(), []
+    for layer in layers:
+        for fraction in fractions:
+            channels = round_split(layer, fraction, channel_multiple) or layer.channels_per_unit
+            for part in {channels, layer.channels - channels} - {0}:
+                config = layer.part(part)
+                if config_key(config) not in seen:
+                    seen.add(config_key(config))
+                    configs.append(config)
     return configs
 
 
