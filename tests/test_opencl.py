@@ -409,3 +409,11 @@ def test_profile_over_rpc_times_opencl_kernels(opencl, served, tmp_path, capsys)
     assert profiled >= 10 and len(kernels["gpu"]) == profiled and sorted(kernels["gpu"]) == sorted(kernels["cpu"])
     assert {r["config"] for r in rows if r["kind"] == "copy"} == {"h2d", "d2h"}  # remote cpu <-> remote opencl
     assert all(float(r["seconds"]) > 0 for r in rows)
+
+
+def test_profiling_float16_kernels_on_a_device_without_half_is_refused(opencl, capsys):
+    if not opencl_float16_missing():
+        pytest.skip(f"the OpenCL device {opencl.device_name!r} has cl_khr_fp16")
+    assert main(["profile", "--gpu", "opencl", "--models", "squeezenet1_1", "--small", "--fractions", "1.0"]) == 2
+    err = capsys.readouterr().err
+    assert "no cl_khr_fp16" in err and "--precision native,gpu=fp32" in err and "Traceback" not in err

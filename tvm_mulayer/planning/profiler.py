@@ -605,10 +605,12 @@ def profile(csv_path, cpu, gpu, configs: list[Layer], *, precisions: dict | None
     copies between them; append to `csv_path`, skipping what it already holds (so an
     interrupted run resumes). Kernels are compiled and timed `batch` at a time, each in
     `passes` sweeps over its batch."""
-    from ..runtime.devices import cpu_threads, tvm_device
+    from ..runtime.devices import cpu_threads, refuse_float16, tvm_device
 
     threads = cpu_threads(cpu, gpu)
     devices = [tvm_device(cpu, 0), tvm_device(gpu, 1)]
+    if gpu.device_type == "opencl" and "fp16" in (precisions or {}).get("gpu", ()):  # default: float32
+        refuse_float16(devices[1], "the GPU kernels to profile compute", "profile")
     return _measure_into(csv_path, cpu, gpu, configs, devices,
                          lambda role, processor, items, conversions: _built(cpu, configs, processor, items,
                                                                             conversions),

@@ -66,12 +66,17 @@ def check_kernels_build(processor: Processor, device, module) -> None:
     sources = [m.inspect_source() for m in imported_modules(root) if m.kind == "opencl"]
     if not any("OPENCL EXTENSION cl_khr_fp16" in source for source in sources):
         return
+    refuse_float16(device, "this executable's GPU slices compute", "compile")
+
+
+def refuse_float16(device, what: str, remedy: str) -> None:
+    """One clear error where the OpenCL `device` has no half-precision support: `what`
+    computes in float16; `remedy` is the command to rerun with float32 GPU slices."""
     extensions = opencl_extensions(device.device_name)
     if extensions is not None and not extensions.intersection(FLOAT16_EXTENSIONS):
         raise MulayerError(
-            f"this executable's GPU slices compute in float16, but the OpenCL device {device.device_name!r} "
-            "has no half-precision support (no cl_khr_fp16); compile with --precision native,gpu=fp32 "
-            "(or fp32) for this device")
+            f"{what} in float16, but the OpenCL device {device.device_name!r} has no half-precision support "
+            f"(no cl_khr_fp16); {remedy} with --precision native,gpu=fp32 (or fp32) for this device")
 
 
 def imported_modules(module) -> list:
