@@ -147,6 +147,7 @@ RULE_CASES = {
     "conv-7x7-s2-3to11-29px": conv_case(3, 11, 29, 7, stride=2, pad=3),  # GoogLeNet's stem
     "conv-3x3-s2-3to32-23px": conv_case(3, 32, 23, 3, stride=2, pad=1),  # MobileNet's stem
     "conv-1x3-9to17-11x19px": conv_case(9, 17, (11, 19), (1, 3), pad=(0, 1)),
+    "conv-3x3-14to31-4px": conv_case(14, 31, 4, 3, pad=1),  # GoogLeNet's (small) 4x4 maps
     "conv-1x1-s2-24to13-15px": conv_case(24, 13, 15, 1, stride=2),
     "conv-grouped-32to16-g4-14px": conv_case(32, 16, 14, 3, pad=1, groups=4),
     "conv-channel-multiplier-2": conv_case(7, 14, 11, 3, pad=1, groups=7),
@@ -176,11 +177,31 @@ RULE_CASES = {
                              lambda x: op.permute_dims(op.clip(x, 0.0, 0.5), [2, 0, 1]),
                              lambda x: np.clip(x, 0, 0.5).transpose(2, 0, 1)),
 }
+# Conv2d with a filter tail block (31 filters in blocks of 16), several input channels per
+# reduction step and a 4x4 map: the tail block's outputs are NaN/garbage on pocl 3.1, though the
+# generated OpenCL C is correct (guards on the filter index only, barriers unconditional): with
+# POCL_WORK_GROUP_METHOD=repl (pocl's other way to run a work-group) the same kernel matches
+# numpy, so pocl's default work-item loops mis-handle it. Strict: a pocl that fixes it shows up.
+FILTER_TAIL_BUG = pytest.mark.xfail(strict=True, reason="pocl 3.1 work-item-loops bug: correct with "
+                                    "POCL_WORK_GROUP_METHOD=repl (Conv2d filter-tail block)")
+
+
+def marked(params: list, failing) -> list:
+    """`params` with FILTER_TAIL_BUG on those whose values `failing(*values)` names."""
+    out = []
+    for param in params:
+        values, marks = (param.values, list(param.marks)) if hasattr(param, "marks") else (
+            param if isinstance(param, tuple) else (param,), [])
+        out.append(pytest.param(*values, marks=marks + [FILTER_TAIL_BUG] * bool(failing(*values))))
+    return out
+
+
 FAST_RULE_CASES = ["conv-3x3-13to37-17px", "depthwise-3x3-s2-37ch-23px", "dense-1x97-13",
                    "maxpool-3x3-s2-ceil-28px", "pointwise-1x1-24to37-13px"]
 
 
-@pytest.mark.parametrize("case", fast_params(FAST_RULE_CASES, [c for c in RULE_CASES if c not in FAST_RULE_CASES]))
+@pytest.mark.parametrize("case", marked(fast_params(FAST_RULE_CASES, [c for c in RULE_CASES if c not in FAST_RULE_CASES]),
+                                         lambda case: case == "conv-3x3-14to31-4px"))
 def test_rule_kernels_match_numpy(opencl, case):
     expected_rule, main_kernel, params, body, reference = RULE_CASES[case]
     rule, executable = build_on_opencl(params, body, main_kernel)
@@ -284,8 +305,9 @@ def cosine(a, b) -> float:
     return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
 
 
-@pytest.mark.parametrize("name, plan, preset", fast_params(FAST_ZOO_CASES,
-                                                           [c for c in ZOO_CASES if c not in FAST_ZOO_CASES]))
+@pytest.mark.parametrize("name, plan, preset", marked(
+    fast_params(FAST_ZOO_CASES, [c for c in ZOO_CASES if c not in FAST_ZOO_CASES]),
+    lambda name, plan, preset: name == "googlenet" and plan != "ratio-0"))  # it has that layer
 def test_zoo_split_runs_on_opencl_and_matches_onnxruntime(opencl, small_zoo, name, plan, preset, tmp_path):
     model = small_zoo[name]
     split = random_plan(model, sum(map(ord, name))) if PLANS[plan] == "random" else PLANS[plan]
