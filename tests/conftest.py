@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 
 import numpy as np
@@ -89,3 +90,47 @@ def pytest_collection_modifyitems(config, items):
         config.hook.pytest_deselected(items=full)
         deselected = set(full)
         items[:] = [item for item in items if item not in deselected]
+
+
+# ---- OpenCL ---------------------------------------------------------------------------------
+# OpenCL kernels run where TVM's OpenCL runtime plugin is loaded and an OpenCL driver offers a
+# device (pocl in CI: .ci/run installs it and builds the plugin from ../shared/tvm-opencl-runtime).
+@functools.lru_cache(maxsize=None)
+def opencl_missing() -> str | None:
+    """Why OpenCL kernels cannot run here (the error `mulayer run` would give), or None."""
+    from tvm_mulayer import MulayerError
+    from tvm_mulayer.base.processors import cpu_processor, gpu_processor
+    from tvm_mulayer.runtime.devices import tvm_device
+
+    try:
+        tvm_device(gpu_processor("opencl", cpu_processor("host")), 1)
+    except MulayerError as err:
+        return f"no OpenCL device here ({err}); .ci/run installs pocl and builds the plugin"
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def opencl_float16_missing() -> str | None:
+    """Why float16 OpenCL kernels cannot run here, or None."""
+    import tvm
+
+    from tvm_mulayer.runtime.devices import FLOAT16_EXTENSIONS, opencl_extensions
+
+    if opencl_missing():
+        return opencl_missing()
+    name = tvm.opencl(0).device_name
+    if not (opencl_extensions(name) or frozenset()).intersection(FLOAT16_EXTENSIONS):
+        return (f"the OpenCL device {name!r} has no cl_khr_fp16 (Debian 12's pocl 3.1 has none): float16 "
+                "OpenCL kernels are only compiled here")
+    return None
+
+
+@pytest.fixture
+def opencl():
+    """The OpenCL device (pocl's CPU device in CI); the test skips, saying why, where there is none."""
+    import tvm
+
+    reason = opencl_missing()
+    if reason:
+        pytest.skip(reason)
+    return tvm.opencl(0)

@@ -1,19 +1,13 @@
 """`mulayer deploy` against real TVM RPC servers and a tracker on 127.0.0.1.
 
-The servers run in child processes (their own process groups, killed in teardown); every
-wait is bounded. The artifact is a small SqueezeNet 1.1 with an emulated GPU, so the remote
+The servers run in child processes (`rpc_servers.py`: their own process groups, killed in
+teardown); every wait is bounded. The artifact is a small SqueezeNet 1.1 with an emulated GPU, so the remote
 VM gets the same two devices (cpu(0), cpu(1)) as a local run and outputs must match exactly.
 """
 
 from __future__ import annotations
 
-import os
-import select
 import shutil
-import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 
@@ -27,83 +21,13 @@ from tvm_mulayer.cli import main
 from tvm_mulayer.runtime.deploy import connect, deploy
 
 from conftest import ort_run, relative_error
+from rpc_servers import Served, free_port, wait_registered
 
 pytestmark = pytest.mark.rpc  # full tier: RPC servers and trackers on loopback
 
 MODEL = "squeezenet1_1"
-START_TIMEOUT = 60  # seconds for a server or tracker process to bind its port
 
 pytest.importorskip("tornado", reason="the TVM RPC tracker needs tornado (pip install tornado)")
-
-# Runs TVM's own RPC server / tracker state in this child process (what `python -m
-# tvm.exec.rpc_server` runs inside a popen worker), prints the bound port, serves until killed.
-_SERVE = r"""
-import sys
-kind, host, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
-if kind == "tracker":
-    from tvm.rpc.tracker import PopenTrackerServerState as State
-    state = State(host, port, port + 200, silent=True)
-else:
-    from tvm.rpc.server import PopenRPCServerState as State
-    tracker = (sys.argv[4], int(sys.argv[5])) if len(sys.argv) > 5 else None
-    state = State(host, port, port + 200, tracker_addr=tracker, key=sys.argv[6] if len(sys.argv) > 6 else "",
-                  silent=True)
-print("PORT", state.port, flush=True)
-state.thread.join()
-"""
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class Served:
-    """A TVM RPC server or tracker in a child process group on 127.0.0.1."""
-
-    def __init__(self, kind: str, *extra):
-        self.proc = subprocess.Popen([sys.executable, "-c", _SERVE, kind, "127.0.0.1", str(_free_port()), *map(str, extra)],
-                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True)
-        deadline = time.monotonic() + START_TIMEOUT
-        while time.monotonic() < deadline:
-            ready, _, _ = select.select([self.proc.stdout], [], [], 0.5)
-            if ready:
-                line = self.proc.stdout.readline()
-                if line.startswith(b"PORT"):
-                    self.port = int(line.split()[1])
-                    self.address = f"127.0.0.1:{self.port}"
-                    return
-                if not line:
-                    break
-        self.stop()
-        raise RuntimeError(f"the TVM RPC {kind} did not start within {START_TIMEOUT} s")
-
-    def stop(self) -> None:
-        """Kill the process group (the server forks one child per session)."""
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        self.proc.wait(timeout=10)
-        self.proc.stdout.close()
-
-
-def _wait_registered(tracker: Served, key: str, timeout: float = 30) -> None:
-    import tvm.rpc
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        session = tvm.rpc.connect_tracker("127.0.0.1", tracker.port)
-        try:
-            keys = [info["key"] for info in session.summary()["server_info"]]
-        finally:
-            session.close()
-        if f"server:{key}" in keys:
-            return
-        time.sleep(0.2)
-    raise RuntimeError(f"no server registered under {key!r} within {timeout} s")
-
 
 @pytest.fixture(scope="module")
 def model():
@@ -127,7 +51,7 @@ def servers():
         started.append(Served("server"))
         started.append(Served("tracker"))
         started.append(Served("server", "127.0.0.1", started[1].port, "mulayer-test"))
-        _wait_registered(started[1], "mulayer-test")
+        wait_registered(started[1], "mulayer-test")
         yield {"rpc": started[0], "tracker": started[1]}
     finally:
         for served in started:
@@ -188,7 +112,7 @@ def test_tracker_without_the_key(servers):
 
 
 def test_nothing_listening(artifact, capsys):
-    port = _free_port()
+    port = free_port()
     with pytest.raises(MulayerError, match=f"nothing is listening at 127.0.0.1:{port}.*rpc_server"):
         connect(rpc=f"127.0.0.1:{port}", timeout=10)
     with pytest.raises(MulayerError, match=f"nothing is listening at 127.0.0.1:{port}.*rpc_tracker"):
@@ -246,12 +170,19 @@ def test_server_killed_mid_run(artifact):
         server.stop()
 
 
-def test_remote_without_the_gpu(model, servers, tmp_path):
-    """An OpenCL artifact on a server whose TVM runtime has no OpenCL: refused before loading."""
+def test_remote_without_the_gpu(model, tmp_path):
+    """An OpenCL artifact on a server that sees no OpenCL device: refused before loading. (Its
+    runtime may have TVM's OpenCL plugin, as CI's has: an empty OCL_ICD_VENDORS folder then
+    hides every OpenCL driver from it.)"""
     executable = tvm_mulayer.compile(model, cpu="host", gpu="opencl", split=0.5)
     path = executable.export(tmp_path / "opencl")
-    with pytest.raises(MulayerError, match="remote has no opencl device"):
-        deploy(path, connect(rpc=servers["rpc"].address), repeat=0)
+    (tmp_path / "no-drivers").mkdir()
+    server = Served("server", env={"OCL_ICD_VENDORS": str(tmp_path / "no-drivers")})
+    try:
+        with pytest.raises(MulayerError, match="remote has no opencl device"):
+            deploy(path, connect(rpc=server.address), repeat=0)
+    finally:
+        server.stop()
 
 
 def test_profile_over_rpc_measures_both_remote_devices(servers, tmp_path, capsys):

@@ -11,6 +11,7 @@ import numpy as np
 from .base.errors import MulayerError, reported
 from .base.processors import CPU_PRESETS
 from .runtime.deploy import DEFAULT_TIMEOUT as DEFAULT_RPC_TIMEOUT
+from .runtime.devices import device_label
 from .runtime.inputs import read_inputs
 
 
@@ -110,6 +111,7 @@ def cmd_run(args) -> int:
     if inputs is None:
         print("no --input given: running on seeded random data")
     outputs = executable.run(inputs)
+    print(f"ran on CPU {device_label(executable.cpu, 0)} and GPU {device_label(executable.gpu, 1)}")
     for name, value in outputs.items():
         print(f"output {name}: shape {list(value.shape)} {value.dtype}, "
               f"mean {float(np.mean(value)):.6g}, max {float(np.max(value)):.6g}")

@@ -26,3 +26,14 @@ def max_threads(target: Target) -> int:
         if val is not None:
             return int(val)
     return 256
+
+
+STATIC_SHARED_LIMIT = 48 * 1024  # bytes of static shared memory a CUDA block may use
+
+
+def max_shared_bytes(target: Target) -> int:
+    """Bytes of shared (OpenCL: local) memory one block may use: the target's
+    max_shared_memory_per_block where it says (TVM's OpenCL targets: 16 KiB, which every OpenCL
+    GPU offers; phones have 32 KiB), never over CUDA's 48 KiB of static shared memory."""
+    val = target.attrs.get("max_shared_memory_per_block", None)
+    return min(STATIC_SHARED_LIMIT, int(val)) if val is not None else STATIC_SHARED_LIMIT

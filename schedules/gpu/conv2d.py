@@ -29,7 +29,7 @@ from ..analysis import (
     match_conv,
     try_compute_inline,
 )
-from .base import GPUScheduleRule, max_threads
+from .base import GPUScheduleRule, max_shared_bytes, max_threads
 from .blocks import cooperative_fetch, finish_epilogue
 from .tensor_core import TARGET_BLOCKS, TensorCoreGemm
 
@@ -41,7 +41,6 @@ def _pow2_at_most(n: int, cap: int) -> int:
     return p
 
 
-SHARED_LIMIT = 48 * 1024  # bytes of static shared memory per block (CUDA; OpenCL local memory is 32+ KiB)
 MIN_CHAIN = 2000  # multiply-adds per thread from which fill_grid splits a short grid
 MIN_BLOCK_THREADS = 64  # fill_grid's floor
 
@@ -82,10 +81,13 @@ class Conv2d(GPUScheduleRule):
         tiles = {"TX": tx, "TY": ty, "TF": tf, "FI": fi, "RC": rc}
         if target.kind.name == "cuda":
             Conv2d.fill_grid(info, tiles)
-        # The input patch and weight slab staged per reduction step must fit the 48 KiB of
-        # static shared memory (11x11 and 5x5 kernels overflowed it: ptxas "uses too much
-        # shared data"): give up reduction depth first, then filters, then rows.
-        while Conv2d.shared_bytes(info, tiles) > SHARED_LIMIT:
+        # The input patch and weight slab staged per reduction step must fit the block's shared
+        # memory: CUDA's 48 KiB of static shared memory (11x11 and 5x5 kernels overflowed it:
+        # ptxas "uses too much shared data"), the OpenCL target's local memory (16 KiB: AlexNet's
+        # first layer staged 39 KiB, more than a phone's 32). Give up reduction depth first,
+        # then filters, then rows.
+        limit = max_shared_bytes(target)
+        while Conv2d.shared_bytes(info, tiles) > limit:
             if tiles["RC"] > 1:
                 tiles["RC"] = best_divisor(info.rc, tiles["RC"] - 1) or 1
             elif tiles["FI"] > 1:

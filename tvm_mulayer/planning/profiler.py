@@ -404,8 +404,9 @@ def measure_conversions(vm, dtype: str, device, sizes=CONVERT_SIZES, repeat: int
     return rows
 
 
-def measure_copies(device, sizes=COPY_SIZES, repeat: int = 20, host_device=None) -> list[tuple]:
-    """(bytes, seconds host->device, seconds device->host) for each size."""
+def measure_copies(device, sizes=COPY_SIZES, repeat: int = 20, host_device=None, copy=None) -> list[tuple]:
+    """(bytes, seconds host->device, seconds device->host) for each size; `copy(src, dst)`
+    copies between the two tensors (default: src.copyto(dst))."""
     import tvm
 
     rows = []
@@ -417,7 +418,7 @@ def measure_copies(device, sizes=COPY_SIZES, repeat: int = 20, host_device=None)
             samples = []
             for _ in range(repeat):
                 start = time.perf_counter()
-                src.copyto(dst)
+                copy(src, dst) if copy else src.copyto(dst)
                 device.sync()
                 samples.append(time.perf_counter() - start)
             timings.append(float(np.min(samples)))
@@ -456,11 +457,11 @@ def _kernel_row(kind, role, processor, layer, precision, seconds, stamp, threads
             "tvm": tvm.__version__, "recorded": stamp}
 
 
-def _copy_rows(gpu, stamp, devices) -> list:
+def _copy_rows(gpu, stamp, devices, copy=None) -> list:
     import tvm
 
     rows = []
-    for size, h2d, d2h in measure_copies(devices[1], host_device=devices[0]):
+    for size, h2d, d2h in measure_copies(devices[1], host_device=devices[0], copy=copy):
         for direction, seconds in (("h2d", h2d), ("d2h", d2h)):
             rows.append({"kind": "copy", "role": "gpu", "processor": gpu.label(), "config": direction, "bytes": size,
                          "seconds": f"{seconds:.9g}", "device": _device_description(gpu), "tvm": tvm.__version__,
@@ -497,7 +498,7 @@ def _check_precisions(precisions: dict) -> dict:
 
 def _measure_into(csv_path, cpu, gpu, configs: list[Layer], devices: list, kernels, *, threads: int | None,
                   precisions: dict | None = None, concurrent_share: float = 0.2, resume: bool = True,
-                  quiet: bool = False, batch: int | None = None, passes: int = 1) -> Path:
+                  quiet: bool = False, batch: int | None = None, passes: int = 1, copy=None) -> Path:
     """Time `configs` in each of `precisions` (role -> slice precisions; default float32) on
     devices [cpu, gpu] (every one alone; a `concurrent_share` of them also with the other
     processor busy, where the GPU is a real, asynchronous one), the input conversions those
@@ -510,7 +511,8 @@ def _measure_into(csv_path, cpu, gpu, configs: list[Layer], devices: list, kerne
     measured; with `resume`, measurements the CSV already holds are skipped. Each kernel is
     timed in `passes` separate sweeps over the compiled batch (a row each): a burst of other
     load then slows one of its timings, not all, and the predictor takes the fastest.
-    `threads`: the CPU thread pool's size, recorded with each row (None where unknown)."""
+    `threads`: the CPU thread pool's size, recorded with each row (None where unknown); `copy`: see
+    `measure_copies`."""
     import contextlib
 
     import tvm.runtime.vm
@@ -592,7 +594,7 @@ def _measure_into(csv_path, cpu, gpu, configs: list[Layer], devices: list, kerne
                                                  t, stamp, threads) for (i, precision), t in zip(items, times))
                     handle.flush()
         if ("copy", "gpu", "h2d") not in done:
-            writer.writerows(_copy_rows(gpu, stamp, devices))
+            writer.writerows(_copy_rows(gpu, stamp, devices, copy))
     return path
 
 def _built(cpu, configs: list[Layer], processor, items: list[tuple[int, str]], conversions=()):
@@ -610,10 +612,12 @@ def profile(csv_path, cpu, gpu, configs: list[Layer], *, precisions: dict | None
     copies between them; append to `csv_path`, skipping what it already holds (so an
     interrupted run resumes). Kernels are compiled and timed `batch` at a time, each in
     `passes` sweeps over its batch."""
-    from ..runtime.devices import cpu_threads, tvm_device
+    from ..runtime.devices import cpu_threads, refuse_float16, tvm_device
 
     threads = cpu_threads(cpu, gpu)
     devices = [tvm_device(cpu, 0), tvm_device(gpu, 1)]
+    if gpu.device_type == "opencl" and "fp16" in (precisions or {}).get("gpu", ()):  # default: float32
+        refuse_float16(devices[1], "the GPU kernels to profile compute", "profile")
     return _measure_into(csv_path, cpu, gpu, configs, devices,
                          lambda role, processor, items, conversions: _built(cpu, configs, processor, items,
                                                                             conversions),
@@ -639,9 +643,11 @@ def profile_remote(session, csv_path, cpu, gpu, configs: list[Layer], *, precisi
             session.upload(str(local), local.name)
             return session.load_module(local.name), names, specs
 
-        # the remote's thread pool is its own: its size is not known here
+        # the remote's thread pool is its own: its size is not known here. The copies run
+        # there: TVM's client refuses a copy between remote devices of two types (cpu, opencl).
         return _measure_into(csv_path, cpu, gpu, configs, remote_devices(session, cpu, gpu), upload, threads=None,
-                             precisions=precisions, quiet=quiet, passes=passes)
+                             precisions=precisions, quiet=quiet, passes=passes,
+                             copy=session.get_function("runtime.TVMTensorCopyFromTo"))
 
 
 def _exported_items(configs: list[Layer], precisions: dict, role: str) -> list[tuple[int, str]]:

@@ -21,6 +21,12 @@ def tvm_device(processor: Processor, index: int):
 
     if processor.device_type == "cpu":
         return tvm.cpu(index)
+    where = f"this executable runs its GPU part on {processor.device_type} ({processor.name}), but"
+    if processor.device_type == "opencl" and tvm.get_global_func("device_api.opencl", allow_missing=True) is None:
+        raise MulayerError(
+            f"{where} this TVM runtime has no OpenCL support (the apache-tvm wheel is built without it): "
+            f"build TVM's OpenCL runtime plugin, libtvm_runtime_opencl.so, into {Path(tvm.__file__).parent / 'lib'} "
+            "or a folder on LD_LIBRARY_PATH (README: \"OpenCL\"), or compile with --gpu emulated")
     available = True
     if processor.device_type == "cuda":
         try:
@@ -29,11 +35,101 @@ def tvm_device(processor: Processor, index: int):
             available = False
     device = tvm.device(processor.device_type, 0)
     if not available or not device.exist:
+        driver = (" (an OpenCL driver: the GPU vendor's, or pocl-opencl-icd to run OpenCL on the CPU)"
+                  if processor.device_type == "opencl" else "")
         raise MulayerError(
-            f"this executable runs its GPU part on {processor.device_type} ({processor.name}), "
-            f"but this machine has no {processor.device_type} device; run it where there is one, "
+            f"{where} this machine has no {processor.device_type} device{driver}; run it where there is one, "
             "or compile with --gpu emulated to run both parts on this CPU")
     return device
+
+
+def device_label(processor: Processor, index: int) -> str:
+    """Which runtime device a processor's kernels run on, in words: `opencl:0, <device name>
+    (OpenCL 3.0, driver 3.1)`, `cuda:0, NVIDIA H200 (compute 9.0)`, `cpu:1 (...)`."""
+    device = tvm_device(processor, index)
+    if processor.device_type == "cpu":
+        return f"cpu:{index}" + (" (the emulated GPU: a second LLVM device on this CPU)" if processor.emulated else "")
+    if processor.device_type == "opencl":
+        details = f"OpenCL {device.compute_version}, driver {device.driver_version}"
+    else:
+        details = f"compute {device.compute_version}"
+    return f"{processor.device_type}:{device.index}, {device.device_name} ({details})"
+
+
+# OpenCL C's half type needs one of these device extensions
+FLOAT16_EXTENSIONS = ("cl_khr_fp16", "cl_amd_fp16")
+
+
+def check_kernels_build(processor: Processor, device, module) -> None:
+    """Refuse, before any kernel runs, float16 OpenCL kernels on a device without half
+    support (Debian's pocl 3.1, some desktop drivers), which would fail at their first launch
+    deep inside TVM; `module` is the executable's runtime module."""
+    if processor.device_type != "opencl":
+        return
+    root = getattr(module, "mod", module)  # a relax VMExecutable holds its runtime module
+    sources = [m.inspect_source() for m in imported_modules(root) if m.kind == "opencl"]
+    if not any("OPENCL EXTENSION cl_khr_fp16" in source for source in sources):
+        return
+    refuse_float16(device, "this executable's GPU slices compute", "compile")
+
+
+def refuse_float16(device, what: str, remedy: str) -> None:
+    """One clear error where the OpenCL `device` has no half-precision support: `what`
+    computes in float16; `remedy` is the command to rerun with float32 GPU slices."""
+    extensions = opencl_extensions(device.device_name)
+    if extensions is not None and not extensions.intersection(FLOAT16_EXTENSIONS):
+        raise MulayerError(
+            f"{what} in float16, but the OpenCL device {device.device_name!r} has no half-precision support "
+            f"(no cl_khr_fp16); {remedy} with --precision native,gpu=fp32 (or fp32) for this device")
+
+
+def imported_modules(module) -> list:
+    """`module` and every module it imports, depth first."""
+    found = [module]
+    for imported in module.imports:
+        found += imported_modules(imported)
+    return found
+
+
+def opencl_extensions(device_name: str) -> frozenset | None:
+    """The extensions of the OpenCL device named `device_name`, asked of the OpenCL ICD loader
+    (TVM's runtime does not report them); None where the loader or the device is not found."""
+    import ctypes
+
+    for name in ("libOpenCL.so.1", "libOpenCL.so"):
+        try:
+            opencl = ctypes.CDLL(name)
+            break
+        except OSError:
+            continue
+    else:
+        return None
+    opencl.clGetPlatformIDs.argtypes = [ctypes.c_uint32, ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint32)]
+    opencl.clGetDeviceIDs.argtypes = [ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint32, ctypes.c_void_p,
+                                      ctypes.POINTER(ctypes.c_uint32)]
+    opencl.clGetDeviceInfo.argtypes = [ctypes.c_void_p, ctypes.c_uint32, ctypes.c_size_t, ctypes.c_void_p,
+                                       ctypes.POINTER(ctypes.c_size_t)]
+
+    def listed(query, *args) -> list:
+        count = ctypes.c_uint32()
+        if query(*args, 0, None, ctypes.byref(count)) != 0 or not count.value:
+            return []
+        items = (ctypes.c_void_p * count.value)()
+        return list(items) if query(*args, count.value, items, None) == 0 else []
+
+    def text(device, param: int) -> str:
+        size = ctypes.c_size_t()
+        opencl.clGetDeviceInfo(device, param, 0, None, ctypes.byref(size))
+        value = ctypes.create_string_buffer(size.value)
+        opencl.clGetDeviceInfo(device, param, size.value, value, None)
+        return value.value.decode(errors="replace")
+
+    cl_device_name, cl_device_extensions, cl_device_type_all = 0x102B, 0x1030, 0xFFFFFFFF
+    for platform in listed(opencl.clGetPlatformIDs):
+        for device in listed(opencl.clGetDeviceIDs, platform, cl_device_type_all):
+            if text(device, cl_device_name) == device_name:
+                return frozenset(text(device, cl_device_extensions).split())
+    return None
 
 
 def cpu_threads(cpu: Processor, gpu: Processor) -> int:

@@ -28,7 +28,7 @@ from ..base.errors import MulayerError
 from ..base.plan import Plan
 from ..base.processors import Processor
 from ..base.quantization import CALIBRATION_FILE, Calibration
-from .devices import EXCHANGE_COPY, cpu_threads, tvm_device
+from .devices import EXCHANGE_COPY, check_kernels_build, cpu_threads, tvm_device
 
 ARTIFACT_FORMAT = "tvm-mulayer-artifact/1"
 # the VM calls that copy between the devices: passes.PooledCopies' destination-passing copy, and
@@ -79,6 +79,7 @@ class Executable:
             import tvm.runtime.vm  # not imported by `import tvm` in runtime-only mode
 
             devices = [tvm_device(self.cpu, 0), tvm_device(self.gpu, 1)]
+            check_kernels_build(self.gpu, devices[1], self.module)
             self._devices = devices
             self._vm = tvm.runtime.vm.VirtualMachine(self.module, devices)
             self._weight_args = [tvm.runtime.tensor(w, devices[d]) for w, d in zip(self.weights, self.weight_devices)]
