@@ -143,10 +143,16 @@ def cmd_pack(args) -> int:
             np.savez(out / f"{tag}.npz", input=x, reference=ort.InferenceSession(model.SerializeToString()).run(
                 None, {"input": x})[0])
         for precision in args.precision:
-            for split in args.splits:
+            # `auto` once per --auto-dims entry (labelled auto-channel, auto-channel+height, ...)
+            splits = [(split, dims) for split in args.splits
+                      for dims in (args.auto_dims if split == "auto" else [None])]
+            for split, dims in splits:
                 executable = tvm_mulayer.compile(model, cpu=args.cpu, gpu=args.gpu, split=split,
-                                                 predictor=args.predictor, precision=precision)
+                                                 predictor=args.predictor, precision=precision,
+                                                 **({"dims": dims} if dims else {}))
                 label = Path(split).stem if str(split).endswith(".json") else split
+                if dims:
+                    label, split = f"auto-{'+'.join(dims)}", f"auto-{'+'.join(dims)}"
                 directory = out / "artifacts" / f"{tag}-{label}-{precision.replace(',', '+')}"
                 executable.export(directory)
                 cuda_sources += _cuda_sources(executable.module.mod)
@@ -383,6 +389,9 @@ def main(argv=None) -> int:
     p.add_argument("--profile-passes", type=int, default=1, metavar="N",
                    help="time every profiled kernel in N sweeps (as `mulayer profile --passes`)")
     p.add_argument("--predictor", help="predictor JSON for 'auto' splits")
+    p.add_argument("--auto-dims", nargs="+", default=[("channel", "height")], metavar="DIMS",
+                   type=lambda text: tuple(text.split(",")),
+                   help="pack 'auto' once per entry, each with these split dims (e.g. channel channel,height)")
     p.add_argument("--precision", nargs="+", default=["native"],
                    help="slice precisions, each packed at every split (see `mulayer compile --precision`)")
     p.add_argument("--cpu", default="x86-avx512")
