@@ -39,14 +39,14 @@ def require_split_form(mod: tvm.IRModule, func_name: str = "main") -> relax.Func
     num_input = int(func.attrs["num_input"]) if func.attrs and "num_input" in func.attrs else len(func.params)
     if (func.attrs and "params" in func.attrs) or num_input < len(func.params):
         raise MulayerError(
-            f"{where} takes its weights as parameters ({', '.join(p.name_hint for p in func.params[num_input:])}); "
+            f"{where} takes its weights as parameters ({', '.join(p.name for p in func.params[num_input:])}); "
             "the split needs them bound as constants: import with keep_params_in_input=False (ONNX) or "
             "keep_params_as_input=False (PyTorch), or bind them with relax.transform.BindParams")
     for param in func.params:
         ty = param.ty
         if not isinstance(ty, relax.TensorType) or ty.shape is None or not all(
                 isinstance(d, tvm.tirx.IntImm) for d in ty.shape.values):
-            raise MulayerError(f"{where}'s input {param.name_hint!r} is {ty}; the split needs tensors of static "
+            raise MulayerError(f"{where}'s input {param.name!r} is {ty}; the split needs tensors of static "
                                "shape: import with fixed shapes or bind the symbolic dimensions "
                                "(relax.transform.BindSymbolicVars)")
     for block in func.body.blocks:
@@ -60,7 +60,7 @@ def require_split_form(mod: tvm.IRModule, func_name: str = "main") -> relax.Func
                 problem = "an impure call"
             else:
                 continue
-            raise MulayerError(f"{where} is not pure dataflow: {binding.var.name_hint} is {problem}; the split "
+            raise MulayerError(f"{where} is not pure dataflow: {binding.var.name} is {problem}; the split "
                                "places every op of a dataflow graph on a device — keep side effects and "
                                "control flow out of the model's function")
     return func
