@@ -46,21 +46,20 @@ def require_split_form(mod: tvm.IRModule, func_name: str = "main") -> relax.Func
         ty = param.ty
         if not isinstance(ty, relax.TensorType) or ty.shape is None or not all(
                 isinstance(d, tvm.tirx.IntImm) for d in ty.shape.values):
-            raise MulayerError(f"{where}'s input {param.name!r} is {ty}; the split needs tensors of static "
+            raise MulayerError(f"input {param.name!r} of {where} is {ty}; the split needs tensors of static "
                                "shape: import with fixed shapes or bind the symbolic dimensions "
                                "(relax.transform.BindSymbolicVars)")
     for block in func.body.blocks:
         for binding in block.bindings:
-            value = binding.value
+            value, name = binding.value, binding.var.name
             if isinstance(value, relax.If):
-                problem = "control flow (an If)"
+                problem = f"{name} is control flow (an If on {value.cond})"
             elif isinstance(value, relax.Function):
-                problem = "a nested function"
+                problem = f"{name} is a nested function"
             elif relax.analysis.contains_impure_call(value):
-                problem = "an impure call"
+                problem = f"{name} = {str(value).strip().splitlines()[0][:80]} is an impure call"
             else:
                 continue
-            raise MulayerError(f"{where} is not pure dataflow: {binding.var.name} is {problem}; the split "
-                               "places every op of a dataflow graph on a device — keep side effects and "
-                               "control flow out of the model's function")
+            raise MulayerError(f"{where} is not pure dataflow: {problem}; the split places every op of a dataflow "
+                               "graph on a device — keep side effects and control flow out of the model's function")
     return func
