@@ -13,12 +13,14 @@ holds:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
 import statistics
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -49,7 +51,13 @@ def _sha256(path: Path) -> str:
 
 
 class Executable:
-    """A two-device model ready to run: `.run(inputs)`, `.benchmark(...)`, `.export(dir)`."""
+    """A two-device model ready to run: `.run(inputs)`, `.benchmark(...)`, `.export(dir)`.
+
+    `run` may be called from several threads at once. A Relax VM is not reentrant (a call
+    keeps its frames and registers in it), so each concurrent call takes a VM of its own
+    from a pool — made when every VM is busy, then kept for later calls — and all of them
+    share the weights, put on their devices once. Calls overlap; each caller's kernels run
+    on that thread's own TVM thread pool (TVM_NUM_THREADS threads)."""
 
     def __init__(self, module, plan: Plan, cpu: Processor, gpu: Processor, inputs: dict, outputs: list,
                  sources: dict, weights: list, weight_devices: list, manifest: dict | None = None):
@@ -63,23 +71,44 @@ class Executable:
         self.weights = weights
         self.weight_devices = weight_devices
         self.manifest = manifest
-        self._vm = None
-        self._weight_args = None
+        self._lock = threading.Lock()  # guards the set-up below and the pool of idle VMs
+        self._devices = None
+        self._weight_args = None  # the weights on their devices, shared by every VM
+        self._idle_vms = []
         self.calibration = None  # the int8 slices' Calibration, saved with the artifact
         self.crossing = (manifest or {}).get("crossing_bytes")  # see build.crossing_bytes
 
     # ---- running -----------------------------------------------------------------
     def _setup(self):
-        if self._vm is None:
+        """Open the devices and put the weights on them, once."""
+        with self._lock:
+            if self._weight_args is not None:
+                return
             cpu_threads(self.cpu, self.gpu)
             import tvm
-            import tvm.runtime.vm  # not imported by `import tvm` in runtime-only mode
 
             devices = [tvm_device(self.cpu, 0), tvm_device(self.gpu, 1)]
-            self._devices = devices
-            self._vm = tvm.runtime.vm.VirtualMachine(self.module, devices)
             self._weight_args = [tvm.runtime.tensor(w, devices[d]) for w, d in zip(self.weights, self.weight_devices)]
-        return self._vm
+            self._devices = devices
+
+    def _new_vm(self):
+        import tvm.runtime.vm  # not imported by `import tvm` in runtime-only mode
+
+        self._setup()
+        return tvm.runtime.vm.VirtualMachine(self.module, self._devices)
+
+    @contextlib.contextmanager
+    def _idle_vm(self):
+        """A VM no other call is using (a new one when all are busy), back in the pool after."""
+        with self._lock:
+            vm = self._idle_vms.pop() if self._idle_vms else None
+        if vm is None:
+            vm = self._new_vm()
+        try:
+            yield vm
+        finally:
+            with self._lock:
+                self._idle_vms.append(vm)
 
     def input_tensors(self, inputs, device=None) -> list:
         """The VM's input arguments on `device` (default: the CPU device the VM runs with), after
@@ -118,28 +147,29 @@ class Executable:
             args.append(tvm.runtime.tensor(np.ascontiguousarray(array).reshape(array.shape), device))
         return args
 
-    def _invoke(self, args):
-        result = self._vm["main"](*args, *self._weight_args)
-        results = list(result) if not hasattr(result, "numpy") else [result]
-        return results
+    def _invoke(self, vm, args) -> list:
+        result = vm["main"](*args, *self._weight_args)
+        return list(result) if not hasattr(result, "numpy") else [result]
 
     def run(self, inputs=None) -> dict:
-        """Outputs keyed by the ONNX output names; `inputs` is a dict, one array, or None (random)."""
-        self._setup()
-        results = self._invoke(self.input_tensors(inputs))
+        """Outputs keyed by the ONNX output names; `inputs` is a dict, one array, or None (random).
+        Safe to call from several threads at once (see the class)."""
+        args = self.input_tensors(inputs)
+        with self._idle_vm() as vm:
+            results = self._invoke(vm, args)
         return {name: value.numpy() for name, value in zip(self.outputs, results)}
 
     def benchmark(self, inputs=None, repeat: int = 10, warmup: int = 2) -> dict:
         """Latency in seconds over `repeat` runs (outputs back on the host each time)."""
-        self._setup()
         args = self.input_tensors(inputs)
-        for _ in range(warmup):
-            self._invoke(args)[0].numpy()
         times = []
-        for _ in range(repeat):
-            start = time.perf_counter()
-            self._invoke(args)[0].numpy()
-            times.append(time.perf_counter() - start)
+        with self._idle_vm() as vm:
+            for _ in range(warmup):
+                self._invoke(vm, args)[0].numpy()
+            for _ in range(repeat):
+                start = time.perf_counter()
+                self._invoke(vm, args)[0].numpy()
+                times.append(time.perf_counter() - start)
         return {"median": statistics.median(times), "min": min(times), "times": times}
 
     def trace(self, inputs=None) -> list:
@@ -148,10 +178,8 @@ class Executable:
         On a real GPU each GPU kernel is synchronised to time it, so the trace shows each
         kernel's duration but not the overlap an untraced run has."""
         import tvm
-        import tvm.runtime.vm
 
-        self._setup()
-        vm = tvm.runtime.vm.VirtualMachine(self.module, self._devices)
+        vm = self._new_vm()  # of its own: the instrument stays off the VMs `run` uses
         gpu = self._devices[1]
         asynchronous = gpu.dlpack_device_type() != tvm.cpu(0).dlpack_device_type()
         calls, started = [], {}
