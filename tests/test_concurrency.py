@@ -10,6 +10,7 @@ released many times, memory flat) is in the slow tier.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -20,6 +21,7 @@ import pytest
 
 import tvm_mulayer
 from tvm_mulayer.base import zoo
+from tvm_mulayer.runtime.executable import concurrent_runs
 
 THREADS = 4
 CALLS = 6  # per thread
@@ -132,6 +134,27 @@ def test_a_wrong_input_in_one_thread_leaves_the_others_correct(executable):
 
     assert _threads(work, THREADS) == []
     assert len(refused) == CALLS and wrong == []
+
+
+def test_short_lived_caller_threads_leave_no_threads_behind(executable):
+    """A thread per request: TVM's per-thread kernel pools stay on the runner threads, so the
+    process's threads grow at most by the runners and their pools, not with the callers (on
+    the callers' threads they grew by TVM_NUM_THREADS for each caller, for good)."""
+    def one_call(_):
+        executable.run(_inputs(5))
+
+    before = len(os.listdir("/proc/self/task"))
+    for _ in range(5):
+        assert _threads(one_call, THREADS) == []
+    runners_and_pools = concurrent_runs() * (1 + int(os.environ["TVM_NUM_THREADS"]))
+    assert len(os.listdir("/proc/self/task")) - before <= runners_and_pools < 5 * THREADS
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "two"])
+def test_a_bad_concurrent_runs_setting_gets_one_clear_error(monkeypatch, value):
+    monkeypatch.setenv("TVM_MULAYER_CONCURRENT_RUNS", value)
+    with pytest.raises(tvm_mulayer.MulayerError, match="TVM_MULAYER_CONCURRENT_RUNS"):
+        concurrent_runs()
 
 
 @pytest.mark.slow
