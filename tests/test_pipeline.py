@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -305,3 +307,12 @@ def test_split_channels_takes_a_ratio_a_plan_dict_a_json_file_or_a_plan(tmp_path
     other = make_plan(find_layers(from_onnx(zoo.build("squeezenet1_1", **zoo.small("squeezenet1_1")))["main"]), 0.5, 8)
     with pytest.raises(MulayerError, match="do not match the module's layers"):
         SplitChannels(other, cpu.tvm_target(), gpu.tvm_target())(module)
+
+
+def test_passes_and_schedules_are_attributes_after_import_tvm_mulayer():
+    """As the README writes them (`tvm_mulayer.passes.SplitChannels`), after a plain
+    `import tvm_mulayer` in a fresh interpreter (no test has imported them yet)."""
+    code = ("import tvm_mulayer\n"
+            "print(tvm_mulayer.passes.SplitChannels.__name__, tvm_mulayer.schedules.__name__)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=False)
+    assert result.stdout.split() == ["SplitChannels", "tvm_mulayer.schedules"], result.stderr

@@ -46,10 +46,14 @@ def load(artifact_dir, weights=None):
 
 
 def __getattr__(name):
-    # get_pipeline needs tvm.relax; imported on first use, `import tvm_mulayer` stays light
-    # enough for a host with only the TVM runtime
+    # get_pipeline, passes and schedules need tvm.relax; imported on first use,
+    # `import tvm_mulayer` stays light enough for a host with only the TVM runtime
     if name == "get_pipeline":
         from .pipeline import get_pipeline
 
         return get_pipeline
+    if name in ("passes", "schedules"):
+        import importlib
+
+        return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
