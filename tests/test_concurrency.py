@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -172,3 +174,27 @@ def test_soak_identical_outputs_and_flat_memory(tmp_path):
     assert soak["runs"] == 2000 and soak["mismatches"] == 0
     assert soak["end_mib"] - soak["start_mib"] < 8, soak
     assert reload["last_mib"] - reload["first_mib"] < 8, reload
+
+
+def test_a_forked_child_runs_on_runners_of_its_own(executable):
+    """After fork the parent's runner threads do not exist in the child: its calls start new
+    ones (they waited forever on the parent's)."""
+    reference = executable.run(_inputs(4))["logits"]
+    pid = os.fork()
+    if pid == 0:  # the child: exit status 0 when its run matches the parent's
+        ok = False
+        try:
+            ok = np.array_equal(executable.run(_inputs(4))["logits"], reference)
+        finally:
+            os._exit(0 if ok else 1)
+    deadline = time.monotonic() + 120
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            pytest.fail("the forked child's run did not return in 120 s")
+        time.sleep(0.2)
+    assert os.waitstatus_to_exitcode(status) == 0

@@ -71,6 +71,12 @@ class _Runners:
         self._lock = threading.Lock()
         self._executor = None
         self._here = threading.local()  # .runner is True on a runner thread
+        # a forked child has none of the parent's threads: its calls would wait forever on them
+        os.register_at_fork(after_in_child=self._forget)
+
+    def _forget(self):
+        self._lock = threading.Lock()
+        self._executor = None
 
     def call(self, work):
         """`work()` on a runner thread; the caller waits for its result or exception. A runner
