@@ -15,7 +15,7 @@ host (see shared/TVM-NOTES.md). This pass walks `main` in order and, for each `c
 from __future__ import annotations
 
 import tvm
-from tvm import relax, tirx
+from tvm import relax, s_tir, tirx
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from .vdevices import vdevice_key
@@ -59,8 +59,8 @@ class _DevicePropagator(PyExprMutator):
             if not users and (current is None or str(current) == str(target)):
                 self.builder_.update_func(gvar, func.with_attr("target", target))
                 self.kernel_for[key] = gvar
-            else:
-                clone = func.with_attr("target", target)
+            else:  # with its own variables: one defined in two PrimFuncs makes the module ill-formed
+                clone = s_tir.renew_defs(func).with_attr("target", target)
                 self.kernel_for[key] = self.builder_.add_func(clone, f"{gvar.name_hint}_{target.kind.name}")
         return self.kernel_for[key]
 

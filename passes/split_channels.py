@@ -49,6 +49,7 @@ from tvm_mulayer.base.quantization import (
 from tvm_mulayer.schedules.cpu.dot_intrin import slice_input_channels
 
 from .module_form import require_split_form
+from .row_chains import ROWS, Chains, analyze
 
 CPU, GPU = 0, 1
 DEVICE_INDEX = {"cpu": CPU, "gpu": GPU}
@@ -74,7 +75,8 @@ BINARY = {
 
 @dataclass(frozen=True)
 class Part:
-    """Channels [lo, hi) of a value, held by `expr` on device `dev`."""
+    """Positions [lo, hi) along its value's split axis (channels or rows), held by `expr`
+    on device `dev`."""
 
     lo: int
     hi: int
@@ -84,15 +86,32 @@ class Part:
 
 @dataclass(frozen=True)
 class Value:
-    """A rewritten value: a tensor partitioned along its channel `axis` (one part when
-    whole), or anything else (one part, not a tensor)."""
+    """A rewritten value: a tensor partitioned along `axis` — channels (1), or rows (2) for
+    the members of an operator chain, whose parts may overlap by a halo — one part when
+    whole; or anything else (one part, not a tensor)."""
 
     parts: tuple
     axis: int = 1
 
     @property
-    def channels(self) -> int:
-        return self.parts[-1].hi
+    def extent(self) -> int:
+        return max(part.hi for part in self.parts)
+
+
+def _cover(parts: tuple, lo: int, hi: int, dev: int) -> list:
+    """(part, first, end) pieces covering [lo, hi) of a value, taking what `dev` holds
+    wherever it holds it (overlapping row parts: no copy for rows a processor computed too)."""
+    pieces, at = [], lo
+    while at < hi:
+        holding = [part for part in parts if part.lo <= at < part.hi]
+        local = [part for part in holding if part.dev == dev]
+        part = max(local or holding, key=lambda p: p.hi)
+        end = min(hi, part.hi)
+        if not local:  # take the other device's rows only up to where dev's own begin
+            end = min([end, *(q.lo for q in parts if q.dev == dev and at < q.lo)])
+        pieces.append((part, at, end))
+        at = end
+    return pieces
 
 
 def _shape(expr) -> tuple | None:
@@ -174,6 +193,16 @@ def _layer_call(call: relax.Call, layer, channels: int, x, weight, padding, out_
     )
 
 
+def _window_pool(call: relax.Call, x, padding: list):
+    """`call` (max_pool2d / avg_pool2d) on input rows `x` with `padding`."""
+    attrs = call.attrs
+    common = dict(pool_size=attrs.pool_size, strides=attrs.strides, padding=padding, dilation=attrs.dilation,
+                  ceil_mode=attrs.ceil_mode, layout=attrs.layout, out_layout=attrs.out_layout)
+    if call.op.name == "relax.nn.avg_pool2d":
+        return ops.nn.avg_pool2d(x, count_include_pad=attrs.count_include_pad, **common)
+    return ops.nn.max_pool2d(x, **common)
+
+
 def _folded_biases(func, layers: dict) -> dict:
     """layer var -> (var of its bias add, bias per channel) for each splittable layer whose
     only use is `add(layer, constant)` with one value per output channel (NCHW / [N, C])."""
@@ -201,12 +230,13 @@ def _folded_biases(func, layers: dict) -> dict:
 
 
 class _Rewriter:
-    def __init__(self, bb: relax.BlockBuilder, plan: Plan, vdevices: list, biases: dict):
+    def __init__(self, bb: relax.BlockBuilder, plan: Plan, vdevices: list, biases: dict, chains: Chains):
         self.bb = bb
         self.plan = plan
         self.vdevices = vdevices
         self.biases = biases  # layer var -> (its bias add's var, bias per channel)
         self.folded = {add_var: layer_var for layer_var, (add_var, _) in biases.items()}
+        self.chains = chains
         self.env: dict = {}
         self.cache: dict = {}
 
@@ -217,21 +247,22 @@ class _Rewriter:
         return self.cache[key]
 
     def whole(self, value: Value, dev: int, form: Form = FLOAT32_FORM):
-        return self.gather(value, 0, value.channels, dev, form)
+        return self.gather(value, 0, value.extent, dev, form)
 
-    def gather(self, value: Value, lo: int, hi: int, dev: int, form: Form = FLOAT32_FORM):
-        """Channels [lo, hi) of `value` as one tensor in `form` on `dev` (slices, conversions
-        on the holding device — before any copy, so copies carry the compact form —, copies,
-        concat)."""
+    def gather(self, value: Value, lo: int, hi: int, dev: int, form: Form = FLOAT32_FORM, axis: int | None = None):
+        """Positions [lo, hi) along `axis` (default: the axis `value` is split along) of
+        `value` as one tensor in `form` on `dev` (slices, conversions on the holding device —
+        before any copy, so copies carry the compact form —, copies, concat)."""
+        if axis is not None and axis != value.axis:
+            whole = self.gather(value, 0, value.extent, dev, form)
+            return self._emit_cached(("slice", whole, axis, lo, hi),
+                                     lambda: ops.strided_slice(whole, axes=[axis], begin=[lo], end=[hi]))
         pieces = []
-        for part in value.parts:
-            a, b = max(lo, part.lo), min(hi, part.hi)
-            if a >= b:
-                continue
+        for part, a, b in _cover(value.parts, lo, hi, dev):
             expr = part.expr
             if (a, b) != (part.lo, part.hi):
                 expr = self._emit_cached(
-                    ("slice", part.expr, a, b),
+                    ("slice", part.expr, value.axis, a - part.lo, b - part.lo),
                     lambda e=expr, s=a - part.lo, t=b - part.lo: ops.strided_slice(
                         e, axes=[value.axis], begin=[s], end=[t]),
                 )
@@ -284,6 +315,9 @@ class _Rewriter:
         if var in self.folded:  # a bias add the layer's slices already did
             self.env[var] = self.env[self.folded[var]]
             return
+        if var in self.chains.members:
+            self.env[var] = self._chain_member(var, value, layer)
+            return
         if layer is not None:
             bias = self.biases.get(var, (None, None))[1]
             self.env[var] = self._layer(value, self.plan[layer.name], layer, bias)
@@ -296,33 +330,94 @@ class _Rewriter:
         self.env[var] = self._whole_op(value)
 
     def _layer(self, call: relax.Call, layer_plan, layer, bias) -> Value:
+        """A layer split by channels, or whole on one processor."""
         data = self.env[call.args[0]]
-        weight = call.args[1].value.numpy()
+        ranges = layer_plan.parts() if layer_plan.dim == "channel" else [
+            (0, layer.channels, processor) for processor in ("gpu", "cpu") if layer_plan.on(processor)]
         parts = []
-        for lo, hi, processor in layer_plan.parts():
+        for lo, hi, processor in ranges:
             dev = DEVICE_INDEX[processor]
             if not layer.splittable:
                 out = relax.Call(call.op, [self.whole(data, dev), call.args[1]], call.attrs, call.ty_args)
                 parts.append(Part(lo, hi, dev, self.bb.emit(out)))
                 continue
-            precision = layer_plan.precision(processor)
-            form = input_form(precision, layer_plan.input_range)
+            form = input_form(layer_plan.precision(processor), layer_plan.input_range)
             if layer.op != "dense" and layer.groups > 1:
                 per_group_in = layer.input_shape[1] // layer.groups
                 g0, g1 = lo // layer.channels_per_unit, hi // layer.channels_per_unit
-                x = self.gather(data, g0 * per_group_in, g1 * per_group_in, dev, form)
+                x = self.gather(data, g0 * per_group_in, g1 * per_group_in, dev, form, axis=1)
             else:
                 x = self.whole(data, dev, form)
-            axis = weight_axis(layer.op)
-            w = np.take(weight, range(lo, hi), axis=axis)
-            b = None if bias is None else bias[lo:hi]
             padding = None if layer.op == "dense" else [int(p) for p in call.attrs.padding]
-            extra = slice_input_channels(layer, precision, self.vdevices[dev].target) - layer.input_shape[1]
-            if extra or (form.zero_point and any(padding or [])):
-                x, padding = self._pad(x, padding, form.zero_point, dev, extra), [0, 0, 0, 0]
-            out = slice_layer(call, layer, hi - lo, x, w, b, precision, form, padding)
-            parts.append(Part(lo, hi, dev, self.bb.emit(out)))
+            parts.append(Part(lo, hi, dev, self._slice(call, layer_plan, layer, bias, processor, (lo, hi), x, padding)))
         return Value(tuple(parts))
+
+    def _slice(self, call, layer_plan, layer, bias, processor: str, channels: tuple, x, padding):
+        """The bound slice of `layer` computing output `channels` [lo, hi) on `processor` in
+        its precision from `x` (already in the slice's input form) with `padding`."""
+        lo, hi = channels
+        dev = DEVICE_INDEX[processor]
+        precision = layer_plan.precision(processor)
+        form = input_form(precision, layer_plan.input_range)
+        weight = np.take(call.args[1].value.numpy(), range(lo, hi), axis=weight_axis(layer.op))
+        extra = slice_input_channels(layer, precision, self.vdevices[dev].target) - layer.input_shape[1]
+        if extra or (form.zero_point and any(padding or [])):
+            x, padding = self._pad(x, padding, form.zero_point, dev, extra), [0, 0, 0, 0]
+        out = slice_layer(call, layer, hi - lo, x, weight, None if bias is None else bias[lo:hi], precision, form,
+                          padding)
+        return self.bb.emit(out)
+
+    def _chain_member(self, var, call: relax.Call, layer) -> Value:
+        """A member of an operator chain: on each processor, the output rows the chain needs
+        there (`row_chains`), from input rows that processor holds — inside the chain — or
+        gathers (at the chain's entry)."""
+        window, _ = self.chains.windows[var]
+        axis = self.chains.axes[var]
+        parts = []
+        for dev in (GPU, CPU):
+            if dev not in self.chains.rows[var]:
+                continue
+            lo, hi = self.chains.rows[var][dev]
+            processor = "gpu" if dev == GPU else "cpu"
+            if window is not None:
+                first, end, top, bottom = window.input_rows(lo, hi)
+                left, right = int(call.attrs.padding[1]), int(call.attrs.padding[3])
+                if layer is not None:
+                    layer_plan = self.plan[layer.name]
+                    form = input_form(layer_plan.precision(processor), layer_plan.input_range)
+                    x = self.gather(self.env[call.args[0]], first, end, dev, form, axis=ROWS)
+                    bias = self.biases.get(var, (None, None))[1]
+                    expr = self._slice(call, layer_plan, layer, bias, processor, (0, layer.channels), x,
+                                       [top, left, bottom, right])
+                else:
+                    x = self.gather(self.env[call.args[0]], first, end, dev, axis=ROWS)
+                    expr = self.bb.emit(_window_pool(call, x, [top, left, bottom, right]))
+            else:
+                expr = self.bb.emit(relax.Call(call.op, self._rows_of(call, lo, hi, dev, axis), call.attrs,
+                                               call.ty_args))
+            if _shape(expr)[axis] != hi - lo:
+                raise RuntimeError(f"SplitChannels: {call.op.name} on rows [{lo}, {hi}) gave {_shape(expr)[axis]} "
+                                   "rows (a row map of row_chains is wrong)")
+            parts.append(Part(lo, hi, dev, expr))
+        return Value(tuple(parts), axis)
+
+    def _rows_of(self, call: relax.Call, lo: int, hi: int, dev: int, axis: int) -> list:
+        """The arguments of a row-keeping op for its output rows [lo, hi) (on `axis`) on
+        `dev`: chain tensors' rows there (on their own row axis), constants' rows where they
+        have every row (right-aligned with the output)."""
+        out_rank = len(_shape(call))
+
+        def rows(arg):
+            if isinstance(arg, relax.Tuple):
+                return relax.Tuple([rows(field) for field in arg.fields])
+            if isinstance(arg, relax.Var) and arg in self.env:
+                return self.gather(self.env[arg], lo, hi, dev)
+            shape = _shape(arg)
+            const_axis = axis - (out_rank - len(shape)) if shape is not None else -1
+            if is_tensor_constant(arg) and const_axis >= 0 and shape[const_axis] == _shape(call)[axis] > 1:
+                return relax.const(np.ascontiguousarray(np.take(arg.value.numpy(), range(lo, hi), axis=const_axis)))
+            return arg
+        return [rows(arg) for arg in call.args]
 
     def _pad(self, x, padding, value: int, dev: int, channels: int = 0):
         """`x` padded with `value` — for uint8 data, the zero point is the quantized 0 —
@@ -396,13 +491,13 @@ class _Rewriter:
         attrs = call.attrs
         size, stride, dilation = int(attrs.pool_size[0]), int(attrs.strides[0]), int(attrs.dilation[0])
         pad = [int(p) for p in attrs.padding]
-        if stride != 1 or dilation != 1 or _shape(call)[2] != value.channels:
+        if stride != 1 or dilation != 1 or _shape(call)[2] != value.extent:
             return None
         parts = []
         for part in value.parts:
             # output channel c reads input channels [c - pad[0], c - pad[0] + size)
             want_lo, want_hi = part.lo - pad[0], part.hi - pad[0] + size - 1
-            lo, hi = max(0, want_lo), min(value.channels, want_hi)
+            lo, hi = max(0, want_lo), min(value.extent, want_hi)
             x = self.gather(value, lo, hi, part.dev)
             pool = ops.nn.avg_pool3d if call.op.name == "relax.nn.avg_pool3d" else ops.nn.max_pool3d
             extra = {"count_include_pad": attrs.count_include_pad} if call.op.name == "relax.nn.avg_pool3d" else {}
@@ -430,7 +525,8 @@ class _Rewriter:
             return self._partwise(value, lambda p: [p.expr, take(p)], call)
         if isinstance(rhs, relax.Var) and rhs in self.env and _shape(rhs) == out_shape:
             other = self.env[rhs]
-            return self._partwise(value, lambda p: [p.expr, self.gather(other, p.lo, p.hi, p.dev)], call)
+            return self._partwise(value, lambda p: [p.expr, self.gather(other, p.lo, p.hi, p.dev, axis=value.axis)],
+                                  call)
         return None
 
     def _concat(self, call: relax.Call) -> Value | None:
@@ -475,6 +571,22 @@ class _Rewriter:
         if isinstance(expr, relax.Tuple):
             return relax.Tuple([self.output(f) for f in expr.fields])
         return self._arg_on(expr, CPU)
+
+
+def _chains(func, layers: dict, biases: dict, plan: Plan) -> Chains:
+    return analyze(func, layers, plan, {add_var: layer_var for layer_var, (add_var, _) in biases.items()})
+
+
+def record_chains(func, plan: Plan) -> Chains:
+    """The operator chains SplitChannels forms in `func` under `plan`, written into the plan:
+    each height-split layer's chain and halo rows."""
+    layers = layer_bindings(func)
+    chains = _chains(func, layers, _folded_biases(func, layers), plan)
+    for var, layer in layers.items():
+        layer_plan = plan[layer.name]
+        layer_plan.chain = chains.members.get(var, "")
+        layer_plan.halo_rows = chains.halo(var, layer_plan.gpu_rows)
+    return chains
 
 
 @tvm.transform.module_pass(opt_level=0, name="SplitChannels")
@@ -522,7 +634,8 @@ class SplitChannels:
                                "the module's layers; make the plan from this module (or give a ratio)")
         vdevices = self.vdevices()
         bb = relax.BlockBuilder()
-        rewriter = _Rewriter(bb, self.plan, vdevices, _folded_biases(func, layers))
+        biases = _folded_biases(func, layers)
+        rewriter = _Rewriter(bb, self.plan, vdevices, biases, _chains(func, layers, biases, self.plan))
         params = []
         for param in func.params:
             ty = param.ty

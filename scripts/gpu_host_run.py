@@ -15,12 +15,18 @@ Two halves, one file:
                        onnxruntime CPU and PyTorch fp16 (eager and CUDA graph) on them
           --profile    also export the profiler's kernels for both processors
           --trace N    also time every kernel of each run (median of N traced inferences)
+          --gpu-shares P ...  run everything once per share of the GPU: the run starts the
+                       CUDA MPS control daemon (pipe and log directories under /tmp, quit on
+                       exit) and runs each share in its own process with
+                       CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=P (5 -> 8 of the H200's 132 SMs,
+                       12 -> 14, 25 -> 32, 100 -> all); each share's results-share<P>.json
+                       records the share and the SM count that process saw
         CUDA kernels are compiled here with nvcc (fatbin/, found by the loader there through
         TVM_MULAYER_FATBIN_DIR), and artifacts, kernels and fatbins travel as one
         compressed payload.tar.gz (CUDA source compresses ~8x).
   run   (there) load each artifact with `tvm_mulayer.load` (CUDA kernels compiled by nvcc on
         load), time it, compare where references exist, run peers and the profiler; write
-        results.json (and profile.csv).
+        results.json (and profile.csv), or one results-share<P>.json per GPU share.
 
     python scripts/gpu_host_run.py pack -o .carry/host --models squeezenet1_1 --splits cpu gpu 0.5
     sh .carry/host/run.sh $OUT      # on the host, from the repository root
@@ -29,6 +35,7 @@ Two halves, one file:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -102,6 +109,13 @@ def _compile_fatbins(sources: list[str], out_dir: Path, arch: str) -> None:
         list(pool.map(build, dict.fromkeys(sources)))
 
 
+def _gpu_share(text: str) -> int:
+    share = int(text)
+    if not 1 <= share <= 100:
+        raise argparse.ArgumentTypeError(f"a GPU share is an MPS active-thread percentage in 1..100, not {text}")
+    return share
+
+
 def _split_arg(text: str):
     return text if text in ("cpu", "gpu", "auto") or text.endswith(".json") else float(text)
 
@@ -166,7 +180,8 @@ def cmd_pack(args) -> int:
                 shutil.rmtree(part) if part.is_dir() else part.unlink()
     (out / "runs.json").write_text(json.dumps({"repeat": args.repeat, "rounds": args.rounds, "peers": args.peers,
                                                "runs": runs, "profile": bool(args.profile),
-                                               "profile_passes": args.profile_passes, "trace": args.trace}, indent=1))
+                                               "profile_passes": args.profile_passes, "trace": args.trace,
+                                               "gpu_shares": args.gpu_shares}, indent=1))
     here = out.as_posix()
     (out / "run.sh").write_text(
         "set -e\n"
@@ -222,19 +237,52 @@ def _peers(name: str, kwargs: dict, repeat: int) -> dict:
     return row
 
 
+@contextlib.contextmanager
+def mps_daemon():
+    """The CUDA MPS control daemon, its pipe and log directories under /tmp, for the block;
+    quit on the way out, however the block ends (an MPS daemon left running keeps every
+    later CUDA process of the machine on MPS)."""
+    env = {"CUDA_MPS_PIPE_DIRECTORY": "/tmp/mps-pipe", "CUDA_MPS_LOG_DIRECTORY": "/tmp/mps-log"}
+    for path in env.values():
+        Path(path).mkdir(parents=True, exist_ok=True)
+    os.environ.update(env)
+    subprocess.run(["nvidia-cuda-mps-control", "-d"], check=True)
+    try:
+        yield
+    finally:
+        subprocess.run(["nvidia-cuda-mps-control"], input="quit\n", text=True, check=False)
+
+
 def cmd_run(args) -> int:
+    spec = json.loads((Path(args.directory) / "runs.json").read_text())
+    shares = spec.get("gpu_shares") or []
+    if args.share is not None or not shares:
+        return run_share(args, spec)
+    with mps_daemon():
+        for share in shares:  # each in its own process: the share applies from CUDA's start
+            command = [sys.executable, __file__, "run", args.directory, "--share", str(share)]
+            if args.results:
+                command += ["--results", args.results]
+            env = {**os.environ, "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE": str(share)}
+            subprocess.run(command, env=env, check=True)
+    return 0
+
+
+def run_share(args, spec) -> int:
     import numpy as np
 
+    import tvm
     import tvm_mulayer
+    from tvm_mulayer.runtime.devices import enable_cuda_runtime
 
     root = Path(args.directory)
-    spec = json.loads((root / "runs.json").read_text())
-    results = {"runs": [], "peers": {}}
+    results = {"runs": [], "peers": {}, "gpu_share": args.share}
     out_dir = Path(args.results or root)
     out_dir.mkdir(parents=True, exist_ok=True)
+    name = "results.json" if args.share is None else f"results-share{args.share}.json"
 
     def save():  # after each timing: a run cut off at its time limit keeps what it measured
-        (out_dir / "results.json").write_text(json.dumps(results, indent=1))
+        (out_dir / name).write_text(json.dumps(results, indent=1))
     if spec.get("peers"):
         # Each peer in a fresh process: TVM's and onnxruntime's spinning thread pools in one
         # process slowed onnxruntime 2-6x and PyTorch's launches 2x on the host.
@@ -246,6 +294,9 @@ def cmd_run(args) -> int:
             results["peers"][name] = json.loads(done.stdout.strip().splitlines()[-1])
             print(name, json.dumps(results["peers"][name]), flush=True)
     loaded = []
+    enable_cuda_runtime()
+    results["sm_count"] = int(tvm.cuda(0).multi_processor_count) if tvm.cuda(0).exist else None
+    print(f"GPU share {args.share}: {results['sm_count']} SMs", flush=True)
     for run in spec["runs"]:
         artifact = root / run["artifact"]
         if run["reference"]:
@@ -282,7 +333,8 @@ def cmd_run(args) -> int:
     if spec.get("profile"):  # last: the profiler's second thread must not share the runs' process state
         from tvm_mulayer.planning.profiler import measure_exported
 
-        measure_exported(root / "kernels", out_dir / "profile.csv", quiet=True,
+        profile = "profile.csv" if args.share is None else f"profile-share{args.share}.csv"
+        measure_exported(root / "kernels", out_dir / profile, quiet=True,
                          passes=spec.get("profile_passes", 1))
         print("profile measured", flush=True)
     return 0
@@ -339,6 +391,9 @@ def main(argv=None) -> int:
                         "fastest round's median")
     p.add_argument("--trace", type=int, default=0, metavar="N",
                    help="also time every kernel of each run (median of N traced inferences)")
+    p.add_argument("--gpu-shares", nargs="+", type=_gpu_share, default=[], metavar="PERCENT",
+                   help="run everything once per GPU share, each through CUDA MPS with "
+                        "CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=PERCENT (1..100)")
     p.add_argument("--python", nargs="+", default=["3.10", "3.11", "3.12", "3.13"],
                    help="Python versions the host may have (a tvm-ffi wheel is carried for each)")
     p.set_defaults(func=cmd_pack)
@@ -350,6 +405,7 @@ def main(argv=None) -> int:
     p = sub.add_parser("run")
     p.add_argument("directory")
     p.add_argument("--results", help="directory for results.json (and profile.csv); default: the run directory")
+    p.add_argument("--share", type=int, help="(internal) the GPU share this process runs under MPS")
     p.set_defaults(func=cmd_run)
     args = parser.parse_args(argv)
     return args.func(args)

@@ -6,7 +6,8 @@ built from blocks — plain/grouped/depthwise convolutions with any kernel 1/3/5
 1/2 and padding, pools, Relu/Clip, BatchNormalization, LRN, residual Adds, Inception- and
 Fire-like branches joined by a channel Concat — with an optional GlobalAveragePool or
 Flatten+Gemm head, and a plan: a global ratio (0 and 1 included), a placement word, or a
-per-layer dict. `check_case` compiles it with tvm_mulayer on the emulated two-device machine
+per-layer dict splitting layers by channel or by rows (height), with operator chains "auto",
+off or listed. `check_case` compiles it with tvm_mulayer on the emulated two-device machine
 and compares every output with onnxruntime's float32 result.
 """
 
@@ -319,18 +320,25 @@ def plans(draw, names: list, sources: dict | None = None):
     chosen = draw(st.lists(st.sampled_from(names), unique=True, max_size=len(names))) if names else []
     layers = {}
     for name in chosen:
-        form = draw(st.sampled_from(["ratio", "placement", "entry"]))
+        form = draw(st.sampled_from(["ratio", "placement", "entry", "height"]))
         if form == "ratio":
             entry = draw(ratios())
         elif form == "placement":
             entry = {"placement": draw(st.sampled_from(["cpu", "gpu"]))}
         else:
             entry = {"ratio": draw(ratios())}
+            if form == "height":  # split by output rows (dense layers: by channel, with a note)
+                entry["dim"] = "height"
         key = sources[name] if sources.get(name) and draw(st.booleans()) else name  # by ONNX node name
         layers[key] = entry
     plan = {"layers": layers}
     if len(chosen) < len(names) or draw(st.booleans()):
         plan["default_ratio"] = draw(ratios())
+    if draw(st.booleans()):
+        plan["default_dim"] = draw(st.sampled_from(["channel", "height"]))
+    plan["chains"] = draw(st.one_of(st.just("auto"), st.just(False),
+                                    st.lists(st.lists(st.sampled_from(names), min_size=1, unique=True), max_size=3)
+                                    if names else st.just("auto")))
     return plan
 
 

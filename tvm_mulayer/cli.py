@@ -44,8 +44,8 @@ def _add_processor_args(parser):
     parser.add_argument("--split", default="0.5", type=_parse_split,
                         help="GPU share of each layer's output channels in [0,1], 'cpu', 'gpu', 'auto' "
                              "(the latency predictor chooses), or a plan JSON file")
-    parser.add_argument("--predictor", help="predictor JSON for --split auto (default: the shipped one "
-                                            "for these processors)")
+    parser.add_argument("--predictor", help="predictor file (`mulayer train`'s .zip or .json) for --split auto "
+                                            "(default: the shipped one for these processors)")
     parser.add_argument("--verify", action="store_true",
                         help="with --split auto: measure the plan against both single-processor plans, keep the fastest")
     parser.add_argument("--shape", action="append", metavar="NAME=D0,D1,..",
@@ -339,7 +339,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train the latency predictor from profile CSVs")
     p.add_argument("profiles", nargs="+")
-    p.add_argument("-o", "--output", default="predictor.json")
+    p.add_argument("-o", "--output", default="predictor.zip",
+                   help="the predictor: a compact zip archive, or one readable JSON file if the name ends in .json")
     p.add_argument("--holdout", type=float, default=0.2, help="share of configurations held out for accuracy")
     p.add_argument("--runs", nargs="+", metavar="RESULTS.json",
                    help="whole-model latencies (scripts/gpu_host_run.py results) to fit the overheads to")

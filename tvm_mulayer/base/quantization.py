@@ -164,7 +164,7 @@ def assign_precision(plan, layers: dict, weights: dict, mode: dict, ranges: dict
         layer = layers[lp.name]
         lp.gpu_precision = chosen["gpu"] if layer.splittable and layer.dtype == "float32" else "fp32"
         lp.cpu_precision, lp.input_range = "fp32", None
-        if chosen["cpu"] != "int8" or lp.gpu_channels == lp.channels:
+        if chosen["cpu"] != "int8" or not lp.on("cpu"):
             continue
         reason = _int8_obstacle(layer, weights[lp.name], ranges)
         if reason:

@@ -70,7 +70,7 @@ class ModelCompiler:
         name -> {"cpu": ..., "gpu": ...}), calibrating first where an int8 slice needs it;
         the Calibration the plan's int8 slices use (None without one)."""
         overrides = overrides or {}
-        wants_int8 = any(lp.gpu_channels < lp.channels for lp in plan.layers) and (
+        wants_int8 = any(lp.on("cpu") for lp in plan.layers) and (
             self.mode["cpu"] == "int8" or any(o.get("cpu") == "int8" for o in overrides.values()))
         if wants_int8 and self.calibration is None:
             self.calibration = obtain_calibration(self.mod, self.info, *self.calib, self.log)

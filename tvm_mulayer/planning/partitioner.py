@@ -569,7 +569,7 @@ def default_predictor(cpu, gpu):
     from ..base.errors import MulayerError
     from .predictor import Predictor
 
-    for path in sorted((Path(__file__).parent.parent / "predictors").glob("*.json")):
+    for path in sorted((Path(__file__).parent.parent / "predictors").glob("*.zip")):
         predictor = Predictor.load(path)
         if (predictor.meta.get("cpu_target"), predictor.meta.get("gpu_target")) == (cpu.target, gpu.target):
             return predictor

@@ -21,10 +21,17 @@ processor was profiled in (`precisions`); one trained before precisions were pro
 knows float32 only. Converting an input into a slice's form (quantize to uint8, cast to
 float16) is a line per processor and dtype, like the copies.
 
-A predictor is saved as one JSON file: XGBoost's own JSON model per processor, embedded as
-text, and its base's coefficients, with the processors it was measured on, the data it was
-trained on (and those measurements), its held-out accuracy and the overheads. It loads
-without pickle.
+A predictor holds XGBoost's model per processor and its base's coefficients, with the
+processors it was measured on, the data it was trained on (and those measurements), its
+held-out accuracy and the overheads. It is saved (`Predictor.save`) as XGBoost saves a
+model, by extension: to a `.json` path as one JSON file, the models embedded as XGBoost's
+JSON text and the measurements keyed by configuration (readable; 7-11 MB for the shipped
+profiles); to any other (`.zip` by convention, the shipped predictors) as a zip archive of
+XGBoost's binary UBJSON model per processor and one JSON file of the rest, its measurements
+in columns, one per configuration field, compressed (1.3-1.7 MB for the same: UBJSON holds
+a tree's float in 4 bytes, JSON in a decimal string). Both load without pickle, with the
+same predictions (XGBoost writes its JSON floats exactly), and `Predictor.load` tells them
+apart by content.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +49,9 @@ from ..base.layers import Layer
 from ..base.records import KERNEL_KINDS, config_key, parse_config
 from ..schedules.cpu.dot_intrin import slice_input_channels
 
-PREDICTOR_FORMAT = "tvm-mulayer-predictor/5"
+PREDICTOR_FORMAT = "tvm-mulayer-predictor/5"  # one JSON file
+ARCHIVE_FORMAT = "tvm-mulayer-predictor/6"  # a zip archive: TABLES_MEMBER and a UBJSON model per processor
+TABLES_MEMBER = "predictor.json"
 # What the regressors see: the layer's shape and costs, and what the project's schedule
 # rules will make of it on that processor (tiles, parallel tasks, thread blocks, tails),
 # since those — not the shape alone — decide a kernel's speed.
@@ -453,31 +463,46 @@ class Predictor:
         return fixed + per_byte * nbytes
 
     def save(self, path) -> None:
-        data = {"format": PREDICTOR_FORMAT, "meta": self.meta, "copy_model": self.copy_model, "measured": self.measured,
-                "convert_model": self.convert_model,
-                "bases": {role: base.coefficients for role, base in self.bases.items()},
-                "boosters": {role: bytes(b.save_raw("json")).decode() for role, b in self.boosters.items()}}
-        Path(path).write_text(json.dumps(data))
+        """Write the predictor to `path`: one JSON file if it ends in `.json`, else a zip
+        archive (see the module's docstring)."""
+        common = {"meta": self.meta, "copy_model": self.copy_model, "convert_model": self.convert_model,
+                  "bases": {role: base.coefficients for role, base in self.bases.items()}}
+        if Path(path).suffix == ".json":
+            Path(path).write_text(json.dumps({
+                "format": PREDICTOR_FORMAT, **common, "measured": self.measured,
+                "boosters": {role: bytes(b.save_raw("json")).decode() for role, b in self.boosters.items()}}))
+            return
+        members = {f"{role}.ubj": bytes(booster.save_raw("ubj")) for role, booster in self.boosters.items()}
+        tables = {"format": ARCHIVE_FORMAT, **common, "measured": _measured_columns(self.measured),
+                  "boosters": {role: f"{role}.ubj" for role in self.boosters}}
+        with zipfile.ZipFile(path, "w") as archive:
+            for name, content in {TABLES_MEMBER: json.dumps(tables).encode(), **members}.items():
+                # a fixed date, so that saving the same predictor again gives the same bytes
+                member = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+                member.external_attr = 0o644 << 16
+                archive.writestr(member, content, zipfile.ZIP_DEFLATED, 9)
 
     @staticmethod
     def load(path) -> "Predictor":
-        import xgboost as xgb
+        """A predictor saved by `save`, in either form (told apart by content, not name)."""
+        import io
 
         try:
-            data = json.loads(Path(path).read_text())
-        except (OSError, json.JSONDecodeError) as err:
+            content = Path(path).read_bytes()
+            if content.startswith(b"PK\x03\x04"):  # a zip archive's first local file header
+                with zipfile.ZipFile(io.BytesIO(content)) as archive:
+                    data = _checked_format(json.loads(archive.read(TABLES_MEMBER)), ARCHIVE_FORMAT, path)
+                    models = {role: archive.read(member) for role, member in data["boosters"].items()}
+                measured = _measured_from_columns(data["measured"])
+            else:
+                data = _checked_format(json.loads(content), PREDICTOR_FORMAT, path)
+                models = {role: text.encode() for role, text in data["boosters"].items()}
+                measured = data.get("measured")
+            boosters = {role: _booster(model) for role, model in models.items()}
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as err:  # XGBoostError is a ValueError
             raise MulayerError(f"cannot read predictor {path}: {err}") from None
-        if data.get("format") != PREDICTOR_FORMAT:
-            raise MulayerError(f"{path} is not a tvm-mulayer predictor (format {data.get('format')!r}); "
-                               "train it again with this version (`mulayer train`)")
-        boosters = {}
-        for role, text in data["boosters"].items():
-            booster = xgb.Booster()
-            booster.load_model(bytearray(text.encode()))
-            boosters[role] = booster
         bases = {role: KernelBase(coefficients) for role, coefficients in data["bases"].items()}
-        return Predictor(boosters, bases, data["copy_model"], data["meta"], data.get("measured"),
-                         data.get("convert_model"))
+        return Predictor(boosters, bases, data["copy_model"], data["meta"], measured, data.get("convert_model"))
 
     def check_processors(self, cpu, gpu) -> None:
         """A predictor measured on other processors predicts nothing useful: refuse it."""
@@ -487,6 +512,52 @@ class Predictor:
                 f"the predictor was measured on CPU {json.dumps(measured[0])} + GPU {json.dumps(measured[1])}, "
                 f"not on {json.dumps(cpu.target)} + {json.dumps(gpu.target)}; run `mulayer profile` and "
                 "`mulayer train` for these processors")
+
+
+def _checked_format(data, expected: str, path) -> dict:
+    """`data` if it is a predictor of the `expected` format."""
+    found = data.get("format") if isinstance(data, dict) else None
+    if found != expected:
+        raise MulayerError(f"{path} is not a tvm-mulayer predictor (format {found!r}, expected {expected!r}); "
+                           "train it again with this version (`mulayer train`)")
+    return data
+
+
+def _booster(model: bytes):
+    """An XGBoost booster from its saved model, JSON or UBJSON (XGBoost tells them apart)."""
+    import xgboost as xgb
+
+    booster = xgb.Booster()
+    booster.load_model(bytearray(model))
+    return booster
+
+
+def _measured_columns(measured: dict) -> dict:
+    """`Predictor.measured` ({role: {kind: {config key: seconds}}}) in columns, per role: its
+    configurations (every kind's, in key order) as one column per key field, None where a
+    key lacks the field (float32 keys have no precision), and one column of seconds per
+    kind, None where that kind was not measured. A key's fields repeat across thousands of
+    keys; in columns they compress 2x better than the keys do."""
+    columns = {}
+    for role, kinds in measured.items():
+        keys = sorted({key for table in kinds.values() for key in table})
+        fields = [json.loads(key) for key in keys]
+        names = sorted({name for config in fields for name in config})
+        columns[role] = {"configs": {name: [config.get(name) for config in fields] for name in names},
+                         "seconds": {kind: [table.get(key) for key in keys] for kind, table in kinds.items()}}
+    return columns
+
+
+def _measured_from_columns(columns: dict) -> dict:
+    """`_measured_columns` undone: the keys rebuilt as `config_key` writes them."""
+    measured = {}
+    for role, table in columns.items():
+        names, values = list(table["configs"]), zip(*table["configs"].values())
+        keys = [json.dumps({name: value for name, value in zip(names, row) if value is not None}, sort_keys=True)
+                for row in values]
+        measured[role] = {kind: {key: s for key, s in zip(keys, seconds) if s is not None}
+                          for kind, seconds in table["seconds"].items()}
+    return measured
 
 
 # Chosen by 5-fold cross-validation over layer shapes on the H200 host's profiles

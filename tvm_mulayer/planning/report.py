@@ -24,22 +24,30 @@ def _render(rows: list, cpu: Processor, gpu: Processor, plan: Plan) -> list:
 
 def _precisions(lp) -> str:
     """The data type of each slice present, GPU/CPU ("-" where a processor has none)."""
-    present = {processor for _, _, processor in lp.parts()}
-    return "/".join(lp.precision(p) if p in present else "-" for p in ("gpu", "cpu"))
+    return "/".join(lp.precision(p) if lp.on(p) else "-" for p in ("gpu", "cpu"))
+
+
+def _shares(lp) -> tuple[str, str]:
+    """What each processor computes: output channels, or output rows of a height split
+    ("r" and the rows; "+N": halo rows it computes too, for the chain's next layers)."""
+    if lp.dim != "height":
+        return str(lp.gpu_channels), str(lp.channels - lp.gpu_channels)
+    own = {"gpu": lp.gpu_rows, "cpu": lp.rows - lp.gpu_rows}
+    return tuple(f"r{own[p]}" + (f"+{extra}" if extra else "") if lp.on(p) else "-"
+                 for p, extra in zip(("gpu", "cpu"), lp.halo_rows))
 
 
 def plan_table(plan: Plan, cpu: Processor, gpu: Processor, crossing: dict | None = None) -> str:
     """The plan per layer; `crossing` (see build.crossing_bytes) adds the bytes copied
     between the processors per inference."""
-    rows = [("layer", "onnx node", "op", "input -> output", "placement", "ratio", "gpu ch", "cpu ch",
-             "gpu/cpu dtype", "note")]
+    rows = [("layer", "onnx node", "op", "input -> output", "placement", "dim", "chain", "ratio", "gpu part",
+             "cpu part", "gpu/cpu dtype", "note")]
     for lp in plan.layers:
         ratio = f"{lp.ratio:.2f}"
         if abs(lp.effective_ratio - lp.ratio) > 1e-9:
             ratio += f"->{lp.effective_ratio:.2f}"
         rows.append((lp.name, lp.source or "-", lp.op, f"{_shape(lp.input_shape)} -> {_shape(lp.output_shape)}",
-                     lp.placement, ratio, str(lp.gpu_channels), str(lp.channels - lp.gpu_channels),
-                     _precisions(lp), lp.note))
+                     lp.placement, lp.dim, lp.chain or "-", ratio, *_shares(lp), _precisions(lp), lp.note))
     lines = _render(rows, cpu, gpu, plan)
     counts = {p: sum(1 for lp in plan.layers if lp.placement == p) for p in ("gpu", "split", "cpu")}
     lines.append(f"{len(plan.layers)} layers: {counts['split']} split, {counts['gpu']} whole on the GPU, "

@@ -10,6 +10,10 @@ from pathlib import Path
 from ..base.errors import MulayerError
 from ..base.processors import Processor
 
+# The packed function that copies a tensor into a destination tensor on another device
+# (destination-passing, no sync): what the VM runs for each exchange (passes.PooledCopies).
+EXCHANGE_COPY = "runtime.TVMTensorCopyFromTo"
+
 
 def tvm_device(processor: Processor, index: int):
     """The runtime device of a processor; index is its position in the VM's device list."""

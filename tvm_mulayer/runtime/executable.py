@@ -29,9 +29,12 @@ from ..base.errors import MulayerError
 from ..base.plan import Plan
 from ..base.processors import Processor
 from ..base.quantization import CALIBRATION_FILE, Calibration
-from .devices import cpu_threads, tvm_device
+from .devices import EXCHANGE_COPY, cpu_threads, tvm_device
 
 ARTIFACT_FORMAT = "tvm-mulayer-artifact/1"
+# the VM calls that copy between the devices: passes.PooledCopies' destination-passing copy, and
+# R.to_vdevice's builtin (artifacts built before it)
+COPY_SYMBOLS = (EXCHANGE_COPY, "vm.builtin.to_device")
 FILES = ("model.so", "weights.npz", "plan.json")
 
 
@@ -230,7 +233,7 @@ class Executable:
         calls, started = [], {}
 
         def instrument(func, symbol, before_run, ret_value, *args):
-            if symbol.startswith("vm.builtin") and symbol != "vm.builtin.to_device":
+            if symbol.startswith("vm.builtin") and symbol not in COPY_SYMBOLS:
                 return 0
             if before_run:
                 started[symbol] = time.perf_counter()
@@ -238,7 +241,7 @@ class Executable:
             output = args[-1] if args else None
             on_gpu = getattr(output, "device", None) is not None and output.device.index == gpu.index and (
                 output.device.dlpack_device_type() == gpu.dlpack_device_type())
-            if symbol == "vm.builtin.to_device":
+            if symbol in COPY_SYMBOLS:
                 lane = "copy"
             else:
                 lane = "gpu" if on_gpu else "cpu"
