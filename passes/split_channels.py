@@ -40,12 +40,15 @@ import tvm
 from tvm import relax
 from tvm.relax import op as ops
 
+from tvm_mulayer.base.errors import MulayerError
 from tvm_mulayer.base.layers import is_tensor_constant, layer_bindings
-from tvm_mulayer.base.plan import Plan
+from tvm_mulayer.base.plan import Plan, make_plan
+from tvm_mulayer.base.processors import resolve_processors
 from tvm_mulayer.base.quantization import (
     FLOAT32_FORM, UINT8_MAX, Form, input_form, quantize_weights, weight_axis)
 from tvm_mulayer.schedules.cpu.dot_intrin import slice_input_channels
 
+from .module_form import require_split_form
 from .row_chains import ROWS, Chains, analyze
 
 CPU, GPU = 0, 1
@@ -600,13 +603,31 @@ def record_chains(func, plan: Plan) -> Chains:
 
 @tvm.transform.module_pass(opt_level=0, name="SplitChannels")
 class SplitChannels:
-    """Rewrite `main` to run each layer per `plan` on vdevices [cpu_target, gpu_target]."""
+    """Rewrite `main` to run each layer per `plan` on vdevices [cpu_target, gpu_target].
 
-    def __init__(self, plan: Plan, cpu_target, gpu_target, func_name: str = "main"):
-        self.plan = plan
+    `plan`: a Plan made from this module, or any split request `make_plan` takes — the GPU's
+    share of every layer (a ratio in [0, 1]), 'cpu', 'gpu', a per-layer dict or a plan JSON
+    file — resolved on the module's layers when the pass runs, its ratios rounded to
+    `channel_multiple` (default: the multiple the two targets' kernels like, as `mulayer
+    compile` rounds). The resolved Plan is `self.plan` afterwards."""
+
+    def __init__(self, plan, cpu_target, gpu_target, func_name: str = "main", channel_multiple: int | None = None):
+        self.split = plan
+        self.plan = plan if isinstance(plan, Plan) else None
         self.cpu_target = tvm.target.Target(cpu_target) if not isinstance(cpu_target, tvm.target.Target) else cpu_target
         self.gpu_target = tvm.target.Target(gpu_target) if not isinstance(gpu_target, tvm.target.Target) else gpu_target
         self.func_name = func_name
+        self.channel_multiple = channel_multiple
+
+    def resolve_plan(self, layers: list) -> Plan:
+        """The Plan of the split request on the module's `layers`."""
+        if isinstance(self.split, Plan):
+            return self.split
+        multiple = self.channel_multiple
+        if multiple is None:
+            cpu, gpu = resolve_processors(dict(self.cpu_target.export()), dict(self.gpu_target.export()))
+            multiple = max(cpu.channel_multiple, gpu.channel_multiple)
+        return make_plan(layers, self.split, multiple)
 
     def vdevices(self) -> list:
         same_kind = self.cpu_target.kind.name == self.gpu_target.kind.name
@@ -615,13 +636,14 @@ class SplitChannels:
                 relax.VDevice(self.gpu_target, 1 if same_kind else 0, "global")]
 
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-        func = mod[self.func_name]
+        func = require_split_form(mod, self.func_name)
         layers = layer_bindings(func)
+        self.plan = self.resolve_plan(list(layers.values()))
         known = {layer.name for layer in layers.values()}
         planned = {lp.name for lp in self.plan.layers}
         if known != planned:
-            raise ValueError(f"SplitChannels: the plan's layers {sorted(planned ^ known)} do not match "
-                             "the module's layers; make the plan from this module")
+            raise MulayerError(f"SplitChannels: the plan's layers {sorted(planned ^ known)} do not match "
+                               "the module's layers; make the plan from this module (or give a ratio)")
         vdevices = self.vdevices()
         bb = relax.BlockBuilder()
         biases = _folded_biases(func, layers)

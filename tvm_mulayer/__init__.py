@@ -1,7 +1,9 @@
 """tvm-mulayer: run one CNN on a CPU and a GPU at the same time, with Apache TVM.
 
 `compile(model, cpu=..., gpu=..., split=...)` builds a two-device executable from an ONNX
-model; `load(artifact_dir)` loads an exported one (with only the TVM runtime, too).
+model; `load(artifact_dir)` loads an exported one (with only the TVM runtime, too);
+`get_pipeline(split=..., cpu=..., gpu=...)` is the same compilation as a Relax pipeline for
+`tvm.compile(mod, target=None, relax_pipeline=...)` (see `tvm_mulayer.pipeline`).
 """
 
 import os as _os
@@ -16,7 +18,7 @@ _checkout = _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)))
 if _os.path.isfile(_os.path.join(_checkout, "pyproject.toml")) and _os.path.isdir(_os.path.join(_checkout, "passes")):
     __path__.append(_checkout)
 
-__all__ = ["MulayerError", "compile", "load", "__version__"]
+__all__ = ["MulayerError", "compile", "get_pipeline", "load", "__version__"]
 
 
 def compile(model, cpu="host", gpu=None, split=0.5, shapes=None, predictor=None, verify=False,  # noqa: A001
@@ -41,3 +43,17 @@ def load(artifact_dir, weights=None):
     from .runtime.executable import load_artifact
 
     return load_artifact(artifact_dir, weights=weights)
+
+
+def __getattr__(name):
+    # get_pipeline, passes and schedules need tvm.relax; imported on first use,
+    # `import tvm_mulayer` stays light enough for a host with only the TVM runtime
+    if name == "get_pipeline":
+        from .pipeline import get_pipeline
+
+        return get_pipeline
+    if name in ("passes", "schedules"):
+        import importlib
+
+        return importlib.import_module(f".{name}", __name__)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

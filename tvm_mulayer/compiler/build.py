@@ -15,7 +15,7 @@ from pathlib import Path
 from ..base.layers import layer_bindings, layer_weights
 from ..base.plan import Plan, make_plan
 from ..base.processors import Processor, resolve_processors
-from ..base.quantization import assign_precision, parse_precision, requested_precisions
+from ..base.quantization import Calibration, assign_precision, parse_precision, requested_precisions
 from ..runtime.executable import Executable
 from .calibration import DEFAULT_PERCENTILE, obtain_calibration
 from .frontend import ModelInfo, import_onnx
@@ -56,14 +56,19 @@ class ModelCompiler:
         path or a Plan."""
         return make_plan(self.layers, split, self.channel_multiple, self.info.sources)
 
-    def executable(self, split) -> Executable:
-        """The executable of a split request (see `plan`), with the per-layer precisions a
-        plan spec may set."""
-        return self.build(self.plan(split), requested_precisions(plan_spec(split)))
+    def plan_and_overrides(self, split) -> tuple:
+        """(Plan, per-layer precisions the request sets) of a split request (see `plan`):
+        a plan spec may set `cpu_precision`/`gpu_precision` per layer."""
+        return self.plan(split), requested_precisions(plan_spec(split))
 
-    def build(self, plan: Plan, overrides: dict | None = None) -> Executable:
-        """The executable of `plan`, each slice in the precision of the mode (or of
-        `overrides`: layer name -> {"cpu": ..., "gpu": ...})."""
+    def executable(self, split) -> Executable:
+        """The executable of a split request (see `plan_and_overrides`)."""
+        return self.build(*self.plan_and_overrides(split))
+
+    def assign_precisions(self, plan: Plan, overrides: dict | None = None) -> Calibration | None:
+        """Write into `plan` each slice's precision, the mode's (or that of `overrides`: layer
+        name -> {"cpu": ..., "gpu": ...}), calibrating first where an int8 slice needs it;
+        the Calibration the plan's int8 slices use (None without one)."""
         overrides = overrides or {}
         wants_int8 = any(lp.on("cpu") for lp in plan.layers) and (
             self.mode["cpu"] == "int8" or any(o.get("cpu") == "int8" for o in overrides.values()))
@@ -72,8 +77,13 @@ class ModelCompiler:
         ranges = self.calibration.ranges if self.calibration is not None else None
         assign_precision(plan, {layer.name: layer for layer in self.layers},
                          layer_weights(self.mod["main"], self.bindings), self.mode, ranges, overrides)
+        return self.calibration if wants_int8 else None
+
+    def build(self, plan: Plan, overrides: dict | None = None) -> Executable:
+        """The executable of `plan`, each slice in its precision (see `assign_precisions`)."""
+        calibration = self.assign_precisions(plan, overrides)
         executable = build_executable(self.mod, self.info, plan, self.cpu, self.gpu)
-        executable.calibration = self.calibration if wants_int8 else None
+        executable.calibration = calibration
         return executable
 
 

@@ -95,10 +95,26 @@ def onnx_layer_sources(proto: onnx.ModelProto, layers) -> dict:
     return sources
 
 
-def import_onnx(model, shapes: dict | None = None):
-    """(Relax IRModule with weights as constants, folded; ModelInfo)."""
+def prepare_for_split(mod):
+    """`mod` (weights bound as constants) in the form the split works on: batch norms folded
+    into the convs before them, other inference-only ops decomposed, constant subgraphs
+    folded (so each layer's weight is one constant), bindings canonicalized, dead code
+    removed. Every frontend's module goes through it: `mulayer compile` and the Relax
+    pipeline (`tvm_mulayer.get_pipeline`) then split the same graph."""
     import tvm
     from tvm import relax
+
+    return tvm.transform.Sequential([
+        relax.transform.FoldBatchnormToConv2D(),
+        relax.transform.DecomposeOpsForInference(),
+        relax.transform.FoldConstant(),
+        relax.transform.CanonicalizeBindings(),
+        relax.transform.DeadCodeElimination(["main"]),
+    ])(mod)
+
+
+def import_onnx(model, shapes: dict | None = None):
+    """(Relax IRModule with weights as constants, folded; ModelInfo)."""
     from tvm.relax.frontend.onnx import from_onnx
 
     from ..base.layers import find_layers
@@ -116,13 +132,7 @@ def import_onnx(model, shapes: dict | None = None):
         text = str(err).strip().splitlines()
         reason = next((line for line in reversed(text) if line.strip()), type(err).__name__)
         raise MulayerError(f"TVM cannot import this ONNX model: {reason.strip()}") from None
-    mod = tvm.transform.Sequential([
-        relax.transform.FoldBatchnormToConv2D(),
-        relax.transform.DecomposeOpsForInference(),
-        relax.transform.FoldConstant(),
-        relax.transform.CanonicalizeBindings(),
-        relax.transform.DeadCodeElimination(["main"]),
-    ])(mod)
+    mod = prepare_for_split(mod)
     layers = find_layers(mod["main"])
     outputs = [value.name for value in proto.graph.output]
     return mod, ModelInfo(inputs, outputs, onnx_layer_sources(proto, layers))

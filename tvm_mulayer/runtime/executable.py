@@ -19,6 +19,7 @@ import os
 import shutil
 import statistics
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -51,8 +52,60 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def concurrent_runs() -> int:
+    """How many VM calls run at once in this process (TVM_MULAYER_CONCURRENT_RUNS, default the
+    CPU count up to 4); more callers wait for a free runner thread."""
+    value = os.environ.get("TVM_MULAYER_CONCURRENT_RUNS") or str(min(4, os.cpu_count() or 1))
+    if not value.isdigit() or int(value) < 1:
+        raise MulayerError(f"TVM_MULAYER_CONCURRENT_RUNS={value!r}: give a whole number of at least 1")
+    return int(value)
+
+
+class _Runners:
+    """The process's threads that run every Executable's VMs, started on first use.
+
+    TVM gives each thread that runs a parallel kernel a thread pool of its own
+    (TVM_NUM_THREADS workers) and never reclaims it when the thread ends: VM calls on the
+    callers' threads would leave that many threads behind for every short-lived caller (a
+    thread per request) and oversubscribe the cores with many callers. On a fixed set of
+    runner threads the pools are made once and the calls in flight are bounded."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._executor = None
+        self._here = threading.local()  # .runner is True on a runner thread
+        # a forked child has none of the parent's threads: its calls would wait forever on them
+        os.register_at_fork(after_in_child=self._forget)
+
+    def _forget(self):
+        self._lock = threading.Lock()
+        self._executor = None
+
+    def call(self, work):
+        """`work()` on a runner thread; the caller waits for its result or exception. A runner
+        calling in (a nested call) runs it itself: waiting on its peers could deadlock."""
+        if getattr(self._here, "runner", False):
+            return work()
+        with self._lock:
+            if self._executor is None:
+                from concurrent.futures import ThreadPoolExecutor
+
+                self._executor = ThreadPoolExecutor(concurrent_runs(), thread_name_prefix="mulayer-runner",
+                                                    initializer=setattr, initargs=(self._here, "runner", True))
+            executor = self._executor
+        return executor.submit(work).result()
+
+
+_RUNNERS = _Runners()
+
+
 class Executable:
-    """A two-device model ready to run: `.run(inputs)`, `.benchmark(...)`, `.export(dir)`."""
+    """A two-device model ready to run: `.run(inputs)`, `.benchmark(...)`, `.export(dir)`.
+
+    `run`, `benchmark` and `trace` may be called from several threads at once. The calls run
+    on the process's runner threads (`concurrent_runs()` at once; see `_Runners`), each with a
+    VM of its own for this executable — a Relax VM keeps a call's frames and registers, so two
+    calls cannot share one — and all the VMs share the weights, put on their devices once."""
 
     def __init__(self, module, plan: Plan, cpu: Processor, gpu: Processor, inputs: dict, outputs: list,
                  sources: dict, weights: list, weight_devices: list, manifest: dict | None = None):
@@ -66,24 +119,42 @@ class Executable:
         self.weights = weights
         self.weight_devices = weight_devices
         self.manifest = manifest
-        self._vm = None
-        self._weight_args = None
+        self._lock = threading.Lock()  # guards the set-up below
+        self._devices = None
+        self._weight_args = None  # the weights on their devices, shared by every VM
+        self._runner_vm = threading.local()  # .vm: each runner thread's VM of this executable
         self.calibration = None  # the int8 slices' Calibration, saved with the artifact
         self.crossing = (manifest or {}).get("crossing_bytes")  # see build.crossing_bytes
 
     # ---- running -----------------------------------------------------------------
     def _setup(self):
-        if self._vm is None:
+        """Open the devices and put the weights on them, once."""
+        with self._lock:
+            if self._weight_args is not None:
+                return
             cpu_threads(self.cpu, self.gpu)
             import tvm
-            import tvm.runtime.vm  # not imported by `import tvm` in runtime-only mode
 
             devices = [tvm_device(self.cpu, 0), tvm_device(self.gpu, 1)]
             check_kernels_build(self.gpu, devices[1], self.module)
-            self._devices = devices
-            self._vm = tvm.runtime.vm.VirtualMachine(self.module, devices)
             self._weight_args = [tvm.runtime.tensor(w, devices[d]) for w, d in zip(self.weights, self.weight_devices)]
-        return self._vm
+            self._devices = devices
+
+    def _new_vm(self):
+        import tvm.runtime.vm  # not imported by `import tvm` in runtime-only mode
+
+        self._setup()
+        return tvm.runtime.vm.VirtualMachine(self.module, self._devices)
+
+    def _on_runner(self, work):
+        """`work(vm)` on a runner thread, with that thread's VM of this executable."""
+        def with_vm():
+            vm = getattr(self._runner_vm, "vm", None)
+            if vm is None:
+                vm = self._runner_vm.vm = self._new_vm()
+            return work(vm)
+
+        return _RUNNERS.call(with_vm)
 
     def input_tensors(self, inputs, device=None) -> list:
         """The VM's input arguments on `device` (default: the CPU device the VM runs with), after
@@ -122,28 +193,32 @@ class Executable:
             args.append(tvm.runtime.tensor(np.ascontiguousarray(array).reshape(array.shape), device))
         return args
 
-    def _invoke(self, args):
-        result = self._vm["main"](*args, *self._weight_args)
-        results = list(result) if not hasattr(result, "numpy") else [result]
-        return results
+    def _invoke(self, vm, args) -> list:
+        result = vm["main"](*args, *self._weight_args)
+        return list(result) if not hasattr(result, "numpy") else [result]
 
     def run(self, inputs=None) -> dict:
-        """Outputs keyed by the ONNX output names; `inputs` is a dict, one array, or None (random)."""
-        self._setup()
-        results = self._invoke(self.input_tensors(inputs))
-        return {name: value.numpy() for name, value in zip(self.outputs, results)}
+        """Outputs keyed by the ONNX output names; `inputs` is a dict, one array, or None (random).
+        Safe to call from several threads at once (see the class)."""
+        args = self.input_tensors(inputs)
+        results = self._on_runner(lambda vm: [value.numpy() for value in self._invoke(vm, args)])
+        return dict(zip(self.outputs, results))
 
     def benchmark(self, inputs=None, repeat: int = 10, warmup: int = 2) -> dict:
         """Latency in seconds over `repeat` runs (outputs back on the host each time)."""
-        self._setup()
         args = self.input_tensors(inputs)
-        for _ in range(warmup):
-            self._invoke(args)[0].numpy()
-        times = []
-        for _ in range(repeat):
-            start = time.perf_counter()
-            self._invoke(args)[0].numpy()
-            times.append(time.perf_counter() - start)
+
+        def timed(vm):
+            for _ in range(warmup):
+                self._invoke(vm, args)[0].numpy()
+            times = []
+            for _ in range(repeat):
+                start = time.perf_counter()
+                self._invoke(vm, args)[0].numpy()
+                times.append(time.perf_counter() - start)
+            return times
+
+        times = self._on_runner(timed)  # timed on the runner thread: the hand-over is not in it
         return {"median": statistics.median(times), "min": min(times), "times": times}
 
     def trace(self, inputs=None) -> list:
@@ -152,10 +227,8 @@ class Executable:
         On a real GPU each GPU kernel is synchronised to time it, so the trace shows each
         kernel's duration but not the overlap an untraced run has."""
         import tvm
-        import tvm.runtime.vm
 
-        self._setup()
-        vm = tvm.runtime.vm.VirtualMachine(self.module, self._devices)
+        vm = self._new_vm()  # of its own: the instrument stays off the VMs `run` uses
         gpu = self._devices[1]
         asynchronous = gpu.dlpack_device_type() != tvm.cpu(0).dlpack_device_type()
         calls, started = [], {}
@@ -180,7 +253,7 @@ class Executable:
 
         vm.set_instrument(instrument)
         args = self.input_tensors(inputs)
-        vm["main"](*args, *self._weight_args)
+        _RUNNERS.call(lambda: vm["main"](*args, *self._weight_args))
         return calls
 
     # ---- shipping ----------------------------------------------------------------
