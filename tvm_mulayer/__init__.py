@@ -22,19 +22,21 @@ __all__ = ["MulayerError", "compile", "get_pipeline", "load", "__version__"]
 
 
 def compile(model, cpu="host", gpu=None, split=0.5, shapes=None, predictor=None, verify=False,  # noqa: A001
-            precision=None, calib=None, calib_method="percentile", calib_percentile=99.99):
+            precision=None, calib=None, calib_method="percentile", calib_percentile=99.99,
+            dims=("channel", "height")):
     """Compile an ONNX model (path or ModelProto) into a two-device `Executable`.
 
     `split`: the GPU's share of every layer (0..1), 'cpu', 'gpu', a per-layer dict / plan
     JSON path / Plan, or 'auto' (chosen by the latency predictor). `precision`: "native"
     (default: int8 on the CPU, fp16 on the GPU), "fp32", or overrides like "native,gpu=fp32";
     `calib`: calibration samples for the int8 slices (.npz, directory of .npy, or a saved
-    calibration.json / artifact)."""
+    calibration.json / artifact). `dims`: what `auto` may split layers along — output
+    channels, and a conv's output rows in operator chains (CoDL)."""
     from .api import compile_model
 
     return compile_model(model, cpu=cpu, gpu=gpu, split=split, shapes=shapes, predictor=predictor,
                          verify=verify, log=print, precision=precision, calib=calib, calib_method=calib_method,
-                         calib_percentile=calib_percentile)
+                         calib_percentile=calib_percentile, dims=dims)
 
 
 def load(artifact_dir, weights=None):
