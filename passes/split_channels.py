@@ -462,7 +462,9 @@ class _Rewriter:
             dev = self._home(value.fields)
             new = relax.Tuple([self._arg_on(f, dev) for f in value.fields])
         elif isinstance(value, relax.TupleGetItem):
-            dev = self._home([value.tuple_value])
+            # a field lives where the op that made the tuple ran (_home counts no tuple's bytes)
+            held = self.env.get(value.tuple_value)
+            dev = held.parts[0].dev if held is not None else self._home([value.tuple_value])
             new = relax.TupleGetItem(self._arg_on(value.tuple_value, dev), value.index)
         else:
             dev, new = CPU, value

@@ -111,3 +111,26 @@ def test_sum_residual_then_grouped_conv_splits():
     executable, errors = _errors(model, 0.5)
     assert {lp.placement for lp in executable.plan.layers} == {"split"}
     assert errors["logits"] < FP32_TOLERANCE, errors
+
+
+def test_fields_of_a_split_stay_on_the_processor_that_split():
+    """ONNX Split (ShuffleNet v2's channel split) makes a tuple where most of its input is;
+    its fields are there too (they were taken for the CPU's, and a GPU-heavy split then
+    mixed devices in one op: a TVM type error at build)."""
+    rng = np.random.default_rng(1)
+    weights = {"w1": rng.standard_normal((8, 6, 3, 3)) * 0.2, "w2": rng.standard_normal((4, 4, 1, 1)) * 0.5,
+               "halves": np.array([4, 4])}
+    nodes = [helper.make_node("Conv", ["input", "w1"], ["a"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+             helper.make_node("Split", ["a", "halves"], ["kept", "half"], axis=1),
+             helper.make_node("Conv", ["half", "w2"], ["b"], kernel_shape=[1, 1]),
+             helper.make_node("Relu", ["b"], ["r"]),
+             helper.make_node("Concat", ["kept", "r"], ["logits"], axis=1)]
+    graph = helper.make_graph(
+        nodes, "split_fields", [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 6, 8, 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 8, 8, 8])],
+        [numpy_helper.from_array(value.astype(np.int64 if key == "halves" else np.float32), key)
+         for key, value in weights.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    for first, second in ((0.9, 0.3), (0.9, 1.0), (0.1, 0.9)):
+        _, errors = _errors(model, {"layers": {"conv2d_0": first, "conv2d_1": second}})
+        assert errors["logits"] < FP32_TOLERANCE, (first, second, errors)
