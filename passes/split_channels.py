@@ -457,6 +457,9 @@ class _Rewriter:
         for part in value.parts:
             new = relax.Call(call.op, make_args(part), call.attrs, call.ty_args)
             parts.append(Part(part.lo, part.hi, part.dev, self.bb.emit(new)))
+        if len(parts) == 1:  # a whole tensor: its channels are axis 1, as _whole_op labels them
+            expr = parts[0].expr
+            return Value((Part(0, _shape(expr)[1] if _channel_split_ok(expr) else 0, parts[0].dev, expr),))
         return Value(tuple(parts), value.axis if axis is None else axis)
 
     def _reshaping(self, value: Value, call: relax.Call) -> Value | None:
@@ -523,7 +526,8 @@ class _Rewriter:
             else:
                 return None
             return self._partwise(value, lambda p: [p.expr, take(p)], call)
-        if isinstance(rhs, relax.Var) and rhs in self.env and _shape(rhs) == out_shape:
+        if (isinstance(rhs, relax.Var) and rhs in self.env and _shape(rhs) == out_shape
+                and self.env[rhs].axis == value.axis):  # parts along another axis would not line up
             other = self.env[rhs]
             return self._partwise(value, lambda p: [p.expr, self.gather(other, p.lo, p.hi, p.dev, axis=value.axis)],
                                   call)
@@ -558,7 +562,9 @@ class _Rewriter:
             dev = self._home(value.fields)
             new = relax.Tuple([self._arg_on(f, dev) for f in value.fields])
         elif isinstance(value, relax.TupleGetItem):
-            dev = self._home([value.tuple_value])
+            # a field lives where the op that made the tuple ran (_home counts no tuple's bytes)
+            held = self.env.get(value.tuple_value)
+            dev = held.parts[0].dev if held is not None else self._home([value.tuple_value])
             new = relax.TupleGetItem(self._arg_on(value.tuple_value, dev), value.index)
         else:
             dev, new = CPU, value

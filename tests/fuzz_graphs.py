@@ -3,8 +3,10 @@
 Shared by `tests/test_fuzz.py` (a fixed, derandomized seed set in CI) and `scripts/fuzz.py`
 (the long mode). A case is an ONNX model (opset 13, input `x` of shape 1xCxHxW, H, W <= 20)
 built from blocks — plain/grouped/depthwise convolutions with any kernel 1/3/5/7, stride
-1/2 and padding, pools, Relu/Clip, BatchNormalization, LRN, residual Adds, Inception- and
-Fire-like branches joined by a channel Concat — with an optional GlobalAveragePool or
+1/2 and padding (group counts the plan's split need not divide), pools, Relu/Clip,
+BatchNormalization, LRN, residual Adds or Sums (Caffe2's), ShuffleNet's channel shuffle
+(Reshape/Transpose/Reshape), transposed convolutions, nearest or linear Resize, Inception-
+and Fire-like branches joined by a channel Concat — with an optional GlobalAveragePool or
 Flatten+Gemm head, and a plan: a global ratio (0 and 1 included), a placement word, or a
 per-layer dict splitting layers by channel or by rows (height), with operator chains "auto",
 off or listed. `check_case` compiles it with tvm_mulayer on the emulated two-device machine
@@ -55,6 +57,11 @@ class _Builder:
     def const(self, array: np.ndarray, prefix: str = "w") -> str:
         name = self.fresh(prefix)
         self.inits.append(numpy_helper.from_array(np.asarray(array, dtype=np.float32), name))
+        return name
+
+    def shape_const(self, dims: list) -> str:
+        name = self.fresh("shape")
+        self.inits.append(numpy_helper.from_array(np.asarray(dims, dtype=np.int64), name))
         return name
 
     def node(self, op: str, inputs: list, **attrs) -> str:
@@ -179,8 +186,54 @@ class _Builder:
         k2 = self.draw(st.sampled_from([1, 3]))
         groups = c if self.draw(st.booleans()) else 1  # depthwise second conv sometimes
         y = self.conv(y, out_c=c, kernel=k2, stride=1, pad=k2 // 2, groups=groups)
-        self.ops.append("add")
-        return self.node("Add", [name, y[0]]), c, h, w
+        op = self.draw(st.sampled_from(["Add", "Add", "Sum"]))  # Sum: TVM imports it as stack + sum
+        self.ops.append(op.lower())
+        return self.node(op, [name, y[0]]), c, h, w
+
+    def shuffle(self, t):
+        """ShuffleNet's channel shuffle as exported: Reshape to (groups, C/groups), swap, back."""
+        name, c, h, w = t
+        divisors = [g for g in range(2, c) if c % g == 0]
+        if not divisors:
+            return t
+        groups = self.draw(st.sampled_from(divisors))
+        split = self.node("Reshape", [name, self.shape_const([1, groups, c // groups, h, w])])
+        swapped = self.node("Transpose", [split], perm=[0, 2, 1, 3, 4])
+        self.ops.append(f"shuffle{groups}")
+        return self.node("Reshape", [swapped, self.shape_const([1, c, h, w])]), c, h, w
+
+    def deconv(self, t):
+        """A transposed convolution (a layer the split runs whole)."""
+        name, c, h, w = t
+        d = self.draw
+        kernel, stride = d(st.sampled_from([1, 2, 3, 4])), d(st.sampled_from([1, 2]))
+        stride = stride if max(h, w) <= 20 else 1  # keep the maps small (cases compile in seconds)
+        pad, out_pad = d(st.integers(0, (kernel - 1) // 2)), d(st.integers(0, stride - 1))
+        out_c = d(st.sampled_from(CHANNELS))
+        weight = self.rng.standard_normal((c, out_c, kernel, kernel)) * stride / np.sqrt(c * kernel * kernel)
+        inputs = [name, self.const(weight)]
+        if d(st.booleans()):
+            inputs.append(self.const(self.rng.standard_normal(out_c) * 0.1, "b"))
+        self.ops.append(f"deconv{kernel}x{kernel}/s{stride}p{pad}o{out_pad}:{c}->{out_c}")
+        size = lambda n: (n - 1) * stride - 2 * pad + kernel + out_pad  # noqa: E731
+        out = self.node("ConvTranspose", inputs, kernel_shape=[kernel, kernel], strides=[stride, stride],
+                        pads=[pad] * 4, output_padding=[out_pad] * 2)
+        return out, out_c, size(h), size(w)
+
+    def resize(self, t):
+        """Upsampling by 2 as PyTorch exports interpolate: nearest, or bilinear (half-pixel)."""
+        name, c, h, w = t
+        if max(h, w) > 20:  # keep the maps small (cases compile in seconds)
+            return t
+        scales = self.const(np.array([1, 1, 2, 2]), "scales")
+        if self.draw(st.booleans()):
+            self.ops.append("resize-nearest")
+            out = self.node("Resize", [name, "", scales], mode="nearest", coordinate_transformation_mode="asymmetric",
+                            nearest_mode="floor")
+        else:
+            self.ops.append("resize-linear")
+            out = self.node("Resize", [name, "", scales], mode="linear", coordinate_transformation_mode="half_pixel")
+        return out, c, 2 * h, 2 * w
 
     def inception(self, t):
         name, c, h, w = t
@@ -233,7 +286,8 @@ class _Builder:
         return name, c, h, w
 
 
-BLOCKS = ["conv", "conv", "act", "pool", "bn", "lrn", "residual", "inception", "fire", "conv-bn-act"]
+BLOCKS = ["conv", "conv", "act", "pool", "bn", "lrn", "residual", "inception", "fire", "conv-bn-act", "shuffle",
+          "deconv", "resize"]
 
 
 @dataclass
@@ -258,7 +312,7 @@ def cnn_models(draw, avoid_known: bool = True):
     builder = _Builder(draw, draw(st.integers(0, 2**31 - 1)), frozenset(KNOWN_BUGS) if avoid_known else frozenset())
     t = ("x", c, h, w)
     blocks = draw(st.lists(st.sampled_from(BLOCKS), min_size=1, max_size=5))
-    if not {"conv", "residual", "inception", "fire", "conv-bn-act"} & set(blocks) and draw(st.integers(0, 4)):
+    if not {"conv", "residual", "inception", "fire", "conv-bn-act", "deconv"} & set(blocks) and draw(st.integers(0, 4)):
         blocks.insert(0, "conv")  # mostly at least one layer (a model with none runs whole)
     extra_outputs = []
     for block in blocks:

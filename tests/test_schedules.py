@@ -300,6 +300,8 @@ POOL_CASES = {
     "avgpool3s1": lambda bb, x: relax.op.nn.avg_pool2d(x, pool_size=3, strides=1, padding=1),
     "global_avg": lambda bb, x: relax.op.nn.adaptive_avg_pool2d(x, output_size=1),
     "mean_hw": lambda bb, x: relax.op.mean(x, axis=[2, 3], keepdims=True),
+    # instance norm's centring: an epilogue larger than the reduced tensor
+    "mean_centred": lambda bb, x: relax.op.subtract(x, bb.emit(relax.op.mean(x, axis=[2, 3], keepdims=True))),
     "lrn_pool3d": lambda bb, x: relax.op.nn.avg_pool3d(
         relax.op.expand_dims(relax.op.multiply(x, x), 1), pool_size=(5, 1, 1), strides=1,
         padding=(2, 0, 0, 2, 0, 0)),

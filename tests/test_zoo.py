@@ -232,8 +232,9 @@ def test_min_image_size_values():
 
 def test_unknown_name():
     for fn in (zoo.build, zoo.small, zoo.describe, zoo.min_image_size):
-        with pytest.raises(ValueError, match="valid names: vgg16, alexnet, googlenet, squeezenet1_1, mobilenet_v1"):
-            fn("resnet50")
+        with pytest.raises(ValueError, match="valid names: vgg16, alexnet, googlenet, squeezenet1_1, mobilenet_v1, "
+                           "resnet18, .*, posenet$"):
+            fn("resnet152")
 
 
 @pytest.mark.parametrize("bad", [dict(width=0), dict(width=-1.0), dict(num_classes=0), dict(image_size=64.0)])

@@ -227,8 +227,8 @@ def cmd_zoo(args) -> int:
     from .base import zoo
 
     if args.zoo_command == "list":
-        for name in zoo.NAMES:
-            print(f"{name:15s} {zoo.describe(name)}")
+        for name in zoo.ALL_NAMES:
+            print(f"{name:19s} {zoo.describe(name)}")
         return 0
     kwargs = zoo.small(args.name) if args.small else {}
     if args.width is not None:

@@ -85,7 +85,12 @@ class Pool(CPUScheduleRule):
         acc = sch.cache_write(red, 0, "local")
         sch.reverse_compute_at(acc, outer[-1] if len(outer) > 1 else par, preserve_unit_loops=True)
         if epilogues:
-            if not (len(epilogues) == 1 and try_reverse_compute_inline(sch, epilogues[-1])):
+            # An epilogue larger than the reduced tensor (instance norm's x - mean over each
+            # plane) cannot be inlined into the write-back; TVM 0.27's reverse_compute_inline
+            # fails it with an InternalError instead of a ScheduleError, so it is not tried.
+            shape = lambda block: [int(d) for d in sch.get(block).writes[0].source.shape]  # noqa: E731
+            if not (len(epilogues) == 1 and shape(epilogues[-1]) == shape(red)
+                    and try_reverse_compute_inline(sch, epilogues[-1])):
                 for epi in epilogues:
                     schedule_flat(sch, epi, target)
         if xi is not None:
