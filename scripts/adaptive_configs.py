@@ -11,7 +11,7 @@ draws `--count` new shapes around them (input/output channels and size each with
 JSON list is what `mulayer profile --configs` and `gpu_host_run.py pack --profile-configs`
 take. Why: held-out accuracy grows with how many profiled shapes share a kernel's schedule
 (its tiles); shapes drawn at random over the whole space leave the rare schedules with one
-or two samples each, and those are where the misses are (BENCHMARKS, "Adaptive sampling").
+or two samples each, and those are where the misses are (benchmarks/log/2026-11-30.md, "Adaptive sampling").
 """
 
 from __future__ import annotations

@@ -74,7 +74,7 @@ def _pick_channel_tile(f: int, target_fi: int) -> int:
 # (see Conv2d.tiles).
 DW_DEINTERLEAVE_MIN_WIDTH = 14
 
-# GEMM tiling thresholds, measured on 1x1 convs of the zoo (1 thread, AVX-512, BENCHMARKS.md):
+# GEMM tiling thresholds, measured on 1x1 convs of the zoo (1 thread, AVX-512, benchmarks/log/2026-11-23.md):
 # - fewer input channels than this and the direct schedules are as fast (too short a
 #   reduction to amortise the register tile's write-back);
 GEMM_MIN_IN_CHANNELS = 64
@@ -200,7 +200,7 @@ class Conv2d(CPUScheduleRule):
         if gemm is not None:
             return gemm
         # channels padded to whole vectors: far faster than the x-vectorized form with a
-        # predicated width tail, which scalarizes (H200 host, BENCHMARKS.md: 274 -> 212 on
+        # predicated width tail, which scalarizes (H200 host, benchmarks/log/2026-11-30.md: 274 -> 212 on
         # 57x57 73.8 -> 3.7 ms); elsewhere only where the padding adds at most an eighth (more,
         # and the idle lanes cost more than the x-vectorized form's channel tail: small
         # channel counts on small planes ran slower padded to 16)

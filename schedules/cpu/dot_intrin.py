@@ -135,7 +135,7 @@ def slice_input_channels(layer, precision: str, target) -> int:
     None: unknown). An int8 conv of one group and more input channels than the depth of the
     CPU's dot-product instruction reads them zero-padded to whole groups of that depth: the
     dot-product rule needs whole groups, and the generic int32 schedule ran such layers a
-    median 4x slower on the H200 host's 15 threads (BENCHMARKS.md). The padded channels meet
+    median 4x slower on the H200 host's 15 threads (benchmarks/log/). The padded channels meet
     zero weights. A network's first layer (1-3 channels) keeps them: its padded input, one
     group of channels, is repacked by at most 4 threads sharing cache lines, and most first
     layers ran slower padded there (up to 4.6x). Every other slice reads the layer's own

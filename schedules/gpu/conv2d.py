@@ -114,7 +114,7 @@ class Conv2d(GPUScheduleRule):
         threads per block, never below 64 threads a block. Only where the chains are long
         (2,000 multiply-adds or more) and the whole grid is under a quarter of the GPU's
         resident threads: on the H200 host the short-chain or busy grids ran slower split
-        (BENCHMARKS, "Direct conv grid"). Only on CUDA, whose GPUs have a hundred SMs or more;
+        (benchmarks/log/2026-11-30.md, "Direct conv grid"). Only on CUDA, whose GPUs have a hundred SMs or more;
         a phone's GPU has a few compute units, which a few big blocks fill."""
         chain = t["FI"] * info.rc * info.kh * info.kw
         threads = -(-info.f // t["FI"]) * info.oh * info.ow

@@ -256,7 +256,7 @@ class KernelFeatures:
                 # The gather's cost hangs on its layout: ordered (ky, kx, c), a 32-deep slab whose
                 # channels do not fill it straddles two window positions (a slower index path:
                 # 94 or 105 channels took 1.34x the time per step of 128 on the H200 host, same
-                # tiles and grid, BENCHMARKS "GPU features"); K padding is multiplied for nothing.
+                # tiles and grid, benchmarks/log/2026-11-30.md "GPU features"); K padding is multiplied for nothing.
                 return {"rule": RULE_TENSOR_CORE, "tile_channels": t.bm, "tile_width": t.bn,
                         "waste": tiles * t.bm * t.bn / (m * n), "tasks": tiles * t.split_k, "slots": slots,
                         "work": steps * t.bk * t.bm * t.bn / (t.warps * 32), "threads": t.warps * 32,
