@@ -172,7 +172,8 @@ def cmd_pack(args) -> int:
             configs = configs_from_file(args.profile_configs)
         else:
             configs = zoo_configs(args.profile_models, fractions=tuple(args.profile_fractions),
-                                  channel_multiple=max(cpu.channel_multiple, gpu.channel_multiple))
+                                  channel_multiple=max(cpu.channel_multiple, gpu.channel_multiple),
+                                  rows=args.profile_rows)
             configs += sampled_configs(configs, args.profile_sampled)
         modules = export_kernels(out / "kernels", cpu, gpu, configs, profile_precisions(args.profile_precision))
         cuda_sources += [src for module in modules.values() for src in _cuda_sources(module.mod)]
@@ -381,6 +382,7 @@ def main(argv=None) -> int:
     p.add_argument("--profile-fractions", nargs="+", type=float, default=[i / 8 for i in range(1, 9)],
                    help="split fractions whose parts to profile")
     p.add_argument("--profile-sampled", type=int, default=250, help="layer shapes sampled around the zoo's")
+    p.add_argument("--profile-rows", action="store_true", help="also each conv's parts split by output rows")
     p.add_argument("--profile-configs", metavar="JSON",
                    help="profile the layers of these configuration keys (a JSON list, as a profile's config "
                         "column holds them; `mulayer profile --configs`) instead of the zoo's and sampled ones")

@@ -28,6 +28,8 @@ kernel while another thread keeps the CPU's thread pool computing.
 
 from __future__ import annotations
 
+import math
+
 import collections
 import csv
 import itertools
@@ -70,10 +72,11 @@ def profile_precisions(specs=("native", "fp32")) -> dict:
 
 
 def zoo_configs(models=None, fractions=FRACTIONS, image_size: int = 224, width: float = 1.0,
-                channel_multiple: int = 1, small: bool = False) -> list[Layer]:
+                channel_multiple: int = 1, small: bool = False, rows: bool = False) -> list[Layer]:
     """Every splittable layer of the zoo models, cut to both parts of each split at
-    `fractions` (rounded as the partitioner rounds them, to `channel_multiple`); with
-    `small`, of the models' small variants (`zoo.small`) instead of `image_size`/`width`."""
+    `fractions` (rounded as the partitioner rounds them, to `channel_multiple`; with `rows`,
+    also each conv's row parts); with `small`, of the models' small variants (`zoo.small`)
+    instead of `image_size`/`width`."""
     from ..base import zoo
     from ..compiler.frontend import import_onnx
     from ..base.layers import find_layers
@@ -83,23 +86,30 @@ def zoo_configs(models=None, fractions=FRACTIONS, image_size: int = 224, width: 
         kwargs = zoo.small(name) if small else {"width": width, "image_size": image_size}
         mod, _ = import_onnx(zoo.build(name, **kwargs))
         layers += [layer for layer in find_layers(mod["main"]) if layer.splittable]
-    return split_parts(layers, fractions, channel_multiple)
+    return split_parts(layers, fractions, channel_multiple, rows)
 
 
-def split_parts(layers: list[Layer], fractions=FRACTIONS, channel_multiple: int = 1) -> list[Layer]:
+def split_parts(layers: list[Layer], fractions=FRACTIONS, channel_multiple: int = 1, rows: bool = False) -> list[Layer]:
     """Both parts of each of the splittable `layers` split at each of `fractions` (rounded
-    as the partitioner rounds them, to `channel_multiple`), each distinct shape once."""
+    as the partitioner rounds them, to `channel_multiple`), and with `rows` both row parts
+    of each conv split by output rows at them (what `--split auto` predicts for height
+    splits), each distinct shape once."""
     from ..base.plan import round_split
 
     seen, configs = set(), []
     for layer in layers:
+        parts = []
         for fraction in fractions:
             channels = round_split(layer, fraction, channel_multiple) or layer.channels_per_unit
-            for part in {channels, layer.channels - channels} - {0}:
-                config = layer.part(part)
-                if config_key(config) not in seen:
-                    seen.add(config_key(config))
-                    configs.append(config)
+            parts += [layer.part(part) for part in {channels, layer.channels - channels} - {0}]
+            height = int(layer.output_shape[2]) if layer.op == "conv2d" else 0
+            if rows and height > 1:
+                gpu_rows = math.ceil(round(height * fraction, 9))
+                parts += [layer.row_part(part) for part in {gpu_rows, height - gpu_rows} - {0}]
+        for config in parts:
+            if config_key(config) not in seen:
+                seen.add(config_key(config))
+                configs.append(config)
     return configs
 
 
