@@ -291,7 +291,7 @@ def int8_fast_predictor():
 
 def _cpu_macs(plan, layers) -> float:
     by_name = {layer.name: layer for layer in layers}
-    return sum(by_name[lp.name].macs * (1 - lp.gpu_channels / lp.channels) for lp in plan.layers)
+    return sum(by_name[lp.name].macs * (1 - lp.effective_ratio) for lp in plan.layers)  # channels or rows
 
 
 def test_native_plans_use_int8_predictions_and_give_the_cpu_more(small_zoo, int8_fast_predictor):
