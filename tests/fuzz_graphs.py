@@ -364,7 +364,7 @@ def model_layers(model: onnx.ModelProto) -> tuple:
 
 
 @st.composite
-def plans(draw, names: list, sources: dict | None = None):
+def plans(draw, names: list, sources: dict | None = None, row_splits: bool = True):
     sources = sources or {}
     kind = draw(st.sampled_from(["global", "global", "word", "per-layer", "per-layer"]))
     if kind == "global":
@@ -374,7 +374,8 @@ def plans(draw, names: list, sources: dict | None = None):
     chosen = draw(st.lists(st.sampled_from(names), unique=True, max_size=len(names))) if names else []
     layers = {}
     for name in chosen:
-        form = draw(st.sampled_from(["ratio", "placement", "entry", "height"]))
+        form = draw(st.sampled_from(["ratio", "placement", "entry", "height"] if row_splits
+                                    else ["ratio", "placement", "entry"]))
         if form == "ratio":
             entry = draw(ratios())
         elif form == "placement":
@@ -388,6 +389,8 @@ def plans(draw, names: list, sources: dict | None = None):
     plan = {"layers": layers}
     if len(chosen) < len(names) or draw(st.booleans()):
         plan["default_ratio"] = draw(ratios())
+    if not row_splits:
+        return plan
     if draw(st.booleans()):
         plan["default_dim"] = draw(st.sampled_from(["channel", "height"]))
     plan["chains"] = draw(st.one_of(st.just("auto"), st.just(False),
@@ -397,10 +400,10 @@ def plans(draw, names: list, sources: dict | None = None):
 
 
 @st.composite
-def cases(draw, avoid_known: bool = True):
+def cases(draw, avoid_known: bool = True, row_splits: bool = True):
     model, builder = draw(cnn_models(avoid_known))
     names, sources = model_layers(model)
-    plan = draw(plans(names, sources))
+    plan = draw(plans(names, sources, row_splits))
     shape = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
     x = np.random.default_rng(draw(st.integers(0, 2**31 - 1))).standard_normal(shape).astype("float32")
     return Case(model, plan, x, builder.ops, builder.convs, builder.gemms)
