@@ -21,13 +21,13 @@ plan.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import tvm
 from tvm import relax
 
-from tvm_mulayer.base.layers import is_tensor_constant
+from tvm_mulayer.base.layers import is_tensor_constant, static_shape
+from tvm_mulayer.base.plan import round_rows
 
 ROWS = 2  # the row (height) axis of NCHW tensors
 CPU, GPU = 0, 1
@@ -62,15 +62,6 @@ class Window:
         return max(first, 0), min(end, self.in_rows), max(-first, 0), max(end - self.in_rows, 0)
 
 
-def _shape(expr) -> tuple | None:
-    ty = expr.ty
-    if isinstance(ty, relax.TensorType) and ty.shape is not None:
-        try:
-            return tuple(int(d) for d in ty.shape.values)
-        except (TypeError, AttributeError):
-            return None
-    return None
-
 
 def layer_window(layer) -> Window:
     """The row window of a conv `Layer`."""
@@ -80,7 +71,7 @@ def layer_window(layer) -> Window:
 def window_of(call: relax.Call, layer=None) -> Window | None:
     """The row window of a conv layer or a 2-D pooling call (NCHW), else None."""
     attrs = call.attrs
-    in_shape = _shape(call.args[0])
+    in_shape = static_shape(call.args[0])
     if in_shape is None or len(in_shape) != 4:
         return None
     if layer is not None:
@@ -96,7 +87,7 @@ def _out_axis(call: relax.Call, axis: int) -> int | None:
     """The row axis of `call`'s output when its input's row axis is `axis` and the call keeps
     every row where it was (None: the call moves, reduces or windows the rows)."""
     name = call.op.name
-    in_rank, out_rank = len(_shape(call.args[0]) or ()), len(_shape(call) or ())
+    in_rank, out_rank = len(static_shape(call.args[0]) or ()), len(static_shape(call) or ())
     if name == "relax.expand_dims" and call.attrs.axis is not None:
         for inserted in sorted(int(a) % out_rank for a in call.attrs.axis):
             axis += inserted <= axis
@@ -130,7 +121,7 @@ def _row_local_inputs(call, args: list, members: dict, chain: str, axes: dict) -
     if len(in_axes) != 1:
         return None
     axis = in_axes.pop()
-    out = _shape(call)
+    out = static_shape(call)
     if out is None:
         return None
     if name in WINDOW_POOLS:
@@ -144,7 +135,7 @@ def _row_local_inputs(call, args: list, members: dict, chain: str, axes: dict) -
     tensors = []
     for arg in args:
         if is_tensor_constant(arg):
-            shape = _shape(arg)
+            shape = static_shape(arg)
             offset = len(out) - len(shape) if shape is not None else 0
             rows = shape[axis - offset] if shape is not None and axis - offset >= 0 else 1
             if rows not in (1, out[out_axis]):
@@ -152,7 +143,7 @@ def _row_local_inputs(call, args: list, members: dict, chain: str, axes: dict) -
             continue
         if not isinstance(arg, relax.Var) or members.get(arg) != chain:
             return None
-        if name not in WINDOW_POOLS and _shape(arg)[axis] != out[out_axis]:
+        if name not in WINDOW_POOLS and static_shape(arg)[axis] != out[out_axis]:
             return None
         tensors.append(arg)
     return (tensors, out_axis) if tensors else None
@@ -259,9 +250,9 @@ def analyze(func: relax.Function, bindings: dict, plan, aliases: dict | None = N
     for var in reversed(order):
         rows = chains.rows.setdefault(var, {})
         if var in chains.exits:
-            height = _shape(var)[chains.axes[var]]
+            height = static_shape(var)[chains.axes[var]]
             layer = bindings.get(var)
-            split = plan[layer.name].gpu_rows if layer is not None else math.ceil(round(height * ratios[var], 9))
+            split = plan[layer.name].gpu_rows if layer is not None else round_rows(height, ratios[var])
             _widen(rows, GPU, (0, split))
             _widen(rows, CPU, (split, height))
         window, inputs = chains.windows[var]

@@ -41,7 +41,7 @@ from tvm import relax
 from tvm.relax import op as ops
 
 from tvm_mulayer.base.errors import MulayerError
-from tvm_mulayer.base.layers import is_tensor_constant, layer_bindings
+from tvm_mulayer.base.layers import is_tensor_constant, layer_bindings, static_shape
 from tvm_mulayer.base.plan import Plan, make_plan
 from tvm_mulayer.base.processors import resolve_processors
 from tvm_mulayer.base.quantization import (
@@ -114,25 +114,16 @@ def _cover(parts: tuple, lo: int, hi: int, dev: int) -> list:
     return pieces
 
 
-def _shape(expr) -> tuple | None:
-    ty = expr.ty
-    if isinstance(ty, relax.TensorType) and ty.shape is not None and ty.ndim >= 0:
-        try:
-            return tuple(int(d) for d in ty.shape.values)
-        except (TypeError, AttributeError):
-            return None
-    return None
-
 
 def _nbytes(expr) -> int:
-    shape = _shape(expr)
+    shape = static_shape(expr)
     if shape is None:
         return 0
     return int(np.prod(shape, dtype=np.int64)) * tvm.runtime.DataType(expr.ty.dtype).bits // 8
 
 
 def _channel_split_ok(expr) -> bool:
-    shape = _shape(expr)
+    shape = static_shape(expr)
     return shape is not None and len(shape) >= 2
 
 
@@ -157,8 +148,8 @@ def slice_layer(call: relax.Call, layer, channels: int, x, weight: np.ndarray, b
     past the weights' where `slice_input_channels` says, the weights then padded with zeros
     to match) in `precision`, its bias included; float32 out (the layer's dtype for fp32)."""
     rank = 2 if layer.op == "dense" else 4
-    if layer.op == "conv2d" and layer.groups == 1 and _shape(x)[1] > weight.shape[1]:
-        weight = np.pad(weight, ((0, 0), (0, _shape(x)[1] - weight.shape[1]), (0, 0), (0, 0)))
+    if layer.op == "conv2d" and layer.groups == 1 and static_shape(x)[1] > weight.shape[1]:
+        weight = np.pad(weight, ((0, 0), (0, static_shape(x)[1] - weight.shape[1]), (0, 0), (0, 0)))
     if precision == "int8":
         qweight, wscale = quantize_weights(weight, weight_axis(layer.op))
         out = _layer_call(call, layer, channels, x, relax.const(qweight), padding, "int32")
@@ -224,7 +215,7 @@ def _folded_biases(func, layers: dict) -> dict:
         rank = len(layer.output_shape)
         padded = (1,) * (rank - data.ndim) + data.shape
         if (len(padded) == rank and padded[1] == layer.channels
-                and all(d == 1 for axis, d in enumerate(padded) if axis != 1) and _shape(call) == tuple(layer.output_shape) and bias.ty.dtype == call.ty.dtype):
+                and all(d == 1 for axis, d in enumerate(padded) if axis != 1) and static_shape(call) == tuple(layer.output_shape) and bias.ty.dtype == call.ty.dtype):
             found[source] = (binding.var, data.reshape(-1))
     return found
 
@@ -305,7 +296,7 @@ class _Rewriter:
 
     # ---- rewriting bindings ------------------------------------------------------
     def bind_input(self, var: relax.Var, new_var: relax.Var):
-        channels = _shape(new_var)[1] if _channel_split_ok(new_var) else 0
+        channels = static_shape(new_var)[1] if _channel_split_ok(new_var) else 0
         self.env[var] = Value((Part(0, channels, CPU, new_var),))
 
     def visit(self, var: relax.Var, value: relax.Expr, layer):
@@ -395,8 +386,8 @@ class _Rewriter:
             else:
                 expr = self.bb.emit(relax.Call(call.op, self._rows_of(call, lo, hi, dev, axis), call.attrs,
                                                call.ty_args))
-            if _shape(expr)[axis] != hi - lo:
-                raise RuntimeError(f"SplitChannels: {call.op.name} on rows [{lo}, {hi}) gave {_shape(expr)[axis]} "
+            if static_shape(expr)[axis] != hi - lo:
+                raise RuntimeError(f"SplitChannels: {call.op.name} on rows [{lo}, {hi}) gave {static_shape(expr)[axis]} "
                                    "rows (a row map of row_chains is wrong)")
             parts.append(Part(lo, hi, dev, expr))
         return Value(tuple(parts), axis)
@@ -405,16 +396,16 @@ class _Rewriter:
         """The arguments of a row-keeping op for its output rows [lo, hi) (on `axis`) on
         `dev`: chain tensors' rows there (on their own row axis), constants' rows where they
         have every row (right-aligned with the output)."""
-        out_rank = len(_shape(call))
+        out_rank = len(static_shape(call))
 
         def rows(arg):
             if isinstance(arg, relax.Tuple):
                 return relax.Tuple([rows(field) for field in arg.fields])
             if isinstance(arg, relax.Var) and arg in self.env:
                 return self.gather(self.env[arg], lo, hi, dev)
-            shape = _shape(arg)
+            shape = static_shape(arg)
             const_axis = axis - (out_rank - len(shape)) if shape is not None else -1
-            if is_tensor_constant(arg) and const_axis >= 0 and shape[const_axis] == _shape(call)[axis] > 1:
+            if is_tensor_constant(arg) and const_axis >= 0 and shape[const_axis] == static_shape(call)[axis] > 1:
                 return relax.const(np.ascontiguousarray(np.take(arg.value.numpy(), range(lo, hi), axis=const_axis)))
             return arg
         return [rows(arg) for arg in call.args]
@@ -459,14 +450,14 @@ class _Rewriter:
             parts.append(Part(part.lo, part.hi, part.dev, self.bb.emit(new)))
         if len(parts) == 1:  # a whole tensor: its channels are axis 1, as _whole_op labels them
             expr = parts[0].expr
-            return Value((Part(0, _shape(expr)[1] if _channel_split_ok(expr) else 0, parts[0].dev, expr),))
+            return Value((Part(0, static_shape(expr)[1] if _channel_split_ok(expr) else 0, parts[0].dev, expr),))
         return Value(tuple(parts), value.axis if axis is None else axis)
 
     def _reshaping(self, value: Value, call: relax.Call) -> Value | None:
         """expand_dims/squeeze that keep the channel axis: the axis index moves."""
         if call.attrs.axis is None:
             return None
-        in_rank, out_rank = len(_shape(call.args[0])), len(_shape(call))
+        in_rank, out_rank = len(static_shape(call.args[0])), len(static_shape(call))
         if call.op.name == "relax.expand_dims":
             inserted = sorted(int(a) % out_rank for a in call.attrs.axis)
             axis = value.axis
@@ -483,7 +474,7 @@ class _Rewriter:
     def _reduction(self, value: Value, call: relax.Call) -> Value | None:
         if call.attrs.axis is None:
             return None  # reduces every axis, the channel one too
-        rank = len(_shape(call.args[0]))
+        rank = len(static_shape(call.args[0]))
         axes = {int(a) % rank for a in call.attrs.axis}
         if value.axis in axes:
             return None
@@ -494,7 +485,7 @@ class _Rewriter:
         attrs = call.attrs
         size, stride, dilation = int(attrs.pool_size[0]), int(attrs.strides[0]), int(attrs.dilation[0])
         pad = [int(p) for p in attrs.padding]
-        if stride != 1 or dilation != 1 or _shape(call)[2] != value.extent:
+        if stride != 1 or dilation != 1 or static_shape(call)[2] != value.extent:
             return None
         parts = []
         for part in value.parts:
@@ -512,9 +503,9 @@ class _Rewriter:
 
     def _binary(self, value: Value, call: relax.Call) -> Value | None:
         lhs, rhs = call.args
-        out_shape = _shape(call)
+        out_shape = static_shape(call)
         channels = out_shape[value.axis]
-        if _shape(lhs) != out_shape:
+        if static_shape(lhs) != out_shape:
             return None  # lhs is broadcast: channel positions differ from the output's
         if is_tensor_constant(rhs):
             data = rhs.value.numpy()
@@ -526,7 +517,7 @@ class _Rewriter:
             else:
                 return None
             return self._partwise(value, lambda p: [p.expr, take(p)], call)
-        if (isinstance(rhs, relax.Var) and rhs in self.env and _shape(rhs) == out_shape
+        if (isinstance(rhs, relax.Var) and rhs in self.env and static_shape(rhs) == out_shape
                 and self.env[rhs].axis == value.axis):  # parts along another axis would not line up
             other = self.env[rhs]
             return self._partwise(value, lambda p: [p.expr, self.gather(other, p.lo, p.hi, p.dev, axis=value.axis)],
@@ -537,7 +528,7 @@ class _Rewriter:
         fields = call.args[0]
         if not isinstance(fields, relax.Tuple):
             return None
-        axis = int(call.attrs.axis) % len(_shape(call))
+        axis = int(call.attrs.axis) % len(static_shape(call))
         parts, offset = [], 0
         for field in fields.fields:
             if not (isinstance(field, relax.Var) and field in self.env and _channel_split_ok(field)):
@@ -546,7 +537,7 @@ class _Rewriter:
                 return None
             for part in self.env[field].parts:
                 parts.append(Part(part.lo + offset, part.hi + offset, part.dev, part.expr))
-            offset += _shape(field)[axis]
+            offset += static_shape(field)[axis]
         return Value(tuple(parts), axis)
 
     def _whole_op(self, value: relax.Expr) -> Value:
@@ -569,7 +560,7 @@ class _Rewriter:
         else:
             dev, new = CPU, value
         expr = self.bb.emit(new)
-        channels = _shape(expr)[1] if _channel_split_ok(expr) else 0
+        channels = static_shape(expr)[1] if _channel_split_ok(expr) else 0
         return Value((Part(0, channels, dev, expr),))
 
     def output(self, expr):
@@ -609,7 +600,8 @@ def record_chains(func, plan: Plan) -> Chains:
 
 @tvm.transform.module_pass(opt_level=0, name="SplitChannels")
 class SplitChannels:
-    """Rewrite `main` to run each layer per `plan` on vdevices [cpu_target, gpu_target].
+    """Rewrite `main` to run each layer per `plan` on vdevices [cpu_target, gpu_target]; the
+    plan it applies gets each layer's operator chain and halo rows.
 
     `plan`: a Plan made from this module, or any split request `make_plan` takes — the GPU's
     share of every layer (a ratio in [0, 1]), 'cpu', 'gpu', a per-layer dict or a plan JSON
@@ -643,7 +635,8 @@ class SplitChannels:
 
     def transform_module(self, mod: tvm.IRModule, _ctx) -> tvm.IRModule:
         func = require_split_form(mod, self.func_name)
-        layers = layer_bindings(func)
+        recorder = ChainRecorder(func)
+        layers = recorder.layers
         self.plan = self.resolve_plan(list(layers.values()))
         known = {layer.name for layer in layers.values()}
         planned = {lp.name for lp in self.plan.layers}
@@ -652,8 +645,8 @@ class SplitChannels:
                                "the module's layers; make the plan from this module (or give a ratio)")
         vdevices = self.vdevices()
         bb = relax.BlockBuilder()
-        biases = _folded_biases(func, layers)
-        rewriter = _Rewriter(bb, self.plan, vdevices, biases, _chains(func, layers, biases, self.plan))
+        # the chains also go into the plan (each layer's chain and halo rows), for its table
+        rewriter = _Rewriter(bb, self.plan, vdevices, recorder.biases, recorder(self.plan))
         params = []
         for param in func.params:
             ty = param.ty

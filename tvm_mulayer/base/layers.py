@@ -96,7 +96,8 @@ def is_tensor_constant(expr) -> bool:
     return isinstance(expr, Constant) and isinstance(expr.ty, relax.TensorType)
 
 
-def _static_shape(expr) -> tuple | None:
+def static_shape(expr) -> tuple | None:
+    """The static shape of a Relax tensor expression, or None (not a tensor, or a dynamic shape)."""
     from tvm import relax
 
     ty = expr.ty
@@ -132,7 +133,7 @@ def _layer_of(call) -> Layer | None:
         return None
     if not is_tensor_constant(call.args[1]):
         return None  # weights computed at run time: an ordinary op, not a layer
-    shapes = tuple(_static_shape(e) for e in (call.args[0], call, call.args[1]))
+    shapes = tuple(static_shape(e) for e in (call.args[0], call, call.args[1]))
     if None in shapes:
         return None
     if op_name == SPLITTABLE_CONV:

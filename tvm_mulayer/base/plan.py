@@ -131,6 +131,12 @@ def _check_ratio(ratio, where: str) -> float:
     return value
 
 
+def round_rows(rows: int, ratio: float) -> int:
+    """GPU rows of a height split at `ratio`: ceil(rows * ratio), a hair of float error forgiven
+    (0.3 * 10 is 3, not 4)."""
+    return math.ceil(round(rows * ratio, 9))
+
+
 def round_split(layer: Layer, ratio: float, channel_multiple: int) -> int:
     """GPU channels for `ratio`: whole units, in multiples of the vector width when the
     layer is wide enough for both parts to keep full vectors."""
@@ -281,7 +287,7 @@ def make_plan(layers: list[Layer], split, channel_multiple: int, sources: dict |
             gpu_channels = round_split(layer, request.ratio, channel_multiple)
         if dim == "height":
             rows = int(layer.output_shape[2])
-            gpu_rows = request.gpu_rows if request.gpu_rows is not None else math.ceil(round(rows * request.ratio, 9))
+            gpu_rows = request.gpu_rows if request.gpu_rows is not None else round_rows(rows, request.ratio)
             if not 0 <= gpu_rows <= rows:
                 raise MulayerError(f"layer {layer.name}: gpu_rows {gpu_rows} is outside [0, {rows}]")
             placement = "cpu" if gpu_rows == 0 else "gpu" if gpu_rows == rows else "split"

@@ -11,7 +11,6 @@ from tvm import relax
 from ..base.plan import Plan
 from ..base.processors import Processor
 from ..passes import LiftWeights, OrderForOverlap, PooledCopies, PrepackWeights, PropagateDevices, SplitChannels
-from ..passes.split_channels import record_chains
 from ..passes.vdevices import vdevice_index
 from ..runtime.executable import Executable
 from ..schedules import ScheduleForTargets
@@ -63,7 +62,6 @@ def crossing_bytes(split_mod: tvm.IRModule) -> dict:
 def lower(mod: tvm.IRModule, plan: Plan, cpu: Processor, gpu: Processor) -> tuple:
     """(IRModule ready for tvm.compile, weights in parameter order, device index per weight,
     bytes crossing per inference — see `crossing_bytes`)."""
-    record_chains(mod["main"], plan)
     mod = SplitChannels(plan, cpu.tvm_target(), gpu.tvm_target(host=cpu))(mod)
     crossing = crossing_bytes(mod)
     mod = tvm.transform.Sequential([

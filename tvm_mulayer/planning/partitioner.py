@@ -37,8 +37,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from tvm import relax
 
-from ..base.layers import Layer, layer_bindings
-from ..base.plan import round_split
+from ..base.layers import Layer, layer_bindings, static_shape
+from ..base.plan import round_rows, round_split
 from ..passes.row_chains import layer_window
 
 RATIOS = tuple(i / 8 for i in range(9))
@@ -76,15 +76,6 @@ class LayerGraph:
         return [n for n in self.nodes if n.layer is not None]
 
 
-def _shape(expr):
-    ty = expr.ty
-    if isinstance(ty, relax.TensorType) and ty.shape is not None:
-        try:
-            return tuple(int(d) for d in ty.shape.values)
-        except (TypeError, AttributeError):
-            return None
-    return None
-
 
 def layer_graph(func: relax.Function) -> LayerGraph:
     """The node/provenance model of `func` (a `main` ready for SplitChannels)."""
@@ -101,7 +92,7 @@ def layer_graph(func: relax.Function) -> LayerGraph:
         return env.get(expr, [])
 
     def whole_segments(node_index, expr):
-        shape = _shape(expr)
+        shape = static_shape(expr)
         if shape is None or len(shape) < 2:
             return []
         channels = shape[1]
@@ -109,7 +100,7 @@ def layer_graph(func: relax.Function) -> LayerGraph:
         return [(node_index, 0, channels, per)]
 
     def rebytes(segments, expr):
-        shape = _shape(expr)
+        shape = static_shape(expr)
         if shape is None or len(shape) < 2:
             return segments
         channels = sum(hi - lo for _, lo, hi, _ in segments) or 1
@@ -156,7 +147,7 @@ def layer_graph(func: relax.Function) -> LayerGraph:
             elif first in env and (op_name in PER_CHANNEL_UNARY or op_name in POOLS or op_name in BINARY
                                    or op_name in RESHAPING or op_name in CHANNEL_WINDOW_POOLS
                                    or (op_name in REDUCTIONS and value.attrs.axis is not None
-                                       and 1 not in {int(a) % len(_shape(first)) for a in value.attrs.axis})):
+                                       and 1 not in {int(a) % len(static_shape(first)) for a in value.attrs.axis})):
                 if op_name in POOLS or op_name in CHANNEL_WINDOW_POOLS or op_name in REDUCTIONS:
                     follow(segments_of(first))
                 env[var] = rebytes(segments_of(first), var)
@@ -164,7 +155,7 @@ def layer_graph(func: relax.Function) -> LayerGraph:
             else:
                 inputs = [seg for v in used for seg in segments_of(v)]
                 depth = 1 + max((nodes[s].depth for s, *_ in inputs if s >= 0), default=0)
-                shape = _shape(var)
+                shape = static_shape(var)
                 nodes.append(Node(len(nodes), op_name or type(value).__name__, None, inputs,
                                   shape[1] if shape and len(shape) >= 2 else 0, depth))
                 env[var] = whole_segments(len(nodes) - 1, var)
@@ -284,7 +275,7 @@ class KernelTimes:
 def _row_grid(layer: Layer, ratios) -> list:
     """The output row counts of `layer`'s row parts at `ratios` (ascending, all rows last)."""
     rows = int(layer.output_shape[2])
-    return sorted({math.ceil(round(rows * r, 9)) for r in ratios if r > 0} | {rows})
+    return sorted({round_rows(rows, r) for r in ratios if r > 0} | {rows})
 
 
 @dataclass(frozen=True)
@@ -686,7 +677,7 @@ class RowSplitter:
     def alone(layer: Layer, ratio: float) -> RowSplit:
         """A layer split by rows on its own, without halo (a chain's head before the chain
         analysis confirms it)."""
-        return RowSplit(math.ceil(round(int(layer.output_shape[2]) * ratio, 9)), (0, 0), layer.name)
+        return RowSplit(round_rows(int(layer.output_shape[2]), ratio), (0, 0), layer.name)
 
 
 def chain_search(graph: LayerGraph, gpu_channels: dict, best_time: float, times: KernelTimes, predictor,

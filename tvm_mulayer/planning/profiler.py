@@ -28,8 +28,6 @@ kernel while another thread keeps the CPU's thread pool computing.
 
 from __future__ import annotations
 
-import math
-
 import collections
 import csv
 import itertools
@@ -94,17 +92,17 @@ def split_parts(layers: list[Layer], fractions=FRACTIONS, channel_multiple: int 
     as the partitioner rounds them, to `channel_multiple`), and with `rows` both row parts
     of each conv split by output rows at them (what `--split auto` predicts for height
     splits), each distinct shape once."""
-    from ..base.plan import round_split
+    from ..base.plan import round_rows, round_split
 
     seen, configs = set(), []
     for layer in layers:
         parts = []
+        height = int(layer.output_shape[2]) if rows and layer.op == "conv2d" else 0
         for fraction in fractions:
             channels = round_split(layer, fraction, channel_multiple) or layer.channels_per_unit
             parts += [layer.part(part) for part in {channels, layer.channels - channels} - {0}]
-            height = int(layer.output_shape[2]) if layer.op == "conv2d" else 0
-            if rows and height > 1:
-                gpu_rows = math.ceil(round(height * fraction, 9))
+            if height > 1:
+                gpu_rows = round_rows(height, fraction)
                 parts += [layer.row_part(part) for part in {gpu_rows, height - gpu_rows} - {0}]
         for config in parts:
             if config_key(config) not in seen:
