@@ -14,6 +14,22 @@ from ..base.processors import Processor
 # (destination-passing, no sync): what the VM runs for each exchange (passes.PooledCopies).
 EXCHANGE_COPY = "runtime.TVMTensorCopyFromTo"
 
+# device type -> the process that opened it: an OpenCL or CUDA context does not survive fork
+# (the driver's threads stay in the parent; pocl's child waits on them forever)
+_OPENED_BY: dict[str, int] = {}
+
+
+def check_not_forked(processor: Processor) -> None:
+    """Refuse a GPU device this process inherited through fork from the process that opened it."""
+    opener = _OPENED_BY.get(processor.device_type)
+    if opener is None or opener == os.getpid():
+        return
+    raise MulayerError(
+        f"this process was forked from process {opener} after that process opened the {processor.device_type} "
+        f"device ({processor.name}); a {processor.device_type} context does not survive fork, so the GPU part "
+        "cannot run here. Start workers with multiprocessing's 'spawn' or 'forkserver' start method and "
+        "load the artifact in each (tvm_mulayer.load), or fork before the first compile, load or run")
+
 
 def tvm_device(processor: Processor, index: int):
     """The runtime device of a processor; index is its position in the VM's device list."""
@@ -21,6 +37,7 @@ def tvm_device(processor: Processor, index: int):
 
     if processor.device_type == "cpu":
         return tvm.cpu(index)
+    check_not_forked(processor)
     where = f"this executable runs its GPU part on {processor.device_type} ({processor.name}), but"
     if processor.device_type == "opencl" and tvm.get_global_func("device_api.opencl", allow_missing=True) is None:
         raise MulayerError(
@@ -40,6 +57,7 @@ def tvm_device(processor: Processor, index: int):
         raise MulayerError(
             f"{where} this machine has no {processor.device_type} device{driver}; run it where there is one, "
             "or compile with --gpu emulated to run both parts on this CPU")
+    _OPENED_BY.setdefault(processor.device_type, os.getpid())
     return device
 
 

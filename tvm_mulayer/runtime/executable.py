@@ -29,7 +29,7 @@ from ..base.errors import MulayerError
 from ..base.plan import Plan
 from ..base.processors import Processor
 from ..base.quantization import CALIBRATION_FILE, Calibration
-from .devices import EXCHANGE_COPY, check_kernels_build, cpu_threads, tvm_device
+from .devices import EXCHANGE_COPY, check_kernels_build, check_not_forked, cpu_threads, tvm_device
 
 ARTIFACT_FORMAT = "tvm-mulayer-artifact/1"
 # the VM calls that copy between the devices: passes.PooledCopies' destination-passing copy, and
@@ -129,6 +129,7 @@ class Executable:
     # ---- running -----------------------------------------------------------------
     def _setup(self):
         """Open the devices and put the weights on them, once."""
+        check_not_forked(self.gpu)  # devices opened before a fork are dead in the child
         with self._lock:
             if self._weight_args is not None:
                 return
