@@ -15,7 +15,7 @@ many times — what a service does with it.
    threads start. Prints throughput, latency p50/p99, and resident memory and the process's
    thread count after a warm-up round (every caller once) and at the end.
 3. `--reloads`: the artifact loaded, run once and released that many times; resident memory
-   after the first and after the last.
+   after each (the growth per reload over the second half tells a leak from a plateau).
 
 The model is compiled and exported first unless `--artifact` names an exported one. Exits 1
 when an output differs. `--json` writes every figure for a test or a log.
@@ -137,7 +137,12 @@ def reload(artifact: Path, times: int) -> dict:
         del executable
         gc.collect()
         mib.append(resident_mib())
-    return {"reloads": times, "first_mib": mib[0], "last_mib": mib[-1]}
+    # allocators and driver caches grow over the first loads and then hold: the second half's
+    # slope tells a leak (every load keeps some) from a plateau
+    half = mib[len(mib) // 2:]
+    settled = (half[-1] - half[0]) / (len(half) - 1) if len(half) > 1 else 0.0
+    return {"reloads": times, "first_mib": mib[0], "last_mib": mib[-1],
+            "settled_mib_per_reload": settled, "mib": mib}
 
 
 def main(argv=None) -> int:
@@ -189,7 +194,7 @@ def main(argv=None) -> int:
         if args.reloads:
             report["reload"] = r = reload(artifact, args.reloads)
             print(f"reload: loaded, run and released {r['reloads']} times; resident {r['first_mib']:.1f} -> "
-                  f"{r['last_mib']:.1f} MiB")
+                  f"{r['last_mib']:.1f} MiB, {r['settled_mib_per_reload']:+.2f} MiB per reload over the last half")
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1) + "\n")
     return 1 if report.get("soak", {}).get("mismatches") else 0

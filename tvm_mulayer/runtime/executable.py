@@ -350,19 +350,42 @@ def read_manifest(directory, unchecked=()) -> dict:
     return manifest
 
 
+class _LoadedCode:
+    """Each distinct model.so this process has loaded, by its checksum.
+
+    TVM's runtime keeps part of every `load_module` for the life of the process, even once
+    the module is released (measured: 0.2 MiB per load of a 1.3 MB SqueezeNet library on the
+    CPU, 2.2 MiB with its CUDA kernels): a service reloading an artifact grew without bound.
+    An artifact's code never changes, so it is loaded once and shared by every Executable
+    made from it (each makes its own VMs and holds its own weights)."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._modules = {}
+
+    def module(self, path: Path, sha256: str):
+        import tvm
+
+        with self._lock:
+            if sha256 not in self._modules:
+                self._modules[sha256] = tvm.runtime.load_module(str(path))
+            return self._modules[sha256]
+
+
+_LOADED_CODE = _LoadedCode()
+
+
 def load_artifact(directory, weights: list | None = None) -> Executable:
     """Load an exported artifact, checking its format, version and file checksums.
 
     `weights` replaces the artifact's weights.npz with arrays of the same shapes and dtypes
     (other trained values, or random ones where only latency matters)."""
-    import tvm
-
     root = Path(directory)
     manifest = read_manifest(root, unchecked=("weights.npz",) if weights is not None else ())
     cpu = Processor.from_json(manifest["cpu"])
     gpu = Processor.from_json(manifest["gpu"])
     tvm_device(gpu, 1)  # fails clearly, before loading kernels, where the GPU is missing
-    module = tvm.runtime.load_module(str(root / "model.so"))
+    module = _LOADED_CODE.module(root / "model.so", manifest["files"]["model.so"])
     if weights is None:
         with np.load(root / "weights.npz", allow_pickle=False) as data:
             weights = [data[f"w{i}"] for i in range(len(data.files))]
