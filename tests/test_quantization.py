@@ -332,6 +332,23 @@ def test_plan_json_can_set_precision_per_layer(digits, tmp_path):
         [(lp.cpu_precision, lp.gpu_precision) for lp in exe.plan.layers]
 
 
+def test_a_planned_plan_saved_to_json_takes_the_compiles_precision(digits, tmp_path):
+    """A plan the planner wrote (`mulayer plan -o`) has no precisions yet: compiled with
+    --precision native its slices are int8/fp16 (its JSON carried fp32 for every layer
+    before, which the compile obeyed: VGG-16 ran in fp32, 7x slower)."""
+    from tvm_mulayer.compiler.build import ModelCompiler
+
+    model, _, _ = digits
+    planned = ModelCompiler.from_onnx(model, gpu="emulated").plan(0.5)
+    saved = tmp_path / "plan.json"
+    planned.save(saved)
+    assert not any("cpu_precision" in entry for entry in json.loads(saved.read_text())["layers"])
+    exe = tvm_mulayer.compile(model, gpu="emulated", split=str(saved), precision="native",
+                              calib=DIGITS / "digits_calib.npz")
+    assert {lp.cpu_precision for lp in exe.plan.layers} == {"int8"}
+    assert {lp.gpu_precision for lp in exe.plan.layers} == {"fp16"}
+
+
 def test_cli_prints_precisions_and_bytes_crossing(tmp_path, capsys):
     model = str(DIGITS / "digits_cnn.onnx")
     assert main(["run", model, "--gpu", "emulated", "--split", "0.5", "--calib", str(DIGITS / "digits_calib.npz")]) == 0

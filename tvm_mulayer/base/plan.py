@@ -33,6 +33,7 @@ if TYPE_CHECKING:  # layers needs tvm.relax; plans must load with the TVM runtim
 PLACEMENTS = ("cpu", "gpu", "split")
 DIMS = ("channel", "height")
 PLAN_FORMAT = "tvm-mulayer-plan/1"
+UNASSIGNED_OMITTED = ("cpu_precision", "gpu_precision")  # left out of a plan's JSON until assigned
 
 
 @dataclass
@@ -47,8 +48,11 @@ class LayerPlan:
     gpu_channels: int  # resolved: the GPU computes output channels [0, gpu_channels)
     source: str = ""  # ONNX node name, when known
     note: str = ""
-    cpu_precision: str = "fp32"  # "int8" or "fp32": the data type the CPU slice computes in
-    gpu_precision: str = "fp32"  # "fp16" or "fp32"
+    # the data type each slice computes in — CPU "int8" or "fp32", GPU "fp16" or "fp32" — once
+    # the build assigns it; None before (a plan from the planner leaves it to the compile's
+    # --precision, and its JSON omits it: a saved precision is a request the compile obeys)
+    cpu_precision: str | None = None
+    gpu_precision: str | None = None
     input_range: list | None = None  # calibrated [lo, hi] of the input, for the int8 slice
     dim: str = "channel"  # what the split divides: "channel" or "height" (output rows)
     gpu_rows: int = 0  # height splits: the GPU computes output rows [0, gpu_rows), the CPU the rest
@@ -69,7 +73,8 @@ class LayerPlan:
         return self.gpu_channels / self.channels if self.channels else 0.0
 
     def precision(self, processor: str) -> str:
-        return self.cpu_precision if processor == "cpu" else self.gpu_precision
+        """The precision `processor`'s slice computes in; fp32 where none was assigned."""
+        return (self.cpu_precision if processor == "cpu" else self.gpu_precision) or "fp32"
 
     def on(self, processor: str) -> bool:
         """Whether `processor` computes a part of the layer."""
@@ -106,7 +111,8 @@ class Plan:
 
     def to_json(self) -> dict:
         return {"format": PLAN_FORMAT, "description": self.description, "chains": self.chains,
-                "layers": [asdict(layer) for layer in self.layers]}
+                "layers": [{key: value for key, value in asdict(layer).items()
+                            if value is not None or key not in UNASSIGNED_OMITTED} for layer in self.layers]}
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_json(), indent=1) + "\n")

@@ -142,7 +142,7 @@ def requested_precisions(split) -> dict:
     found = {}
     for key, entry in entries.items():
         if isinstance(entry, dict):
-            chosen = {p: entry[f"{p}_precision"] for p in ("cpu", "gpu") if f"{p}_precision" in entry}
+            chosen = {p: entry[f"{p}_precision"] for p in ("cpu", "gpu") if entry.get(f"{p}_precision") is not None}
             if chosen:
                 parse_precision(chosen)  # validates
                 found[key] = chosen
