@@ -176,7 +176,9 @@ def main(argv=None) -> int:
             del compiled
         executable = tvm_mulayer.load(artifact)
         report = {"machine": f"{platform.node()} ({platform.processor() or platform.machine()})",
-                  "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "argv": vars(args)}
+                  "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "argv": vars(args),
+                  # the artifact's, which --gpu does not choose when --artifact is given
+                  "processors": f"{executable.cpu.label()} + {executable.gpu.label()}"}
         counts = [int(n) for n in args.compare.split(",") if n]
         if counts:
             inputs = [seeded_inputs(executable, seed) for seed in range(max(counts))]

@@ -332,6 +332,29 @@ def test_plan_json_can_set_precision_per_layer(digits, tmp_path):
         [(lp.cpu_precision, lp.gpu_precision) for lp in exe.plan.layers]
 
 
+def test_a_model_compiled_again_reuses_its_calibration_and_other_weights_do_not(digits, monkeypatch, tmp_path):
+    """Calibrating builds and runs the float32 model; a second plan of the same model and
+    samples in one process reuses the ranges, while the same graph with other weights is
+    calibrated anew (the key hashes the weights)."""
+    from tvm_mulayer.compiler import calibration
+
+    calibrated = []
+    real = calibration.calibrate
+    monkeypatch.setattr(calibration, "calibrate", lambda *args, **kw: calibrated.append(1) or real(*args, **kw))
+    model, _, _ = digits
+    with np.load(DIGITS / "digits_calib.npz") as data:
+        name, shape = data.files[0], data[data.files[0]].shape
+    calib = tmp_path / "samples.npz"  # samples no other test uses: nothing cached before
+    np.savez(calib, **{name: np.random.default_rng(11).standard_normal((3, *shape[1:])).astype("float32")})
+    first, second = (tvm_mulayer.compile(model, gpu="emulated", split=split, calib=calib) for split in (0.5, 0.25))
+    assert len(calibrated) == 1 and first.calibration.ranges == second.calibration.ranges
+    other = onnx.load(str(DIGITS / "digits_cnn.onnx"))
+    weight = other.graph.initializer[0]
+    weight.CopyFrom(numpy_helper.from_array(2 * numpy_helper.to_array(weight), weight.name))
+    tvm_mulayer.compile(other, gpu="emulated", split=0.5, calib=calib)
+    assert len(calibrated) == 2
+
+
 def test_a_planned_plan_saved_to_json_takes_the_compiles_precision(digits, tmp_path):
     """A plan the planner wrote (`mulayer plan -o`) has no precisions yet: compiled with
     --precision native its slices are int8/fp16 (its JSON carried fp32 for every layer

@@ -17,6 +17,9 @@ artifact.
 
 from __future__ import annotations
 
+import copy
+import hashlib
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +40,44 @@ def obtain_calibration(mod, info, calib, method: str, percentile: float, log=Non
         if path.suffix == ".json" or (path.is_dir() and (path / CALIBRATION_FILE).is_file()):
             return Calibration.load(path)
     samples, source = calibration_samples(calib, info.inputs, warn=log)
-    return calibrate(mod, info, samples, source, method, percentile)
+    return _CALIBRATED.calibration(mod, info, samples, source, method, percentile)
+
+
+class _Calibrated:
+    """The calibrations this process computed, by float model, samples and method.
+
+    Calibrating builds and runs the whole float32 model; compiling several plans of one
+    model in a process (a ratio sweep, `scripts/gpu_host_run.py pack`, the tests) did that
+    once per plan. The key hashes the model's structure and weights (TVM's structural hash
+    covers constants' data) and the samples' bytes, so an entry is only ever reused for
+    the same inputs; a copy is returned, so a caller's edits stay its own."""
+
+    LIMIT = 32
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._found: dict = {}
+
+    def calibration(self, mod, info, samples: list, source: str, method: str, percentile: float) -> Calibration:
+        from tvm_ffi import structural_hash
+
+        digest = hashlib.sha256()
+        for sample in samples:
+            for name in sorted(sample):
+                digest.update(name.encode() + np.ascontiguousarray(sample[name]).tobytes())
+        key = (structural_hash(mod), digest.hexdigest(), source, method, percentile)
+        with self._lock:
+            found = self._found.get(key)
+        if found is None:
+            found = calibrate(mod, info, samples, source, method, percentile)
+            with self._lock:
+                if len(self._found) >= self.LIMIT:
+                    self._found.pop(next(iter(self._found)))
+                self._found[key] = found
+        return copy.deepcopy(found)
+
+
+_CALIBRATED = _Calibrated()
 
 
 def _samples_of(array, name: str, shape: tuple, where: str) -> list:
