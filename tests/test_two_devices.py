@@ -24,7 +24,9 @@ def _kinds(module) -> list:
     return out
 
 
-@pytest.mark.parametrize("gpu", ["cuda", pytest.param("opencl", marks=pytest.mark.slow)])
+# cross-compilation: the full tier (the fast tier builds CUDA in test_cli's missing-device test)
+@pytest.mark.slow
+@pytest.mark.parametrize("gpu", ["cuda", "opencl"])
 def test_gpu_presets_build_one_module_with_both_targets(small_zoo, gpu, tmp_path):
     executable = tvm_mulayer.compile(small_zoo["squeezenet1_1"], gpu=gpu, split=0.5)
     kinds = _kinds(executable.module.mod)
@@ -50,7 +52,7 @@ def test_lowered_kernels_carry_the_target_of_their_device(small_zoo):
 
 
 def test_split_layers_issue_gpu_kernels_before_cpu_kernels_and_copies_last(small_zoo):
-    executable = tvm_mulayer.compile(small_zoo["vgg16"], gpu="emulated", split=0.5)
+    executable = tvm_mulayer.compile(small_zoo["vgg16"], gpu="emulated", split=0.5, precision="fp32")
     steps, current = [], []
     for call in executable.trace():
         if call["lane"] == "copy":
