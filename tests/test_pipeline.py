@@ -31,6 +31,8 @@ from tvm_mulayer.passes import SplitChannels
 
 from conftest import input_shape, ort_run, relative_error
 
+DIGITS_CNN = Path(__file__).parent / "data" / "digits" / "digits_cnn.onnx"
+
 ROOT = Path(__file__).resolve().parent.parent
 FP32 = dict(cpu="host", gpu="emulated", precision="fp32")
 F32, BOOL = "float32", "bool"  # TVMScript dtypes (a name, not a string annotation pyflakes would parse)
@@ -101,7 +103,7 @@ def test_onnx_frontend_module_gives_the_outputs_of_mulayer_compile(tmp_path):
     """The same ONNX model, plan, precision and calibration samples: `mulayer compile` and
     tvm.compile with the pipeline on TVM's own import give identical plans and outputs (the
     digits CNN: two convs, a pool and two dense layers, every kind of slice)."""
-    model = onnx.load(str(Path(__file__).parent / "data" / "digits" / "digits_cnn.onnx"))
+    model = onnx.load(str(DIGITS_CNN))
     onnx.save(model, tmp_path / "model.onnx")
     shape = input_shape(model)
     rng = np.random.default_rng(7)
@@ -121,7 +123,7 @@ def test_onnx_frontend_module_gives_the_outputs_of_mulayer_compile(tmp_path):
     np.testing.assert_array_equal(_run(pipeline, executable, x)[0], artifact.run(x)["logits"])
 
 
-def test_split_auto_plans_with_the_predictor(small_zoo):
+def test_split_auto_plans_with_the_predictor():
     """split="auto" takes the partitioner's plan: with a GPU predicted 20x faster, every layer."""
     from tvm_mulayer.planning.predictor import train
 
@@ -129,13 +131,13 @@ def test_split_auto_plans_with_the_predictor(small_zoo):
 
     cpu, gpu = resolve_processors("host", "emulated")
     predictor = train(_synthetic_rows(1e9, 20e9), cpu, gpu)
-    model = small_zoo["squeezenet1_1"]
+    model = onnx.load(str(DIGITS_CNN))
     pipeline = tvm_mulayer.get_pipeline(split="auto", predictor=predictor, **FP32)
     executable = tvm.compile(from_onnx(model), target=None, relax_pipeline=pipeline)
     assert {lp.placement for lp in pipeline.plan.layers} == {"gpu"}
     assert pipeline.plan.description.startswith("auto:")
     x = np.random.default_rng(1).standard_normal(input_shape(model)).astype("float32")
-    assert relative_error(_run(pipeline, executable, x)[0], ort_run(model, {"input": x})[0]) < 1e-5
+    assert relative_error(_run(pipeline, executable, x)[0], ort_run(model, {"image": x})[0]) < 1e-5
 
 
 def test_pytorch_exported_module_splits_and_matches_torch():

@@ -23,6 +23,8 @@ from tvm_mulayer.base.records import KERNEL_KINDS, config_key, parse_config
 from tvm_mulayer.planning.predictor import PREDICTOR_FORMAT, Predictor
 from tvm_mulayer.planning.profiler import sampled_configs
 
+from conftest import fast_params
+
 SHIPPED = sorted((Path(__file__).parent.parent / "tvm_mulayer" / "predictors").glob("*.zip"))
 
 
@@ -44,7 +46,7 @@ def _layer_shapes(predictor: Predictor, measured: int, sampled: int) -> list:
     return chosen + sampled_configs(chosen, sampled, seed=1, known=keys)
 
 
-@pytest.mark.parametrize("path", SHIPPED, ids=lambda path: path.stem)
+@pytest.mark.parametrize("path", fast_params(SHIPPED[:1], SHIPPED[1:]), ids=lambda path: path.stem)
 def test_the_json_file_predicts_what_the_archive_does(path, tmp_path):
     """A shipped archive saved as JSON (format 5) and loaded again predicts every kernel time
     bit-identically, on shapes profiled and not, on both processors, in every precision,

@@ -3,6 +3,7 @@ and data crosses devices only where a consumer needs the other side's channels."
 
 from __future__ import annotations
 
+import pytest
 import tvm
 from tvm import relax
 
@@ -34,6 +35,7 @@ def test_lrn_runs_split_with_a_channel_halo(small_zoo):
     assert depth_pads == [(0, 2), (0, 2), (2, 0), (2, 0)]
 
 
+@pytest.mark.slow  # MobileNet through the split pass; the fast tier has the pass's Before/Expected tests
 def test_depthwise_conv_on_the_same_boundary_moves_no_data(small_zoo):
     split, plan = _split(small_zoo["mobilenet_v1"], 0.5, multiple=1)
     layers = {lp.name: lp for lp in plan.layers}
