@@ -36,22 +36,24 @@ def test_random_cnn_and_plan_match_onnxruntime(case):
 
 QUANTIZED_EXAMPLES = examples(25)
 # int8 rounds each layer's input to 1/255 of its range (and fp16 to 2^-11): a few of those
-# steps through the fuzzer's <= ~8 layers stay well inside 5% of the output's largest value.
+# steps through the fuzzer's <= ~8 layers stay well inside 5% of the output's typical magnitude.
 QUANTIZED_TOLERANCE = 5e-2
 
 
 @settings(max_examples=QUANTIZED_EXAMPLES, derandomize=True, deadline=None, database=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-# plans without row splits: the derandomized stream that also draws them reaches a network of
-# 1-channel convs whose int8 CPU-only answer is 0.13 off, beyond the tolerance — an int8 limit
-# of 1-channel layers, not of row splits (the fp32 fuzz covers those); open, see issue 22's note
+# plans without row splits: the derandomized stream that also draws them reaches networks of
+# a dozen 1-channel convs and clips in Fire modules whose int8 answer is 5.4-6.0% off (measured
+# relative to the typical output; one layer after another, no channels to average the
+# rounding) — beyond this tolerance, not a row-split fault (the fp32 fuzz draws row splits)
 @given(case=fuzz_graphs.cases(row_splits=False))
 def test_random_cnn_and_plan_in_native_precision_stay_close_to_onnxruntime(case, tmp_path_factory):
     """int8 CPU / fp16 GPU slices, calibrated on the input itself (so no clipping: this checks
-    the quantized arithmetic and plumbing on every graph shape, not calibration)."""
+    the quantized arithmetic and plumbing on every graph shape, not calibration); errors are
+    relative to each output's typical magnitude (`fuzz_graphs.quantized_errors` says why)."""
     calib = tmp_path_factory.mktemp("calib") / "x.npz"
     np.savez(calib, x=case.input)
-    errors = fuzz_graphs.run_case(case.model, case.plan, case.input, precision="native", calib=calib)
+    errors = fuzz_graphs.quantized_errors(case.model, case.plan, case.input, calib)
     bad = {name: err for name, err in errors.items() if not err < QUANTIZED_TOLERANCE}
     assert not bad, f"mismatch {bad} for {case.describe()}"
 

@@ -319,6 +319,23 @@ def test_degenerate_range_and_outlier_weights_keep_the_layer_in_float(tmp_path, 
     assert _cosine(exe.run(x)["y"], expected) > 0.99999  # the fp16 half is the only rounding left
 
 
+@pytest.mark.parametrize("input_channels, kernel, precision", [(3, 1, "fp32"), (4, 1, "int8")])
+def test_a_layer_summing_fewer_than_four_products_keeps_its_cpu_slice_in_float(input_channels, kernel, precision):
+    """int8 gains only where each output sums at least 4 products (the packed multiply-adds);
+    below, the input's rounding is not averaged down (the fuzzer's 1-channel chains drifted 5%)."""
+    rng = np.random.default_rng(1)
+    nodes = [helper.make_node("Conv", ["x", "w"], ["y"], name="conv", pads=[kernel // 2] * 4)]
+    graph = helper.make_graph(nodes, "thin",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, input_channels, 6, 6])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 6, 6])],
+                              [numpy_helper.from_array(rng.standard_normal((8, input_channels, kernel, kernel))
+                                                       .astype(np.float32), "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    layer = tvm_mulayer.compile(model, gpu="emulated", split=0.5).plan.layers[0]
+    assert layer.cpu_precision == precision
+    assert ("too few for int8" in layer.note) == (precision == "fp32")
+
+
 def test_plan_json_can_set_precision_per_layer(digits, tmp_path):
     model, _, _ = digits
     plan = {"default_ratio": 0.5, "layers": {"conv1": {"ratio": 0.5, "cpu_precision": "fp32"},

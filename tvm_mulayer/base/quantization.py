@@ -40,6 +40,11 @@ DEFAULT_MODE = "native"
 # channel has an outlier that squeezes its other weights into a few levels, and the layer
 # stays float32 on the CPU.
 MAX_WEIGHT_ERROR = 0.03
+# A CPU int8 slice of a layer whose outputs sum fewer products than this (a 1x1 conv reading
+# 1-3 channels) stays float32: int8's gain is the dot products' packed multiply-adds, which
+# need 4 products, while its rounding (1/255 of the input's range) is not averaged down, so
+# chains of such layers (the fuzzer's 1-channel Fire modules) drifted 5% from float32.
+MIN_INT8_PRODUCTS = 4
 UINT8_MAX = 255
 INT8_MAX = 127
 CALIBRATION_FORMAT = "tvm-mulayer-calibration/1"
@@ -182,6 +187,9 @@ def _int8_obstacle(layer, weight, ranges) -> str:
         return f"input is {layer.dtype}"
     if ranges is None or layer.name not in ranges:
         return "no calibrated input range"
+    products = math.prod(layer.weight_shape) // max(layer.channels, 1)
+    if products < MIN_INT8_PRODUCTS:
+        return f"{products} product(s) per output, too few for int8 to gain anything"
     lo, hi = ranges[layer.name]
     if not (math.isfinite(lo) and math.isfinite(hi)) or min(lo, 0.0) == max(hi, 0.0):
         return f"calibrated input range [{lo:g}, {hi:g}] is degenerate"
